@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make demo   set up .venv, fetch what the demo needs, run the main job, print where outputs are
+#   make test   set up .venv with the dev extras and the test assets, run the whole suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+# torch's CPU build lies on this machine's disk; pinned versions of everything else in constraints.txt.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,text
+# Assets the test suite needs (see `ldm assets list`).
+TEST_ASSETS ?=
+DEMO_ASSETS ?=
+DEMO_OUT ?= outputs/demo
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH_SPEC)" -c constraints.txt
+	$(PIP) install -q -e ".[$(EXTRAS)]" -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(if $(strip $(TEST_ASSETS)),$(VENV)/bin/ldm assets fetch $(TEST_ASSETS))
+	$(VENV)/bin/pytest
+
+demo: install
+	$(if $(strip $(DEMO_ASSETS)),$(VENV)/bin/ldm assets fetch $(DEMO_ASSETS))
+	$(VENV)/bin/ldm demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) outputs runs

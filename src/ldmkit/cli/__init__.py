@@ -1,0 +1,1 @@
+"""The ``ldm`` command line (thin: it parses and calls the library)."""

@@ -1,0 +1,196 @@
+"""The model directory: ``config.json`` + one ``<name>.safetensors`` per component.
+
+``config.json`` holds ``format`` ("ldmkit"), ``format_version``, ``kind`` (what class to build),
+``config`` (the component's config as plain data), ``files`` (name → SHA-256 of each safetensors file)
+and free-form ``extra`` data (latent scale, schedule, references to other model directories).
+
+Directories are written next to their destination and renamed into place, so a crash never leaves
+a half-written model where a complete one was. Weights are never unpickled: safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ldmkit.errors import CheckpointError
+
+FORMAT = "ldmkit"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class ModelDirInfo:
+    """What ``config.json`` of a model directory says."""
+
+    path: Path
+    kind: str
+    config: dict[str, Any]
+    files: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors; tensors sharing storage are copied (safetensors refuses aliasing)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, value in state.items():
+        tensor = value.detach().to("cpu").contiguous()
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if ident in seen:
+            tensor = tensor.clone()
+        seen.add(ident)
+        out[key] = tensor
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_model_dir(
+    path: str | Path,
+    *,
+    kind: str,
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.nn.Module | Mapping[str, torch.Tensor]],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model directory atomically. ``weights`` maps a component name to a module or state dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        files = {}
+        for name, item in weights.items():
+            state = item.state_dict() if isinstance(item, torch.nn.Module) else item
+            target = staging / f"{name}.safetensors"
+            save_file(_plain_tensors(state), str(target), metadata={"format": FORMAT})
+            files[name] = sha256_file(target)
+        record = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "config": dict(config),
+            "files": files,
+            "extra": dict(extra or {}),
+        }
+        (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+        for child in staging.iterdir():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(staging)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_model_dir(path: str | Path, kind: str | tuple[str, ...] | None = None) -> ModelDirInfo:
+    """Read and check ``config.json``; ``kind`` restricts which kinds of model are accepted."""
+    path = Path(path)
+    config_path = path / CONFIG_NAME
+    if not path.is_dir():
+        raise CheckpointError(f"model directory {path} does not exist")
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} is not a model directory: it has no {CONFIG_NAME}")
+    try:
+        record = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path} is not an ldmkit model config (no \"format\": \"{FORMAT}\")")
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path} has format_version {version!r}; this ldmkit reads up to {FORMAT_VERSION}: upgrade ldmkit"
+        )
+    found = record.get("kind")
+    allowed = (kind,) if isinstance(kind, str) else kind
+    if allowed is not None and found not in allowed:
+        raise CheckpointError(f"{path} holds a '{found}' model, expected {' or '.join(repr(k) for k in allowed)}")
+    return ModelDirInfo(
+        path=path,
+        kind=found,
+        config=record.get("config", {}),
+        files=record.get("files", {}),
+        extra=record.get("extra", {}),
+        format_version=version,
+    )
+
+
+def load_weights(info: ModelDirInfo, name: str = "model", verify: bool = True) -> dict[str, torch.Tensor]:
+    """Load one component's tensors, checking the SHA-256 recorded in ``config.json``."""
+    target = info.path / f"{name}.safetensors"
+    if not target.is_file():
+        have = ", ".join(sorted(info.files)) or "none"
+        raise CheckpointError(f"{target} is missing (components in {info.path}: {have})")
+    expected = info.files.get(name)
+    if verify and expected is not None and sha256_file(target) != expected:
+        raise CheckpointError(f"{target} does not match the SHA-256 in {CONFIG_NAME}: the file is damaged or was changed")
+    try:
+        return load_file(str(target))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{target} cannot be read as safetensors ({exc})") from None
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module``, failing with a precise list of missing / unexpected / mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+
+    def _few(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} ({_few(missing)})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} ({_few(unexpected)})")
+    if misshaped:
+        detail = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped]
+        problems.append(f"mis-shaped {len(misshaped)} ({_few(detail)})")
+    if problems:
+        raise CheckpointError(f"weights in {source} do not fit the model: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
