@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,text
 # Assets the test suite needs (see `ldm assets list`).
-TEST_ASSETS ?=
+TEST_ASSETS ?= lpips efficientnet-lite0 minilm
 DEMO_ASSETS ?=
 DEMO_OUT ?= outputs/demo
 
