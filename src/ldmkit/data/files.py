@@ -1,0 +1,89 @@
+"""A map-style data set of image files with labels and captions (shared by the folder and emoji sources).
+
+At construction every file's header is read (fast): zero-byte files, non-images and decompression bombs
+are dropped there. A file that fails later, while decoding (truncated), is replaced by the next good
+one. Both are logged with the file's name and counted in :attr:`FileImages.bad`, which raises a
+:class:`~ldmkit.errors.DataError` once more than ``max_bad_fraction`` of the files are bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from torch.utils.data import Dataset
+
+from ldmkit.data.config import DataConfig
+from ldmkit.data.images import BadFiles, BadImage, load_image, probe_image
+from ldmkit.data.transforms import ImageTransform
+from ldmkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: Path
+    key: str  # stable name of the item (relative path, code points), used for splits and messages
+    label: int = -1
+    caption: str | None = None  # None: read caption_path if there is one
+    caption_path: Path | None = None
+
+
+def read_caption(path: Path) -> str:
+    """A caption file's text on one line (whitespace collapsed); "" if it cannot be read."""
+    try:
+        return " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+    except OSError:
+        return ""
+
+
+class FileImages(Dataset):
+    """Images read from ``entries``; ``bad_entries`` are files already known to be bad (e.g. missing)."""
+
+    def __init__(self, cfg: DataConfig, entries: Sequence[FileEntry], *, what: str, class_names: Sequence[str] = (),
+                 bad_entries: Sequence[tuple[str, str]] = (), probe: bool = True):
+        self.cfg = cfg
+        self.transform = ImageTransform(cfg)
+        self.class_names = list(class_names)
+        self.what = what
+        self.bad = BadFiles(total=len(entries) + len(bad_entries), max_fraction=cfg.max_bad_fraction,
+                            what=f"files of {what}")
+        for name, reason in bad_entries:
+            self.bad.add(name, reason)
+        good = []
+        for entry in entries:
+            if probe:
+                try:
+                    probe_image(entry.path, cfg.max_pixels)
+                except BadImage as exc:
+                    self.bad.add(str(entry.path), str(exc))
+                    continue
+            good.append(entry)
+        if not good:
+            raise DataError(f"{what} holds no readable images"
+                            + (f" ({len(self.bad.bad)} bad files)" if self.bad.bad else ""))
+        self.entries = good
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def caption(self, i: int) -> str:
+        entry = self.entries[i]
+        if entry.caption is not None:
+            return entry.caption
+        return read_caption(entry.caption_path) if entry.caption_path is not None else ""
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        for step in range(len(self.entries)):
+            j = (i + step) % len(self.entries)
+            entry = self.entries[j]
+            try:
+                image = load_image(entry.path, self.cfg.max_pixels)
+            except BadImage as exc:
+                self.bad.add(str(entry.path), str(exc))  # raises past max_bad_fraction
+                continue
+            return {"image": self.transform(image), "label": entry.label, "caption": self.caption(j)}
+        raise DataError(f"{self.what} holds no readable images")

@@ -1,0 +1,186 @@
+"""Image folders: nested directories of jpg/png/webp (and bmp/gif/tiff) files.
+
+Labels (``label_source``):
+
+- ``subfolder``: the first directory under the root names the class (``root/cat/a/1.png`` -> "cat");
+  classes are numbered in sorted order; images directly in the root get label -1.
+- ``manifest``: a CSV (header row) or JSONL file with one row per image: ``file`` (or ``path``,
+  ``image``, ``filename``) relative to the root, ``label`` (an integer or a class name), and optionally
+  ``caption`` (or ``text``). Integer labels are kept; names are numbered in sorted order.
+- ``none``: every label is -1.
+
+Captions come from the manifest when it has them, else from a same-name ``.txt`` file beside the image
+(``cat/1.png`` -> ``cat/1.txt``), else "". When a manifest is in use it lists the data set: images it
+does not name are left out, and names without a file count as bad files. Hidden files and folders
+(starting with ".") are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from ldmkit.data.config import DataConfig
+from ldmkit.data.files import FileEntry, FileImages
+from ldmkit.data.images import IMAGE_SUFFIXES
+from ldmkit.data.paths import given_path
+from ldmkit.data.splits import select_split
+from ldmkit.errors import ConfigError, DataError
+
+FILE_COLUMNS = ("file", "path", "image", "filename")
+LABEL_COLUMNS = ("label", "class")
+CAPTION_COLUMNS = ("caption", "text")
+
+
+def scan_folder(root: Path) -> tuple[list[Path], set[Path]]:
+    """(sorted image files, caption .txt files) under ``root``, recursively."""
+    images, texts = [], set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                images.append(path)
+            elif suffix == ".txt":
+                texts.add(path)
+    return images, texts
+
+
+def find_manifest(root: Path, cfg: DataConfig) -> Path | None:
+    if cfg.manifest is not None:
+        path = Path(cfg.manifest).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise DataError(f"manifest {path} does not exist; check the `manifest` setting")
+        return path
+    if cfg.label_source != "manifest":
+        return None
+    for name in ("manifest.csv", "manifest.jsonl"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"label_source=manifest but {root} has no manifest.csv or manifest.jsonl; "
+                    "set manifest=FILE")
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Rows of a CSV (with a header) or JSONL manifest, as dicts."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"manifest {path} cannot be read: {exc}") from None
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"manifest {path} line {n} is not JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"manifest {path} line {n} is not a JSON object")
+            rows.append(row)
+        return rows
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        raise DataError(f"manifest {path} must be .csv or .jsonl")
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    return [dict(row) for row in csv.DictReader(text.splitlines(), dialect=dialect)]
+
+
+def _column(row: dict, names: tuple[str, ...]) -> object:
+    for name in names:
+        if name in row and row[name] not in (None, ""):
+            return row[name]
+    return None
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _number_labels(raw: list[object]) -> tuple[list[int], list[str]]:
+    """Manifest labels -> (indices, class names): integers stay, names are numbered in sorted order."""
+    present = [v for v in raw if v is not None]
+    ints = [_as_int(v) for v in present]
+    if present and all(i is not None for i in ints):
+        top = max(ints)
+        return [(-1 if v is None else _as_int(v)) for v in raw], [str(i) for i in range(top + 1)]
+    names = sorted({str(v) for v in present})
+    index = {n: i for i, n in enumerate(names)}
+    return [(-1 if v is None else index[str(v)]) for v in raw], names
+
+
+def folder_entries(cfg: DataConfig) -> tuple[Path, list[FileEntry], list[str], list[tuple[str, str]]]:
+    """(root, every entry, class names, bad entries such as manifest rows without a file)."""
+    if cfg.path is None:
+        raise ConfigError("source=folder needs path=DIR")
+    root = given_path(cfg.path, "image folder")
+    if not root.is_dir():
+        raise DataError(f"image folder {root} is not a directory")
+    images, texts = scan_folder(root)
+    manifest = find_manifest(root, cfg)
+    bad: list[tuple[str, str]] = []
+    if manifest is not None:
+        rows = read_manifest(manifest)
+        if not rows:
+            raise DataError(f"manifest {manifest} lists no images")
+        entries_raw = []
+        for n, row in enumerate(rows, 1):
+            name = _column(row, FILE_COLUMNS)
+            if name is None:
+                raise DataError(f"manifest {manifest} row {n} has no file column ({', '.join(FILE_COLUMNS)})")
+            path = root / str(name)
+            if not path.is_file():
+                bad.append((str(path), "listed in the manifest but missing"))
+                continue
+            caption = _column(row, CAPTION_COLUMNS)
+            entries_raw.append((path, _column(row, LABEL_COLUMNS), None if caption is None else str(caption)))
+        if cfg.label_source == "manifest":
+            labels, class_names = _number_labels([r[1] for r in entries_raw])
+        else:
+            labels, class_names = _subfolder_labels(root, [r[0] for r in entries_raw], cfg)
+        entries = [FileEntry(path, path.relative_to(root).as_posix(), label,
+                             " ".join(caption.split()) if caption is not None else None,
+                             _caption_file(path, texts))
+                   for (path, _, caption), label in zip(entries_raw, labels)]
+    else:
+        if not images:
+            raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        labels, class_names = _subfolder_labels(root, images, cfg)
+        entries = [FileEntry(path, path.relative_to(root).as_posix(), label, None, _caption_file(path, texts))
+                   for path, label in zip(images, labels)]
+    return root, entries, class_names, bad
+
+
+def folder_dataset(cfg: DataConfig, split: str = "train") -> FileImages:
+    """The images of ``split`` (see :mod:`ldmkit.data.splits`) of the folder ``cfg.path``."""
+    root, entries, class_names, bad = folder_entries(cfg)
+    entries = select_split(entries, [e.key for e in entries], split, cfg.val_fraction, cfg.split_seed)
+    if not entries:
+        raise DataError(f"split '{split}' of image folder {root} is empty (val_fraction={cfg.val_fraction:g})")
+    return FileImages(cfg, entries, what=f"image folder {root}", class_names=class_names, bad_entries=bad)
+
+
+def _caption_file(path: Path, texts: set[Path]) -> Path | None:
+    txt = path.with_suffix(".txt")
+    return txt if txt in texts else None
+
+
+def _subfolder_labels(root: Path, paths: list[Path], cfg: DataConfig) -> tuple[list[int], list[str]]:
+    if cfg.label_source != "subfolder":
+        return [-1] * len(paths), []
+    firsts = [p.relative_to(root).parts for p in paths]
+    names = sorted({parts[0] for parts in firsts if len(parts) > 1})
+    index = {n: i for i, n in enumerate(names)}
+    return [index[parts[0]] if len(parts) > 1 else -1 for parts in firsts], names

@@ -1,0 +1,153 @@
+"""Data sets by name, and data loaders whose position survives a restart.
+
+:func:`build_dataloader` returns ``(loader, position)``: the loader is a
+:class:`ResumableDataLoader` (a ``torch.utils.data.DataLoader``) that reports each batch the training
+loop receives to ``position`` — a :class:`~ldmkit.data.sampler.ResumableSampler` for map-style data sets,
+the :class:`~ldmkit.data.shards.ShardDataset` itself for shards. Save ``position.state_dict()`` with a
+checkpoint and call ``position.load_state_dict(state)`` before iterating again: the next pass yields
+exactly the batches the interrupted one had not yet delivered. Start every worker afresh for each pass
+(no ``persistent_workers``), so the workers see the restored position.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ldmkit import runtime
+from ldmkit.config import Registry
+from ldmkit.data.config import DataConfig
+from ldmkit.data.sampler import ResumableSampler
+from ldmkit.data.splits import check_split
+
+SOURCES: Registry[Callable[[DataConfig, str], Dataset]] = Registry("data source")
+
+
+@SOURCES.register("synthetic")
+def _synthetic(cfg: DataConfig, split: str) -> Dataset:
+    from ldmkit.data.synthetic import SyntheticShapes
+
+    return SyntheticShapes(cfg, split)
+
+
+@SOURCES.register("folder")
+def _folder(cfg: DataConfig, split: str) -> Dataset:
+    from ldmkit.data.folder import folder_dataset
+
+    return folder_dataset(cfg, split)
+
+
+@SOURCES.register("shards")
+def _shards(cfg: DataConfig, split: str) -> Dataset:
+    from ldmkit.data.shards import ShardDataset
+
+    return ShardDataset(cfg, split)
+
+
+@SOURCES.register("fashion_mnist")
+def _fashion_mnist(cfg: DataConfig, split: str) -> Dataset:
+    from ldmkit.data.fashion_mnist import FashionMNIST
+
+    return FashionMNIST(cfg, split)
+
+
+@SOURCES.register("emoji")
+def _emoji(cfg: DataConfig, split: str) -> Dataset:
+    from ldmkit.data.emoji import emoji_dataset
+
+    return emoji_dataset(cfg, split)
+
+
+def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    """The data set of ``cfg.source`` for ``split`` (train, val, test or all); samples as in
+    :mod:`ldmkit.data.config`. Raises :class:`~ldmkit.errors.DataError` (missing path, empty set, bad
+    format) or :class:`~ldmkit.errors.AssetMissingError` (data set not fetched)."""
+    return SOURCES.get(cfg.source)(cfg, check_split(split))
+
+
+def class_names(cfg: DataConfig) -> list[str]:
+    """Names of the labels (index = label); empty when the source has no labels."""
+    if cfg.source == "synthetic":
+        from ldmkit.data.synthetic import class_names as synthetic_names
+
+        return synthetic_names(cfg.synthetic)
+    if cfg.source == "fashion_mnist":
+        from ldmkit.data.fashion_mnist import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    return list(getattr(build_dataset(cfg, "all"), "class_names", []))
+
+
+def num_classes(cfg: DataConfig) -> int:
+    """How many labels the source has (0 when it has none)."""
+    return len(class_names(cfg))
+
+
+class Position(Protocol):
+    epoch: int
+    offset: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish_epoch(self) -> None: ...
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    return len(batch)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that tells ``position`` how many samples reached the caller, and when a pass ended."""
+
+    def __init__(self, dataset: Dataset, *, position: Position, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self.position = position
+
+    def set_epoch(self, epoch: int) -> None:
+        self.position.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position.load_state_dict(state)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.position.advance(_batch_len(batch))
+            yield batch
+        self.position.finish_epoch()
+
+
+def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed: int = 0, rank: int | None = None,
+                     world_size: int | None = None, num_workers: int = 0, shuffle: bool = True,
+                     drop_last: bool = True, pin_memory: bool = False) -> tuple[ResumableDataLoader, Position]:
+    """A loader over this rank's share of ``dataset`` and the object that reports/restores its position.
+
+    ``rank``/``world_size`` default to the process's (``RANK``/``WORLD_SIZE``). ``shuffle`` draws each epoch's
+    order from ``(seed, epoch)``; ``drop_last`` cuts the epoch to a multiple of ``world_size`` and drops a last
+    incomplete batch. Random transforms draw from a generator seeded by ``(seed, rank)``. ``cfg`` is the
+    data set's config (nothing in it changes the loader today; trainers pass it for future options).
+    """
+    rank = runtime.rank() if rank is None else rank
+    world_size = runtime.world_size() if world_size is None else world_size
+    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
+                  generator=generator, persistent_workers=False)
+    if isinstance(dataset, IterableDataset):
+        configure = getattr(dataset, "configure", None)
+        if configure is None:
+            raise TypeError(f"{type(dataset).__name__} cannot be split over ranks or resumed")
+        configure(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, block=batch_size)
+        return ResumableDataLoader(dataset, position=dataset, **common), dataset
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                               drop_last=drop_last)
+    return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler

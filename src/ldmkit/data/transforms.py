@@ -1,0 +1,104 @@
+"""From a decoded PIL image to the sample tensor: alpha, padding, resize, crop, flip, scaling to [-1, 1].
+
+Order (each step optional through :class:`~ldmkit.data.config.DataConfig`):
+
+1. transparent pixels composited on ``background`` (RGBA, LA, palette transparency);
+2. converted to RGB (gray repeated to three channels) or to gray when ``channels=1``;
+3. ``pad`` pixels of ``background`` added on every side (Fashion-MNIST 28 -> 32);
+4. the shorter side resized to ``resolution`` (``resize``), or a small image padded to it;
+5. a square ``resolution`` crop, centred or random;
+6. a random horizontal flip (``flip``);
+7. ``uint8 [H, W, C]`` -> ``float32 [C, H, W]`` in ``[-1, 1]``.
+
+Random choices draw from torch's generator, which the data loader seeds per worker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ldmkit.data.config import DataConfig
+
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``uint8 [H, W]`` or ``[H, W, C]`` -> ``float32 [C, H, W]`` in ``[-1, 1]``."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)  # [C, H, W], a fresh copy
+    chw *= 1.0 / 127.5
+    chw -= 1.0
+    return torch.from_numpy(chw)
+
+
+def flatten_alpha(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """An RGB or L image with any transparency composited onto ``background``."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I;16", "I", "F", "1"):
+        return image.convert("L") if image.mode == "1" else _to_l(image)
+    return image.convert("RGB")
+
+
+def _to_l(image: Image.Image) -> Image.Image:
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I") and array.max() > 255 else max(array.max(), 1.0)
+    return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+
+
+class ImageTransform:
+    """Callable: PIL image (any mode, any size) -> ``float32 [C, resolution, resolution]`` in ``[-1, 1]``."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.background = cfg.background_rgb
+        self.filter = _FILTERS[cfg.interpolation]
+
+    def _fill(self, mode: str) -> int | tuple[int, int, int]:
+        if mode == "L":
+            r, g, b = self.background
+            return round(0.299 * r + 0.587 * g + 0.114 * b)
+        return self.background
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        cfg = self.cfg
+        image = flatten_alpha(image, self.background)
+        image = image.convert("L") if cfg.channels == 1 else image.convert("RGB")
+        if cfg.pad:
+            image = ImageOps.expand(image, border=cfg.pad, fill=self._fill(image.mode))
+        size = cfg.resolution
+        w, h = image.size
+        if cfg.resize and min(w, h) != size:
+            scale = size / min(w, h)
+            new = (max(size, round(w * scale)), max(size, round(h * scale)))
+            image = image.resize(new, self.filter)
+        elif min(w, h) < size:
+            canvas = Image.new(image.mode, (max(w, size), max(h, size)), self._fill(image.mode))
+            canvas.paste(image, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+            image = canvas
+        w, h = image.size
+        if (w, h) != (size, size):
+            if cfg.crop == "random":
+                left = int(torch.randint(0, w - size + 1, ()).item())
+                top = int(torch.randint(0, h - size + 1, ()).item())
+            else:
+                left, top = (w - size) // 2, (h - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        array = np.asarray(image)
+        if cfg.flip and bool(torch.rand(()) < 0.5):
+            array = array[:, ::-1]
+        return to_tensor(array)
