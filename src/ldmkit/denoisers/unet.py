@@ -1,0 +1,209 @@
+"""The time-conditional UNet ε_θ(z_t, t, c) of latent diffusion (paper §3.2, §3.3, Fig. 3).
+
+An ADM-style encoder / middle / decoder (Dhariwal & Nichol 2021) with skip connections, residual
+blocks that take the timestep embedding, and attention blocks at chosen downsampling factors. With a
+``context_dim`` the attention blocks are :class:`~ldmkit.nn.SpatialTransformer` layers that
+cross-attend to ``Conditioning.context`` (paper eq. 3); without one they are plain spatial
+self-attention. Two more routes bring conditions in: ``Conditioning.vector`` is projected and added to
+the timestep embedding, ``Conditioning.concat`` is concatenated to ``z_t`` at the input.
+
+The UNet only maps ``(z_t, t, c)`` to a tensor of ``out_channels``; what that tensor means (ε, v or x₀)
+is the business of the parameterisation wrapper, and it never sees the noise schedule.
+
+The output convolution is zero-initialised, so a freshly built UNet returns exactly zero for every
+input; every residual and attention branch is zero-initialised too (their blocks start as the
+identity), which keeps early training stable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.unet_config import UNET_PRESETS, UNetConfig
+from ldmkit.errors import ConfigError
+from ldmkit.nn import (
+    Downsample,
+    ResnetBlock,
+    SpatialSelfAttention,
+    SpatialTransformer,
+    TimestepEmbedding,
+    Upsample,
+    group_norm,
+    zero_module,
+)
+
+__all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
+
+_NORM_EPS = 1e-5  # GroupNorm epsilon of the UNet's residual and self-attention blocks (as in LDM / SD)
+
+
+def _groups(width: int) -> int:
+    """At most 32 normalisation groups and at least 4 channels per group.
+
+    With one channel per group (what ``group_norm`` would pick for tiny test widths) the norm that
+    follows the added timestep embedding would subtract it again, since it is constant per channel.
+    Every width of 128 or more gets the usual 32 groups.
+    """
+    return max(1, min(32, width // 4))
+
+
+class UNetStage(nn.ModuleList):
+    """A few layers run in sequence, each given what it needs (embedding, context or nothing)."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+                context_mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResnetBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """ε_θ(z_t, t, c): ``forward(x [B, C, h, w], t [B], cond) -> [B, out_channels, h, w]``.
+
+    ``h`` and ``w`` may be any multiples of ``config.downsample_factor`` (convolutional sampling at
+    larger sizes than trained, paper §4.3.2). ``t`` holds integer or fractional timesteps (or noise
+    levels, as the wrapper decides), one per sample or a single scalar for the whole batch.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        mc = c.model_channels
+        emb_dim = 4 * mc
+        self.time_embed = TimestepEmbedding(mc, emb_dim)
+        self.vector_proj = nn.Linear(c.vector_dim, emb_dim) if c.vector_dim is not None else None
+        self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, mc, 3, padding=1)
+
+        # Encoder: per level, num_res_blocks × (ResnetBlock [+ attention]), then a downsampling stage.
+        self.down = nn.ModuleList()
+        skip_widths = [mc]
+        width, factor = mc, 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                stage = UNetStage([self._resnet(width, mc * mult)])
+                width = mc * mult
+                if factor in c.attention_resolutions:
+                    stage.append(self._attention(width))
+                self.down.append(stage)
+                skip_widths.append(width)
+            if level != len(c.channel_mult) - 1:
+                if c.resblock_updown:
+                    self.down.append(UNetStage([self._resnet(width, width, resample="down")]))
+                else:
+                    self.down.append(UNetStage([Downsample(width, use_conv=c.conv_resample)]))
+                skip_widths.append(width)
+                factor *= 2
+
+        self.middle = UNetStage([self._resnet(width, width), self._attention(width), self._resnet(width, width)])
+
+        # Decoder: per level (deepest first), num_res_blocks + 1 × (ResnetBlock on [h, skip] [+ attention]),
+        # the last of them followed by upsampling except at the top level.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                stage = UNetStage([self._resnet(width + skip_widths.pop(), mc * mult)])
+                width = mc * mult
+                if factor in c.attention_resolutions:
+                    stage.append(self._attention(width))
+                if level and i == c.num_res_blocks:
+                    if c.resblock_updown:
+                        stage.append(self._resnet(width, width, resample="up"))
+                    else:
+                        stage.append(Upsample(width, use_conv=c.conv_resample))
+                    factor //= 2
+                self.up.append(stage)
+
+        self.norm_out = group_norm(width, _groups(width), _NORM_EPS)
+        self.act_out = nn.SiLU()
+        self.conv_out = zero_module(nn.Conv2d(width, c.out_channels, 3, padding=1))
+
+    def _resnet(self, cin: int, cout: int, resample: str = "none") -> ResnetBlock:
+        c = self.config
+        return ResnetBlock(cin, cout, emb_channels=4 * c.model_channels, dropout=c.dropout,
+                           scale_shift=c.use_scale_shift_norm, groups=_groups(min(cin, cout)), eps=_NORM_EPS,
+                           resample=resample)
+
+    def _attention(self, width: int) -> nn.Module:
+        c = self.config
+        heads, head_dim = c.heads(width)
+        if c.context_dim is None:
+            return SpatialSelfAttention(width, num_heads=heads, groups=_groups(width), eps=_NORM_EPS)
+        return SpatialTransformer(width, heads, head_dim, depth=c.transformer_depth, context_dim=c.context_dim,
+                                  use_linear=c.use_linear_in_transformer, groups=_groups(width))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "UNet":
+        """Build the UNet of a named configuration (see :data:`UNET_PRESETS`)."""
+        return cls(UNetConfig.preset(name, **overrides))
+
+    def _run(self, stage: UNetStage, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, h, emb, context, mask, use_reentrant=False)
+        return stage(h, emb, context, mask)
+
+    def _inputs(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check the routes of ``cond`` against the config; the network input and the vector."""
+        c = self.config
+        size = c.downsample_factor
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ConfigError(f"UNet input must be [B, {c.in_channels}, h, w]; got {list(x.shape)}")
+        if x.shape[-2] % size or x.shape[-1] % size:
+            raise ConfigError(f"UNet input size {x.shape[-2]}x{x.shape[-1]} is not a multiple of {size} "
+                              f"(2 ** (levels - 1)); crop or pad the latent")
+        if c.context_dim is None and cond.context is not None:
+            raise ConfigError("conditioning has context tokens but this UNet has no cross-attention; set context_dim")
+        if c.context_dim is not None:
+            if cond.context is None:
+                raise ConfigError(f"this UNet cross-attends to {c.context_dim}-wide context tokens; "
+                                  "the conditioning has none (use the encoder's empty/null tokens)")
+            if cond.context.ndim != 3 or cond.context.shape[-1] != c.context_dim:
+                raise ConfigError(f"conditioning context must be [B, T, {c.context_dim}]; "
+                                  f"got {list(cond.context.shape)}")
+        if c.vector_dim is None and cond.vector is not None:
+            raise ConfigError("conditioning has a vector but this UNet has no vector route; set vector_dim")
+        if c.vector_dim is not None and (cond.vector is None or cond.vector.shape[-1] != c.vector_dim):
+            got = "none" if cond.vector is None else str(list(cond.vector.shape))
+            raise ConfigError(f"this UNet needs a conditioning vector [B, {c.vector_dim}]; got {got}")
+        if c.concat_channels == 0:
+            if cond.concat is not None:
+                raise ConfigError("conditioning has a concat image but this UNet has no concat route; "
+                                  "set concat_channels")
+            return x, cond.vector
+        if cond.concat is None or cond.concat.shape[1] != c.concat_channels or cond.concat.shape[-2:] != x.shape[-2:]:
+            got = "none" if cond.concat is None else str(list(cond.concat.shape))
+            raise ConfigError(f"this UNet needs a concat condition [B, {c.concat_channels}, "
+                              f"{x.shape[-2]}, {x.shape[-1]}]; got {got}")
+        return torch.cat([x, cond.concat.to(x.dtype)], dim=1), cond.vector
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        # x: [B, C, h, w]; t: [B] or []; cond routes: context [B, T, D], context_mask [B, T],
+        # vector [B, V], concat [B, C_cat, h, w]
+        cond = Conditioning() if cond is None else cond
+        h, vector = self._inputs(x, cond)  # [B, C + C_cat, h, w]
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(t)  # [B, 4*mc]
+        if self.vector_proj is not None:
+            emb = emb + self.vector_proj(vector.to(emb.dtype))  # [B, 4*mc]
+        context, mask = cond.context, cond.context_mask
+
+        h = self.conv_in(h)  # [B, mc, h, w]
+        skips = [h]
+        for stage in self.down:
+            h = self._run(stage, h, emb, context, mask)  # [B, C_level, h/f, w/f]
+            skips.append(h)
+        h = self._run(self.middle, h, emb, context, mask)  # [B, C_deep, h/F, w/F]
+        for stage in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # [B, C + C_skip, h/f, w/f]
+            h = self._run(stage, h, emb, context, mask)
+        return self.conv_out(self.act_out(self.norm_out(h)))  # [B, out_channels, h, w]
