@@ -1,0 +1,71 @@
+"""Classifier-free guidance (Ho & Salimans 2022) with optional guidance rescale (Lin et al. 2023, §3.4).
+
+``eps = eps_u + s (eps_c - eps_u)``: ``eps_c`` under the condition, ``eps_u`` under the null (or a
+negative) condition. Both come from ONE batched forward pass (conditional and unconditional halves
+concatenated along the batch). Because x0 and eps are affine in each other at a fixed ``x_t`` and t,
+combining the x0 estimates with the same weights gives exactly the x0 of the guided eps, with no
+division by sqrt(ᾱ).
+
+Rescale (φ = ``rescale``) counters over-exposure at large scales: the guided x0 is rescaled to the
+per-sample standard deviation of the conditional x0, then mixed with the plain guided x0,
+``x0 = φ · x0_cfg · std(x0_c)/std(x0_cfg) + (1 - φ) · x0_cfg``, and eps follows from x0. (Some codes
+rescale the raw network output instead; for eps-prediction networks that is a different rule.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.parameterisation import eps_from_x0
+from ldmkit.denoisers.wrapper import Denoiser, Prediction
+from ldmkit.errors import ConfigError
+
+
+def check_guidance(cond: Conditioning | None, uncond: Conditioning | None, scale: float, rescale: float) -> None:
+    """Reject guidance settings that cannot work, with a one-line reason."""
+    if rescale < 0 or rescale > 1:
+        raise ConfigError(f"guidance_rescale must be in [0, 1]; got {rescale}")
+    if scale != 1.0 and (cond is None or uncond is None):
+        raise ConfigError(
+            f"guidance scale {scale} needs both a condition and an unconditional (null) condition; "
+            "pass uncond or use guidance 1"
+        )
+
+
+def fit_batch(cond: Conditioning | None, batch: int) -> Conditioning | None:
+    """A conditioning of batch 1 repeated to ``batch`` (one prompt for many samples); others unchanged."""
+    if cond is None or cond.batch_size in (None, batch):
+        return cond
+    if cond.batch_size == 1:
+        return cond.repeat(batch)
+    raise ConfigError(f"conditioning has batch {cond.batch_size} but there are {batch} samples; use 1 or {batch}")
+
+
+def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None,
+                      uncond: Conditioning | None = None, scale: float = 1.0, rescale: float = 0.0) -> Prediction:
+    """The denoiser's prediction at ``(x_t, t)`` under classifier-free guidance.
+
+    ``scale == 1`` runs only the conditional pass and returns it unchanged. ``t`` is a tensor [B] or a
+    scalar. Conditionings of batch 1 are repeated to the batch of ``x_t``.
+    """
+    batch = x_t.shape[0]
+    if scale == 1.0:
+        return denoiser(x_t, t, fit_batch(cond, batch))
+    check_guidance(cond, uncond, scale, rescale)
+    cond, uncond = fit_batch(cond, batch), fit_batch(uncond, batch)
+    t = torch.as_tensor(t, device=x_t.device)
+    t = t.expand(batch) if t.dim() == 0 else t
+    both = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]))  # [2B, C, h, w]
+    x0_c, x0_u = both.x0.chunk(2)
+    eps_c, eps_u = both.eps.chunk(2)
+    x0 = x0_u + scale * (x0_c - x0_u)
+    if rescale == 0.0:
+        return Prediction(x0=x0, eps=eps_u + scale * (eps_c - eps_u))
+    dims = tuple(range(1, x0.dim()))
+    factor = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    x0 = x0 * (rescale * factor + (1 - rescale))
+    dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    alpha_bar = denoiser.schedule.alpha_bar(t, dtype=dtype).reshape(batch, *([1] * (x_t.dim() - 1)))
+    eps = eps_from_x0(x_t.to(dtype), x0.to(dtype), alpha_bar).to(x_t.dtype)
+    return Prediction(x0=x0, eps=eps)
