@@ -6,7 +6,8 @@ import pytest
 import torch
 
 os.environ.setdefault("LDMKIT_HOME", os.path.expanduser("~/.cache/ldmkit"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Test tensors are tiny: one thread avoids thread start-up and spin costs that dominate them.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
