@@ -26,3 +26,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, group: str) -> None:
                         help=f"a preset name from configs/{group}/ or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="override config values, e.g. train.lr=1e-4 data.resolution=64")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sampler options shared by `ldm sample`, `ldm eval generation` and the task commands."""
+    parser.add_argument("--sampler", default="dpm++2m",
+                        help="ddpm, ddim, plms, dpm++2m, euler, heun (default dpm++2m)")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1]")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
+    parser.add_argument("--spacing", default=None, help="timestep spacing (leading, trailing, linspace, karras)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    parser.add_argument("--height", type=int, default=None, help="image height (default: training size)")
+    parser.add_argument("--width", type=int, default=None, help="image width (default: training size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                        help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)")

@@ -1,0 +1,65 @@
+"""``ldm encode --autoencoder DIR --data PRESET [key=value …] --out DIR``: pre-compute latents (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ldmkit.autoencoders import load_autoencoder
+    from ldmkit.config import load_config
+    from ldmkit.data import DataConfig, build_dataset
+    from ldmkit.data.latents import write_latent_cache
+    from ldmkit.errors import ConfigError
+    from ldmkit.io import read_model_dir
+    from ldmkit.runtime import autocast_dtype, pick_device
+    from ldmkit.training.run_dir import check_writable
+
+    if args.shard_size % args.batch_size:
+        raise ConfigError(f"--shard-size {args.shard_size} must be a multiple of --batch-size {args.batch_size}")
+    device = pick_device(args.device)
+    info = read_model_dir(args.autoencoder, kind="autoencoder")
+    autoencoder = load_autoencoder(args.autoencoder, device=device).eval()
+    data_cfg = load_config(DataConfig, args.data, args.overrides, group="data")
+    data_cfg = dataclasses.replace(data_cfg, flip=False)  # latents of the images as they are
+    dataset = build_dataset(data_cfg, split=args.split)
+    check_writable(Path(args.out))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    dtype = autocast_dtype(device, args.precision)
+
+    def encode(images: torch.Tensor):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            moments = autoencoder.encode_distribution(images.to(device))
+        std = moments.std if autoencoder.config.kind == "kl" else None
+        return moments.mean, std
+
+    from ldmkit.config import to_dict
+
+    meta = {"autoencoder": {"path": str(info.path.resolve()), "sha256": info.files.get("model")},
+            "data": to_dict(data_cfg), "split": args.split}
+    out = write_latent_cache(args.out, loader, encode, total=len(dataset), shard_size=args.shard_size, meta=meta)
+    print(f"latents of {len(dataset)} images written to {out}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("encode", help="encode a data set into latents for diffusion training",
+                                   description="Encode a data set with a trained autoencoder into a latent cache "
+                                               "(KL: posterior mean and std). Rerunning resumes.")
+    parser.set_defaults(handler=_encode)
+    parser.add_argument("--autoencoder", required=True, help="autoencoder model directory")
+    parser.add_argument("--data", default=None, help="a data preset from configs/data/ or a YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="data config overrides, e.g. resolution=64")
+    parser.add_argument("--split", default="train", help="train or test")
+    parser.add_argument("--out", required=True, help="output directory of the latent cache")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=4096, help="latents per shard file (multiple of batch)")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))

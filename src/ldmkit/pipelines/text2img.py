@@ -1,0 +1,233 @@
+"""Condition → sample latents → decode: the generation pipeline for text, class and unconditional models.
+
+``pipe = ldmkit.load_pipeline(DIR); images = pipe(prompt="a red circle", steps=25, guidance=3.0, seed=0)``
+
+Each image's noise comes from its own seed (``seed + i``) drawn on the CPU, so an image does not change
+with the batch size or the device. Larger sizes than trained are sampled convolutionally (paper §4.3.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ldmkit.autoencoders.base import FirstStage
+from ldmkit.conditioning.base import Conditioner
+from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.wrapper import Denoiser
+from ldmkit.diffusion.schedules import NoiseSchedule
+from ldmkit.errors import ConfigError
+from ldmkit.io.images import to_pil, to_unit
+from ldmkit.runtime import autocast_dtype, pick_device
+from ldmkit import samplers
+
+
+def seeded_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """[N, c, h, w] standard normal noise, sample i drawn from a CPU generator seeded with seeds[i]."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors (keeps the norm a Gaussian sample should have)."""
+    a_flat, b_flat = a.flatten().double(), b.flatten().double()
+    cos = torch.dot(a_flat, b_flat) / (a_flat.norm() * b_flat.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    if theta.abs() < 1e-4:
+        return torch.lerp(a, b, weight)
+    out = (torch.sin((1 - weight) * theta) * a.double() + torch.sin(weight * theta) * b.double()) / torch.sin(theta)
+    return out.to(a.dtype)
+
+
+class LatentDiffusionPipeline:
+    def __init__(self, *, unet: torch.nn.Module, schedule: NoiseSchedule, conditioner: Conditioner,
+                 autoencoder: FirstStage, latent_size: tuple[int, int], precision: str = "auto"):
+        self.unet = unet
+        self.schedule = schedule
+        self.conditioner = conditioner
+        self.autoencoder = autoencoder
+        self.latent_size = latent_size
+        self.denoiser = Denoiser(unet, schedule)
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def kind(self) -> str:
+        return self.conditioner.config.kind
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        f = self.autoencoder.downsample_factor
+        return self.latent_size[0] * f, self.latent_size[1] * f
+
+    # ----- conditions -------------------------------------------------------------------------------
+    def _conditions(self, prompt, class_label, negative_prompt, n) -> tuple[Conditioning, Conditioning, int]:
+        kind = self.kind
+        text = kind in ("text", "pretrained_text")
+        if prompt is not None and not text:
+            raise ConfigError(f"this model is conditioned on '{kind}', not on text; drop --prompt"
+                              + (" and give --class" if kind == "class" else ""))
+        if class_label is not None and kind != "class":
+            raise ConfigError(f"this model is conditioned on '{kind}', not on class labels; drop --class")
+        if text:
+            if prompt is None:
+                raise ConfigError("this is a text-conditional model: give a prompt")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts = _expand(prompts, n)
+            cond = self.conditioner.encode_prompts(prompts)
+            if negative_prompt is not None:
+                negatives = _expand([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt),
+                                    len(prompts))
+                uncond = self.conditioner.encode_prompts(negatives)
+            else:
+                uncond = self.conditioner.null(len(prompts), self.device)
+            return cond, uncond, len(prompts)
+        if kind == "class":
+            if class_label is None:
+                raise ConfigError("this is a class-conditional model: give a class label")
+            labels = _expand([class_label] if isinstance(class_label, int) else list(class_label), n)
+            num = self.conditioner.config.num_classes
+            for label in labels:
+                if not 0 <= int(label) < num:
+                    raise ConfigError(f"class {label} is out of range: this model knows classes 0..{num - 1}")
+            cond = self.conditioner.encode_labels(torch.tensor(labels, device=self.device))
+            return cond, self.conditioner.null(len(labels), self.device), len(labels)
+        count = n or 1
+        return self.conditioner.null(count, self.device), self.conditioner.null(count, self.device), count
+
+    def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+        f = self.autoencoder.downsample_factor
+        multiple = f * self.unet.config.downsample_factor  # the autoencoder's f times the UNet's downsamplings
+        h = height if height is not None else self.image_size[0]
+        w = width if width is not None else self.image_size[1]
+        if h % multiple or w % multiple or h <= 0 or w <= 0:
+            raise ConfigError(f"image size {h}x{w} is not a positive multiple of {multiple} "
+                              f"(autoencoder f={f} × UNet downsampling {multiple // f})")
+        return self.autoencoder.latent_channels, h // f, w // f
+
+    # ----- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_latents(self, cond: Conditioning, uncond: Conditioning | None, noise: torch.Tensor, *,
+                       sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0,
+                       guidance_rescale: float = 0.0, eta: float = 0.0, spacing: str | None = None,
+                       start: torch.Tensor | None = None, strength: float = 1.0,
+                       callback: Callable | None = None, progress: bool = False, seed: int = 0) -> torch.Tensor:
+        """Sample latents; ``seed`` drives the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
+        sample = samplers.get(sampler)
+        dtype = autocast_dtype(self.device, self.precision)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"sample {sampler}", leave=False, dynamic_ncols=True)
+
+        def step_callback(i, total, x, x0):
+            if bar is not None:
+                bar.total = total
+                bar.update(1)
+            return callback(i, total, x, x0) if callback is not None else None
+
+        kwargs: dict[str, Any] = dict(steps=steps, uncond=uncond if guidance != 1.0 else None, guidance=guidance,
+                                      guidance_rescale=guidance_rescale, spacing=spacing, start=start,
+                                      strength=strength, callback=step_callback,
+                                      generator=torch.Generator().manual_seed(seed))
+        if eta:
+            kwargs["eta"] = eta
+        try:
+            with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                latents = sample(self.denoiser, noise.to(self.device), cond, **kwargs)
+        finally:
+            if bar is not None:
+                bar.close()
+        return latents.float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images [N, 3, H, W] in [-1, 1]."""
+        return self.autoencoder.decode(latents.to(self.device)).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
+                 negative_prompt: str | Sequence[str] | None = None, n: int | None = None, steps: int = 25,
+                 sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
+                 spacing: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
+                 batch_size: int = 16, callback: Callable | None = None, output: str = "pil",
+                 progress: bool = True) -> list[Image.Image] | torch.Tensor:
+        """Generate images; ``n`` repeats each prompt/class that many times in total (cycled)."""
+        if steps < 1:
+            raise ConfigError(f"steps must be at least 1; got {steps}")
+        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        shape = self._latent_shape(height, width)
+        noise = seeded_noise([seed + i for i in range(count)], shape)
+        images = []
+        for lo in range(0, count, batch_size):
+            index = slice(lo, min(lo + batch_size, count))
+            latents = self.sample_latents(cond.index(index), uncond.index(index), noise[index], sampler=sampler,
+                                          steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
+                                          eta=eta, spacing=spacing, callback=callback, progress=progress,
+                                          seed=seed + lo)
+            images.append(self.decode(latents).cpu())
+        batch = torch.cat(images)
+        return batch if output == "tensor" else [to_pil(to_unit(image)) for image in batch]
+
+    @torch.no_grad()
+    def interpolate(self, *, seeds: tuple[int, int] = (0, 1), prompts: tuple[str, str] | None = None,
+                    class_label: int | None = None, frames: int = 8, output: str = "pil",
+                    **sample_kwargs: Any) -> list[Image.Image] | torch.Tensor:
+        """A strip from seed A to seed B (spherical interpolation of noise) and/or prompt A to prompt B
+        (linear interpolation of the conditioning)."""
+        shape = self._latent_shape(sample_kwargs.pop("height", None), sample_kwargs.pop("width", None))
+        noise_a, noise_b = seeded_noise(list(seeds), shape)
+        weights = [i / max(frames - 1, 1) for i in range(frames)]
+        noise = torch.stack([slerp(noise_a, noise_b, w) for w in weights])
+        if prompts is not None:
+            both, uncond, _ = self._conditions(list(prompts), None, None, None)
+            cond = _lerp_conditioning(both.index(slice(0, 1)), both.index(slice(1, 2)), weights)
+            uncond = uncond.index(slice(0, 1)).repeat(frames)
+        else:
+            single = None if class_label is None else [class_label]
+            prompt = None
+            if self.kind in ("text", "pretrained_text"):
+                raise ConfigError("interpolating seeds of a text model needs a prompt; pass prompts=(p, p)")
+            cond, uncond, _ = self._conditions(prompt, single, None, 1)
+            cond, uncond = cond.repeat(frames), uncond.repeat(frames)
+        latents = self.sample_latents(cond, uncond, noise, **sample_kwargs)
+        images = self.decode(latents).cpu()
+        return images if output == "tensor" else [to_pil(to_unit(image)) for image in images]
+
+
+def _expand(items: list, n: int | None) -> list:
+    if n is None or n == len(items):
+        return items
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _lerp_conditioning(a: Conditioning, b: Conditioning, weights: list[float]) -> Conditioning:
+    """Linear interpolation of the context/vector routes; masks are the union of both token sets."""
+    out: dict[str, torch.Tensor] = {}
+    for name in ("context", "vector", "concat"):
+        ta, tb = getattr(a, name), getattr(b, name)
+        if ta is not None:
+            out[name] = torch.cat([torch.lerp(ta, tb, w) for w in weights])
+    if a.context_mask is not None:
+        out["context_mask"] = (a.context_mask | b.context_mask).repeat(len(weights), 1)
+    return Conditioning(**out)
+
+
+def load_pipeline(directory: str | Path, device: str | torch.device = "auto",
+                  precision: str = "auto") -> LatentDiffusionPipeline:
+    """Load a latent diffusion model directory (output of `ldm train diffusion`) as a pipeline."""
+    from ldmkit.pipelines.model_dir import load_ldm
+
+    model = load_ldm(directory, device=pick_device(device) if isinstance(device, str) else device)
+    return LatentDiffusionPipeline(unet=model.unet, schedule=model.schedule, conditioner=model.conditioner,
+                                   autoencoder=model.autoencoder, latent_size=model.latent_size,
+                                   precision=precision)
+
+
+__all__ = ["LatentDiffusionPipeline", "load_pipeline", "seeded_noise", "slerp"]

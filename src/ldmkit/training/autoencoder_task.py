@@ -1,0 +1,100 @@
+"""Training the first stage (paper §3.1): L1/L2 + LPIPS + patch adversarial loss, two alternating optimisers.
+
+After the last step the latent scale is measured: 1/std of the latents of a sample of the training
+data, stored in the model's config so ``encode()`` returns unit-variance latents for the diffusion stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+from ldmkit.autoencoders.build import latent_statistics, set_latent_scale
+from ldmkit.autoencoders.losses import AutoencoderLossConfig, build_autoencoder_loss
+from ldmkit.config import option, to_dict
+from ldmkit.data import DataConfig
+from ldmkit.io.images import make_grid, to_unit
+from ldmkit.training.config import TrainConfig
+from ldmkit.training.loop import StepContext, Task
+
+
+@dataclass(frozen=True)
+class AutoencoderExperiment:
+    """Everything `ldm train autoencoder` reads from its YAML file."""
+
+    data: DataConfig = option(default_factory=DataConfig, help="training images")
+    model: AutoencoderConfig = option(default_factory=AutoencoderConfig, help="the autoencoder")
+    loss: AutoencoderLossConfig = option(default_factory=AutoencoderLossConfig, help="reconstruction losses")
+    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
+    scale_samples: int = option(512, help="training images encoded to measure the latent scale 1/std (0 keeps 1)",
+                                min=0)
+
+
+class AutoencoderTask(Task):
+    name = "autoencoder"
+
+    def __init__(self, experiment: AutoencoderExperiment, dataset: Any):
+        self.experiment = experiment
+        self.dataset = dataset
+        self.model_config = experiment.model
+
+    def setup(self, device: torch.device, train: TrainConfig) -> None:
+        self.device = device
+        self.model = build_autoencoder(self.model_config).to(device)
+        self.loss = build_autoencoder_loss(self.experiment.loss, image_channels=self.model_config.in_channels).to(device)
+        if device.type == "cuda" and train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        betas = (0.5, 0.9)
+        generator = list(self.model.parameters()) + list(self.loss.generator_parameters())
+        self.opt_g = torch.optim.Adam(generator, lr=train.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.loss.discriminator_parameters(), lr=train.lr, betas=betas)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt_g, "discriminator": self.opt_d}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "loss": self.loss}
+
+    def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
+        x = batch["image"]  # [B, 3, H, W] in [-1, 1]
+        with ctx.autocast():
+            reconstruction, aux = self.model(x)
+            g_loss, logs = self.loss.generator_loss(x, reconstruction, aux, step, self.model.last_layer)
+        ctx.step("generator", g_loss)
+        if self.loss.discriminator_active(step):
+            with ctx.autocast():
+                d_loss, d_logs = self.loss.discriminator_loss(x, reconstruction.detach(), step)
+            ctx.step("discriminator", d_loss)
+            logs.update(d_logs)
+        return logs
+
+    @torch.no_grad()
+    def images(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        x = batch["image"][:8]
+        self.model.eval()
+        reconstruction = self.model.decode(self.model.encode(x))
+        self.model.train()
+        pairs = torch.stack([x, reconstruction.to(x.dtype)], dim=1).flatten(0, 1)  # [2B, 3, H, W]: input, recon
+        return {"reconstruction": make_grid(to_unit(pairs), nrow=8)}
+
+    def finish(self, run_dir: Path) -> None:
+        """Measure the latent scale (§3.1: rescale latents to unit variance) on training images."""
+        count = min(self.experiment.scale_samples, len(self.dataset))
+        if count == 0 or self.model_config.kind == "identity":
+            return
+        from torch.utils.data import DataLoader, Subset
+
+        batch = self.experiment.train.batch_size
+        loader = DataLoader(Subset(self.dataset, range(count)), batch_size=batch, shuffle=False)
+        self.model.eval()
+        _, std = latent_statistics(self.model, (b["image"] for b in loader),
+                                   generator=torch.Generator(self.device).manual_seed(0))
+        set_latent_scale(self.model, std)
+        print(f"latent std {std:.4f}: scale_factor = {1.0 / std:.4f}")
+
+    def write_model(self, directory: Path) -> None:
+        save_autoencoder(directory, self.model, extra={"data": to_dict(self.experiment.data)})

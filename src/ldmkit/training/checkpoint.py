@@ -1,0 +1,168 @@
+"""Atomic training checkpoints that never damage the previous one.
+
+A checkpoint is a directory ``checkpoints/step-00001000/`` holding
+
+- ``weights/``: inference weights in the model-directory format (safetensors + config.json),
+- ``state.pt``: training state (optimisers, schedulers, EMA counters, data position, RNG) read back with
+  ``torch.load(weights_only=True)``, never unpickling code,
+- ``MANIFEST.json``: step and the SHA-256 of every file, written last.
+
+It is written into a temporary directory, fsynced and renamed into place; only directories with a
+valid manifest are candidates for resume. Old checkpoints are deleted only after a new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldmkit.errors import CheckpointError
+from ldmkit.io.model_dir import sha256_file
+
+MANIFEST = "MANIFEST.json"
+STATE = "state.pt"
+_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        flags = os.O_RDONLY
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CheckpointManager:
+    """Writes, lists, loads and prunes the checkpoints of one run."""
+
+    def __init__(self, directory: str | Path, keep_last: int = 2, keep_every: int = 0):
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+
+    def save(self, step: int, state: dict[str, Any], write_weights: Callable[[Path], None]) -> Path:
+        """Write checkpoint ``step`` atomically; ``write_weights(dir)`` writes the inference model directory."""
+        final = self.directory / f"step-{step:08d}"
+        staging: Path | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=self.directory))
+            write_weights(staging / "weights")
+            torch.save(state, staging / STATE)
+            files = {
+                str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
+            }
+            _fsync_tree(staging)
+            manifest = {"step": step, "files": files}
+            tmp_manifest = staging / (MANIFEST + ".tmp")
+            with open(tmp_manifest, "w") as handle:
+                json.dump(manifest, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_manifest, staging / MANIFEST)
+            if final.exists():  # an older save of the same step: move it aside (atomically) before replacing it
+                self._discard(final)
+            os.replace(staging, final)
+            _fsync_dir(self.directory)
+        except BaseException as exc:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                reason = exc.strerror or str(exc)
+                raise CheckpointError(
+                    f"could not write checkpoint {final} ({reason}); earlier checkpoints are intact: free space "
+                    "or fix the run directory, then rerun the same command to resume"
+                ) from exc
+            raise
+        self.prune()
+        return final
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """(step, path) of every checkpoint with a manifest, oldest first (files are not re-hashed here)."""
+        found = []
+        if not self.directory.is_dir():
+            return found
+        for child in self.directory.iterdir():
+            match = _NAME.match(child.name)
+            if match and (child / MANIFEST).is_file():
+                found.append((int(match.group(1)), child))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        items = self.complete()
+        return items[-1][1] if items else None
+
+    def verify(self, path: Path) -> dict[str, Any]:
+        """Check every file of a checkpoint against its manifest; returns the manifest."""
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path / MANIFEST} cannot be read ({exc})") from None
+        for name, digest in manifest.get("files", {}).items():
+            target = path / name
+            if not target.is_file():
+                raise CheckpointError(f"checkpoint file {target} is missing; delete {path} to resume from an "
+                                      "earlier checkpoint")
+            if sha256_file(target) != digest:
+                raise CheckpointError(f"checkpoint file {target} does not match its SHA-256 (damaged or changed); "
+                                      f"delete {path} to resume from an earlier checkpoint")
+        return manifest
+
+    def load_state(self, path: Path) -> dict[str, Any]:
+        """Verify and load ``state.pt`` without unpickling code (``weights_only=True``)."""
+        self.verify(path)
+        try:
+            return torch.load(path / STATE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — any unpickling refusal or corruption is reported the same way
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path / STATE} cannot be loaded safely: {first}") from None
+
+    def prune(self) -> None:
+        """Delete complete checkpoints beyond ``keep_last`` (except multiples of ``keep_every``) and stale temp dirs."""
+        items = self.complete()
+        keep = {step for step, _ in items[-self.keep_last:]}
+        if self.keep_every:
+            keep |= {step for step, _ in items if step % self.keep_every == 0}
+        for step, path in items:
+            if step not in keep:
+                self._discard(path)
+        for child in self.directory.iterdir():
+            if child.name.startswith(".step-") and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _discard(self, path: Path) -> None:
+        """Rename a checkpoint to a hidden temp name, then delete it: a crash mid-delete never leaves a
+        half-deleted ``step-*`` directory that still looks complete (its manifest not yet removed)."""
+        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=self.directory))
+        os.replace(path, trash / path.name)
+        _fsync_dir(self.directory)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""Settings shared by every trainer (optimisation, precision, logging, checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ldmkit.config import option
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = option("runs/run", help="run directory: config, checkpoints, logs, samples and the final model")
+    steps: int = option(1000, help="optimiser steps to train for", min=1)
+    batch_size: int = option(32, help="images per step on each process", min=1)
+    lr: float = option(1e-4, help="peak learning rate", min=0.0)
+    warmup_steps: int = option(0, help="linear learning-rate warm-up steps", min=0)
+    weight_decay: float = option(0.0, help="AdamW weight decay", min=0.0)
+    grad_clip: float = option(1.0, help="clip the global gradient norm to this (0 disables)", min=0.0)
+    precision: str = option("auto", help="autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32",
+                            choices=("auto", "bf16", "fp16", "fp32"))
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
+    seed: int = option(0, help="seed of model initialisation, data order and noise", min=0)
+    num_workers: int = option(0, help="data-loader worker processes", min=0)
+    log_every: int = option(10, help="steps between TensorBoard scalars", min=1)
+    image_every: int = option(500, help="steps between image grids (0 disables)", min=0)
+    checkpoint_every: int = option(500, help="steps between checkpoints (0: only at the end)", min=0)
+    keep_last: int = option(2, help="complete checkpoints kept (older ones deleted after a new one is complete)", min=1)
+    keep_every: int = option(0, help="also keep every checkpoint whose step is a multiple of this (0: none)", min=0)
+    max_nonfinite: int = option(5, help="abort after this many consecutive steps with a NaN/inf loss or gradient",
+                                min=1)
+    channels_last: bool = option(True, help="channels-last memory format on GPU")
+    compile: bool = option(False, help="torch.compile the network (compile time reported apart)")
+    progress: bool = option(True, help="show a progress bar")
+    max_minutes: float = option(0.0, help="stop (saving a checkpoint and the model) after this much wall time in "
+                                          "this process; 0 = no limit", min=0.0)

@@ -1,0 +1,201 @@
+"""Training the latent diffusion model (paper §3.2–3.3) on latents of a frozen first stage.
+
+Latents come from a cache written by ``ldm encode`` (fast: the autoencoder runs once) or are encoded
+on the fly from images. The UNet's input/output channels and conditioning widths are derived from the
+autoencoder and the conditioner, so a preset only chooses sizes. An EMA of the denoiser (and of a jointly
+trained text encoder) is what sampling, previews and the saved model use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+
+from ldmkit.autoencoders import load_autoencoder
+from ldmkit.conditioning import ConditionerConfig, build_conditioner
+from ldmkit.config import load_config, option, to_dict
+from ldmkit.data import DataConfig, build_dataset
+from ldmkit.data.latents import LatentDataset, read_latent_index
+from ldmkit.denoisers.unet import UNet
+from ldmkit.denoisers.unet_config import UNetConfig
+from ldmkit.diffusion.losses import diffusion_loss
+from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from ldmkit.errors import ConfigError
+from ldmkit.io import read_model_dir
+from ldmkit.io.images import make_grid, to_unit
+from ldmkit.training.config import TrainConfig
+from ldmkit.training.ema import EMA
+from ldmkit.training.loop import StepContext, Task, train
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """Fixed-seed sample grids written during training."""
+
+    prompts: tuple[str, ...] = option((), help="captions sampled for text models (empty: captions of the data)")
+    classes: tuple[int, ...] = option((), help="class labels sampled for class models (empty: the first classes)")
+    count: int = option(8, help="images per grid", min=1)
+    sampler: str = option("dpm++2m", help="sampler for previews (see `ldm sample --help`)")
+    steps: int = option(20, help="sampling steps for previews", min=1)
+    guidance: float = option(3.0, help="classifier-free guidance scale for previews", min=0.0)
+    seed: int = option(0, help="noise seed of the previews", min=0)
+
+
+@dataclass(frozen=True)
+class DiffusionExperiment:
+    """Everything `ldm train diffusion` reads from its YAML file."""
+
+    autoencoder: str = option("", help="model directory of the first stage (output of `ldm train autoencoder`)")
+    latents: str | None = option(None, help="latent cache written by `ldm encode` (null: encode images on the fly)")
+    data: DataConfig = option(default_factory=DataConfig, help="images (used when latents is null)")
+    unet: UNetConfig = option(default_factory=UNetConfig,
+                              help="the denoiser; in/out channels and conditioning widths are set automatically")
+    schedule: ScheduleConfig = option(default_factory=ScheduleConfig, help="noise schedule and parameterisation")
+    conditioner: ConditionerConfig = option(default_factory=ConditionerConfig, help="conditioning encoder (§3.3)")
+    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
+    weighting: Literal["simple", "min_snr"] = option("simple", help="loss weighting over timesteps")
+    min_snr_gamma: float = option(5.0, help="γ of min-SNR weighting", min=0.0)
+    ema_decay: float = option(0.9999, help="EMA decay of the denoiser weights (with warm-up)", min=0.0, max=1.0)
+    preview: PreviewConfig = option(default_factory=PreviewConfig, help="sample grids during training")
+
+    def __post_init__(self) -> None:
+        if not self.autoencoder:
+            raise ConfigError("config key 'autoencoder' is required: the model directory of a trained autoencoder")
+
+
+def _captions(dataset: Any) -> list[str]:
+    """Every caption of a data set (for the text tokenizer's vocabulary)."""
+    if hasattr(dataset, "captions"):
+        captions = dataset.captions
+        return list(captions() if callable(captions) else captions)
+    return [dataset[i]["caption"] for i in range(len(dataset))]
+
+
+class DiffusionTask(Task):
+    name = "diffusion"
+
+    def __init__(self, experiment: DiffusionExperiment, dataset: Any, captions: Iterable[str] | None):
+        self.experiment = experiment
+        self.dataset = dataset
+        self.captions = captions
+
+    def setup(self, device: torch.device, train_cfg: TrainConfig) -> None:
+        exp = self.experiment
+        self.device = device
+        self.autoencoder = load_autoencoder(exp.autoencoder, device=device).eval().requires_grad_(False)
+        # Only concat routes encode images; passing the first stage otherwise would copy it into the EMA.
+        first_stage = self.autoencoder.encode if exp.conditioner.concat.kind != "none" else None
+        self.conditioner = build_conditioner(exp.conditioner, captions=self.captions,
+                                             first_stage=first_stage).to(device)
+        z_channels = self.autoencoder.latent_channels
+        self.unet_config = replace(
+            exp.unet, in_channels=z_channels, out_channels=z_channels,
+            context_dim=self.conditioner.context_dim, vector_dim=self.conditioner.vector_dim,
+            concat_channels=self.conditioner.concat_channels,
+        )
+        self.unet = UNet(self.unet_config).to(device)
+        if device.type == "cuda" and train_cfg.channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+        self.schedule = NoiseSchedule(exp.schedule)
+        trained = torch.nn.ModuleDict({"unet": self.unet})
+        if self.conditioner.trainable:
+            trained["conditioner"] = self.conditioner
+        self.trained = trained
+        self.ema = EMA(trained, decay=exp.ema_decay)
+        self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
+        self.optimizer = torch.optim.AdamW(trained.parameters(), lr=train_cfg.lr,
+                                           weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.optimizer}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"trained": self.trained}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["ema"])
+
+    def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "latent" in batch:
+            return batch["latent"]  # [B, c, h, w], already scaled
+        with torch.no_grad():
+            mean, std = self.autoencoder.encode_distribution(batch["image"])
+        return mean if std is None else mean + std * torch.randn_like(mean)
+
+    def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
+        z0 = self._latents(batch)
+        with ctx.autocast():
+            cond = self.conditioner.encode(batch)
+            loss, _ = diffusion_loss(self.network, z0, cond, self.schedule, weighting=self.experiment.weighting,
+                                     min_snr_gamma=self.experiment.min_snr_gamma)
+        grad_norm = ctx.step("model", loss)
+        self.ema.update(self.trained)
+        return {"loss": loss.detach(), "grad_norm": grad_norm}
+
+    def _preview_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        preview = self.experiment.preview
+        n = preview.count
+        kind = self.experiment.conditioner.kind
+        if kind in ("text", "pretrained_text"):
+            prompts = list(preview.prompts) or list(batch["caption"])[:n]
+            return {"prompt": (prompts * n)[:n]}
+        if kind == "class":
+            classes = list(preview.classes) or list(range(self.experiment.conditioner.num_classes))
+            return {"class_label": (classes * n)[:n]}
+        return {"n": n}
+
+    @torch.no_grad()
+    def images(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        if self.conditioner.concat_channels:
+            return {}  # concat-conditioned previews need task inputs; the tasks pipelines cover them
+        pipe = self.pipeline()
+        preview = self.experiment.preview
+        images = pipe(**self._preview_inputs(batch), sampler=preview.sampler, steps=preview.steps,
+                      guidance=preview.guidance, seed=preview.seed, output="tensor", progress=False)
+        return {"samples": make_grid(to_unit(images), nrow=min(8, images.shape[0]))}
+
+    def pipeline(self):
+        """A sampling pipeline on the current EMA weights (no copy, no disk round trip)."""
+        from ldmkit.pipelines.text2img import LatentDiffusionPipeline
+
+        ema = self.ema.model
+        conditioner = ema["conditioner"] if "conditioner" in ema else self.conditioner
+        return LatentDiffusionPipeline(unet=ema["unet"], schedule=self.schedule, conditioner=conditioner,
+                                       autoencoder=self.autoencoder, latent_size=self._latent_size())
+
+    def _latent_size(self) -> tuple[int, int]:
+        if isinstance(self.dataset, LatentDataset):
+            shape = self.dataset.index["latent_shape"]
+            return int(shape[1]), int(shape[2])
+        f = self.autoencoder.downsample_factor
+        return self.experiment.data.resolution // f, self.experiment.data.resolution // f
+
+    def write_model(self, directory: Path) -> None:
+        from ldmkit.pipelines.model_dir import save_ldm
+
+        ema = self.ema.model
+        conditioner = ema["conditioner"] if "conditioner" in ema else self.conditioner
+        save_ldm(directory, unet=ema["unet"], unet_config=self.unet_config, schedule_config=self.experiment.schedule,
+                 conditioner=conditioner, autoencoder_dir=Path(self.experiment.autoencoder),
+                 latent_size=self._latent_size(), experiment=to_dict(self.experiment))
+
+
+def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path:
+    """`ldm train diffusion`: load the experiment, pick latents or images, train, write the model."""
+    experiment = load_config(DiffusionExperiment, config, overrides, group="diffusion")
+    read_model_dir(experiment.autoencoder, kind="autoencoder")  # fail fast on a wrong path
+    if experiment.latents:
+        read_latent_index(experiment.latents)
+        dataset = LatentDataset(experiment.latents)
+        captions = dataset.captions
+    else:
+        dataset = build_dataset(experiment.data, split="train")
+        captions = _captions(dataset) if experiment.conditioner.kind == "text" else None
+    task = DiffusionTask(experiment, dataset, captions)
+    return train(task, experiment.train, dataset, experiment)

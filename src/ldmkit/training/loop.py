@@ -1,0 +1,306 @@
+"""One rank-aware training loop, driven by a task (autoencoder, diffusion).
+
+The loop owns what every trainer needs: the run directory, resume from the latest complete
+checkpoint, data position, learning-rate warm-up, precision, the non-finite guard, progress bar,
+TensorBoard, periodic image grids, checkpoints, preemption (SIGTERM / SIGUSR1 → save and exit 143)
+and the final model directory. A task owns its networks and losses: ``train_step`` computes losses
+and hands each to ``StepContext.step(name, loss)``, which does backward, clipping and the update.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ldmkit.config import dump_yaml
+from ldmkit.errors import LdmkitError
+from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything
+from ldmkit.training.checkpoint import CheckpointManager
+from ldmkit.training.config import TrainConfig
+from ldmkit.training.data_stream import BatchStream
+from ldmkit.training.rng import rng_state, set_rng_state
+from ldmkit.training.run_dir import check_writable
+
+PREEMPTED_EXIT_CODE = 143
+
+
+class NonFiniteError(LdmkitError):
+    """Too many consecutive steps produced a NaN/inf loss or gradient."""
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM/SIGUSR1 once the current step is saved; exits with status 143."""
+
+    def __init__(self) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+
+
+class Task:
+    """What a trainer plugs into the loop. Subclasses set up networks in ``setup``."""
+
+    name = "task"
+
+    def setup(self, device: torch.device, train: TrainConfig) -> None:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every module whose state a checkpoint must hold (trainable ones and EMA copies)."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Any], step: int, ctx: "StepContext") -> dict[str, float | torch.Tensor]:
+        raise NotImplementedError
+
+    def write_model(self, directory: Path) -> None:
+        """Write the inference model directory (safetensors + config.json)."""
+        raise NotImplementedError
+
+    def images(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """Named image grids [3, H, W] in [0, 1] for TensorBoard and the run directory (optional)."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, run_dir: Path) -> None:
+        """Work after the last step, before the final model is written (e.g. the latent scale)."""
+
+
+class StepContext:
+    """Backward + clip + optimiser step for one named optimiser, with autocast and the non-finite guard."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                 train: TrainConfig, device: torch.device):
+        self.optimizers = optimizers
+        self.schedulers = schedulers
+        self.train = train
+        self.device = device
+        self.dtype = autocast_dtype(device, train.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.consecutive_nonfinite = 0
+        self.skipped = 0
+        self._nonfinite_step = -1
+        self.step_index = 0
+        self.batch_index = 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def step(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        """Apply one update of optimiser ``name`` from ``loss``; returns the gradient norm (NaN if skipped)."""
+        optimizer = self.optimizers[name]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if not finite and self.scaler.is_enabled():
+            # fp16 overflow: the scaler skips the step and lowers its scale; that is normal, not a fault.
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return norm
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            # Counted per training step: a step whose two updates (generator, discriminator) both fail counts once.
+            if self._nonfinite_step != self.step_index:
+                self.consecutive_nonfinite += 1
+                self._nonfinite_step = self.step_index
+            self.skipped += 1
+            print(f"warning: non-finite {name} loss or gradient at step {self.step_index} "
+                  f"(batch {self.batch_index}); update skipped ({self.consecutive_nonfinite} in a row)")
+            if self.consecutive_nonfinite >= self.train.max_nonfinite:
+                raise NonFiniteError(
+                    f"{self.consecutive_nonfinite} consecutive steps had a NaN/inf {name} loss or gradient "
+                    f"(last at step {self.step_index}); lower train.lr, check the data, or use precision=fp32"
+                )
+            return norm
+        if self._nonfinite_step != self.step_index:  # a finite update does not undo this step's failed one
+            self.consecutive_nonfinite = 0
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if name in self.schedulers:
+            self.schedulers[name].step()
+        return norm
+
+
+def _warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+
+class _PreemptionFlag:
+    """SIGTERM / SIGUSR1 set a flag; the loop saves after the current step and exits 143."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_PreemptionFlag":
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _scalar(value: float | torch.Tensor) -> float:
+    return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any) -> Path:
+    """Train ``task`` on ``dataset``; resumes when the run directory holds a checkpoint. Returns the model dir."""
+    run_dir = Path(train_cfg.out)
+    main = is_main_process()
+    if main:
+        check_writable(run_dir)
+    device = pick_device(train_cfg.device)
+    seed_everything(train_cfg.seed)
+    task.setup(device, train_cfg)
+    optimizers = task.optimizers()
+    schedulers = {name: _warmup_scheduler(opt, train_cfg.warmup_steps) for name, opt in optimizers.items()}
+    ctx = StepContext(optimizers, schedulers, train_cfg, device)
+    stream = BatchStream(dataset, train_cfg.batch_size, seed=train_cfg.seed, num_workers=train_cfg.num_workers)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", train_cfg.keep_last, train_cfg.keep_every)
+
+    step = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = checkpoints.load_state(latest)
+        step = _restore(state, task, optimizers, schedulers, ctx, stream)
+        if main:
+            print(f"resuming {run_dir} from step {step} ({latest.name})")
+    if main:
+        dump_yaml(resolved_config, run_dir / "config.yaml")
+
+    def save(at_step: int) -> None:
+        if not main:
+            return
+        state = {
+            "step": at_step,
+            "modules": {name: m.state_dict() for name, m in task.modules().items()},
+            "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+            "scaler": ctx.scaler.state_dict(),
+            "data": stream.state_dict(),
+            "rng": rng_state(),
+            "guard": {"skipped": ctx.skipped, "consecutive": ctx.consecutive_nonfinite},
+            "task": task.extra_state(),
+        }
+        checkpoints.save(at_step, state, task.write_model)
+
+    writer = _tensorboard(run_dir / "tb") if main else None
+    progress = None
+    if main and train_cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=train_cfg.steps, initial=step, desc=f"train {task.name}", dynamic_ncols=True)
+    batches: Iterator[dict[str, Any]] = iter(stream)
+    run_start = window_start = time.perf_counter()
+    window_images = 0
+    with _PreemptionFlag() as preempt:
+        while step < train_cfg.steps:
+            batch = _to_device(next(batches), device)
+            ctx.step_index, ctx.batch_index = step, stream.batches_consumed
+            logs = task.train_step(batch, step, ctx)
+            step += 1
+            window_images += train_cfg.batch_size
+            if main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                scalars = {k: _scalar(v) for k, v in logs.items()}
+                scalars["img_per_s"] = window_images / elapsed
+                scalars["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
+                if writer is not None:
+                    for key, value in scalars.items():
+                        writer.add_scalar(f"{task.name}/{key}", value, step)
+                if progress is not None:
+                    progress.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "lr"}, refresh=False)
+                window_start, window_images = time.perf_counter(), 0
+            if progress is not None:
+                progress.update(1)
+            if main and train_cfg.image_every and (step % train_cfg.image_every == 0 or step == train_cfg.steps):
+                _write_images(task, batch, step, run_dir, writer)
+            stopping = preempt.raised
+            out_of_time = bool(train_cfg.max_minutes) and time.perf_counter() - run_start > 60 * train_cfg.max_minutes
+            if stopping or out_of_time or step == train_cfg.steps or (
+                train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
+            ):
+                save(step)
+            if stopping:
+                if progress is not None:
+                    progress.close()
+                print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
+                raise Preempted()
+            if out_of_time:
+                print(f"time budget of {train_cfg.max_minutes:g} min reached at step {step}; finishing the run")
+                break
+    if progress is not None:
+        progress.close()
+    model_dir = run_dir / "model"
+    if main:
+        task.finish(run_dir)
+        task.write_model(model_dir)
+        if writer is not None:
+            writer.close()
+        print(f"model written to {model_dir}")
+    return model_dir
+
+
+def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: StepContext, stream) -> int:
+    modules = task.modules()
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(state["schedulers"][name])
+    ctx.scaler.load_state_dict(state["scaler"])
+    ctx.skipped = int(state["guard"]["skipped"])
+    ctx.consecutive_nonfinite = int(state["guard"]["consecutive"])
+    stream.load_state_dict(state["data"])
+    task.load_extra_state(state.get("task", {}))
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _tensorboard(directory: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))
+
+
+def _write_images(task: Task, batch: dict[str, Any], step: int, run_dir: Path, writer) -> None:
+    from ldmkit.io.images import save_grid
+
+    grids = task.images(batch, step)
+    for name, grid in grids.items():
+        save_grid(grid, run_dir / "images" / f"{name}-{step:08d}.png")
+        if writer is not None:
+            writer.add_image(f"{task.name}/{name}", grid, step)
+
+
+__all__ = ["NonFiniteError", "Preempted", "StepContext", "Task", "train"]

@@ -1,0 +1,124 @@
+"""End to end on CPU with tiny models: autoencoder → diffusion (each conditioning kind) → pipeline → `ldm sample`."""
+
+import json
+
+import pytest
+import torch
+
+from ldmkit.cli.main import main as ldm
+from ldmkit.config import load_config
+from ldmkit.data import build_dataset
+from ldmkit.errors import ConfigError
+from ldmkit.pipelines import load_pipeline
+from ldmkit.training.autoencoder_task import AutoencoderExperiment, AutoencoderTask
+from ldmkit.training.diffusion_task import run_diffusion_training
+from ldmkit.training.loop import train
+
+SYNTHETIC = [
+    "data.resolution=16", "data.synthetic.count=64", "data.synthetic.shapes=[circle, square]",
+    "data.synthetic.colours=[red, blue]", "data.synthetic.sizes=[large]", "data.synthetic.max_objects=1",
+    "data.synthetic.backgrounds=[white]",
+]
+TRAIN = ["train.device=cpu", "train.progress=false", "train.image_every=0", "train.log_every=1",
+         "train.batch_size=8", "train.checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae")
+    experiment = load_config(AutoencoderExperiment, "synthetic-kl-f4", [
+        *SYNTHETIC, *TRAIN, f"train.out={out}", "train.steps=3", "model.base_channels=8",
+        "model.channel_mult=[1, 2]", "loss.perceptual_weight=0", "scale_samples=16"], group="autoencoder")
+    dataset = build_dataset(experiment.data)
+    train(AutoencoderTask(experiment, dataset), experiment.train, dataset, experiment)
+    return out / "model"
+
+
+def _losses(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [e.value for e in events.Scalars("diffusion/loss")]
+
+
+TINY_UNET = ["unet.model_channels=16", "unet.channel_mult=[1, 2]", "unet.attention_resolutions=[2]",
+             "unet.num_head_channels=8", "unet.num_res_blocks=1"]
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("none", []),
+    ("class", ["conditioner.num_classes=4", "conditioner.embed_dim=16"]),
+    ("text", ["conditioner.embed_dim=16", "conditioner.text.width=16", "conditioner.text.depth=1",
+              "conditioner.text.heads=2"]),
+])
+def test_diffusion_training_loss_falls_and_pipeline_round_trips(tmp_path, autoencoder, kind, extra):
+    out = tmp_path / "ldm"
+    run_diffusion_training("synthetic-text", [
+        f"autoencoder={autoencoder}", *SYNTHETIC, *TRAIN, *TINY_UNET, f"train.out={out}", "train.steps=60",
+        "train.lr=2e-3", "train.warmup_steps=0", "ema_decay=0.9", f"conditioner.kind={kind}", *extra,
+        "train.seed=0"])
+    losses = _losses(out)
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+    pipe = load_pipeline(out / "model", device="cpu")
+    kwargs = {"text": {"prompt": ["a red circle", "a blue square"]}, "class": {"class_label": [0, 3]},
+              "none": {"n": 2}}[kind]
+    first = pipe(**kwargs, steps=3, seed=7, output="tensor", progress=False)
+    again = pipe(**kwargs, steps=3, seed=7, output="tensor", progress=False)
+    other = pipe(**kwargs, steps=3, seed=8, output="tensor", progress=False)
+    assert first.shape == (2, 3, 16, 16) and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    # Convolutional sampling beyond the training size.
+    big = pipe(**kwargs, steps=2, height=24, width=32, output="tensor", progress=False)
+    assert big.shape[-2:] == (24, 32)
+
+
+@pytest.fixture(scope="module")
+def class_model(tmp_path_factory, autoencoder):
+    out = tmp_path_factory.mktemp("ldm-class")
+    run_diffusion_training("synthetic-text", [
+        f"autoencoder={autoencoder}", *SYNTHETIC, *TRAIN, *TINY_UNET, f"train.out={out}", "train.steps=2",
+        "conditioner.kind=class", "conditioner.num_classes=4", "conditioner.embed_dim=16"])
+    return out / "model"
+
+
+def test_sample_command_writes_images_grid_and_settings(tmp_path, class_model):
+    out = tmp_path / "samples"
+    assert ldm(["sample", "--model", str(class_model), "--class", "1", "2", "--n", "3", "--steps", "2",
+                "--device", "cpu", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png",
+                                                     "settings.json"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["class_label"] == [1, 2] and settings["n"] == 3 and settings["sampler"] == "dpm++2m"
+    assert ldm(["sample", "--model", str(class_model), "--class", "1", "--interpolate", "--n", "4", "--steps", "2",
+                "--device", "cpu", "--out", str(tmp_path / "strip")]) == 0
+    assert (tmp_path / "strip" / "interpolation.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a red circle"], "conditioned on 'class', not on text"),
+    (["--class", "9"], "class 9 is out of range"),
+    (["--class", "1", "--height", "18"], "not a positive multiple"),
+])
+def test_sample_bad_input_is_one_line(tmp_path, capsys, class_model, args, message):
+    code = ldm(["sample", "--model", str(class_model), "--steps", "1", "--device", "cpu",
+                "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_sample_unknown_model_dir(tmp_path, capsys):
+    assert ldm(["sample", "--model", str(tmp_path / "missing"), "--class", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_guidance_one_equals_conditional(class_model):
+    pipe = load_pipeline(class_model, device="cpu")
+    with pytest.raises(ConfigError, match="give a class label"):
+        pipe(steps=1, progress=False)
+    a = pipe(class_label=[1], steps=2, guidance=1.0, seed=3, output="tensor", progress=False)
+    b = pipe(class_label=[1], steps=2, guidance=1.0, seed=3, output="tensor", progress=False, batch_size=1)
+    assert torch.equal(a, b)

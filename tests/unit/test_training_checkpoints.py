@@ -1,0 +1,280 @@
+"""Checkpoints: atomic writes, retention, resume only from complete ones, refusal of damaged or unsafe state,
+storage faults, and the non-finite guard."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldmkit.cli.main import main as ldm_main
+from ldmkit.errors import CheckpointError, LdmkitError
+from ldmkit.training import checkpoint as checkpoint_module
+from ldmkit.training.checkpoint import MANIFEST, STATE, CheckpointManager
+from ldmkit.training.config import TrainConfig
+from ldmkit.training.loop import NonFiniteError, StepContext, Task, train
+from ldmkit.training.run_dir import check_writable
+
+
+def write_weights(directory: Path) -> None:
+    directory.mkdir()
+    (directory / "weights.bin").write_bytes(b"w" * 16)
+
+
+def state(step: int) -> dict:
+    return {"step": step, "w": torch.full((3,), float(step))}
+
+
+def save_steps(manager: CheckpointManager, steps) -> None:
+    for step in steps:
+        manager.save(step, state(step), write_weights)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --- retention and completeness -----------------------------------------------------------------------------------
+
+def test_keep_last_and_keep_every(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2, keep_every=4)
+    save_steps(manager, range(1, 10))
+    assert names(tmp_path) == ["step-00000004", "step-00000008", "step-00000009"]
+    manager = CheckpointManager(tmp_path / "b", keep_last=3)
+    save_steps(manager, range(1, 10))
+    assert [s for s, _ in manager.complete()] == [7, 8, 9]
+    assert torch.equal(manager.load_state(manager.latest())["w"], torch.full((3,), 9.0))
+
+
+def test_incomplete_checkpoints_are_ignored_and_cleaned(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    save_steps(manager, [1, 2])
+    # A save killed before its rename: a hidden staging directory with everything but the manifest.
+    stale = tmp_path / ".step-00000003.abcd"
+    stale.mkdir()
+    torch.save(state(3), stale / STATE)
+    # A directory with the final name but no manifest (copied by hand, or written by an older tool).
+    no_manifest = tmp_path / "step-00000004"
+    no_manifest.mkdir()
+    torch.save(state(4), no_manifest / STATE)
+    # A directory with an unparseable name.
+    (tmp_path / "step-latest").mkdir()
+    assert manager.latest() == tmp_path / "step-00000002"
+    assert manager.load_state(manager.latest())["step"] == 2
+    save_steps(manager, [3])
+    assert not stale.exists()  # stale staging directories go with the next prune
+    assert manager.latest() == tmp_path / "step-00000003"
+
+
+def test_resaving_a_step_replaces_it_whole(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    save_steps(manager, [1])
+    manager.save(1, {"step": 1, "w": torch.zeros(2)}, write_weights)
+    assert names(tmp_path) == ["step-00000001"]
+    assert torch.equal(manager.load_state(manager.latest())["w"], torch.zeros(2))
+
+
+def test_manifest_lists_every_file_with_its_hash(tmp_path):
+    path = CheckpointManager(tmp_path).save(7, state(7), write_weights)
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["step"] == 7
+    assert set(manifest["files"]) == {STATE, "weights/weights.bin"}
+    assert all(len(digest) == 64 for digest in manifest["files"].values())
+
+
+# --- damaged and unsafe state -------------------------------------------------------------------------------------
+
+def test_tampered_state_is_a_checkpoint_error_naming_the_file(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    path = manager.save(1, state(1), write_weights)
+    original = (path / STATE).read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    (path / STATE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{path / STATE} does not match its SHA-256.*delete {path}"):
+        manager.load_state(path)
+    (path / STATE).write_bytes(original)
+    assert manager.load_state(path)["step"] == 1
+    (path / "weights" / "weights.bin").unlink()
+    with pytest.raises(CheckpointError, match="weights.bin is missing"):
+        manager.load_state(path)
+
+
+class _Payload:
+    """A pickle whose loading would run code: it creates a file."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    manager = CheckpointManager(tmp_path / "ckpt")
+    path = manager.save(1, state(1), write_weights)
+    target = tmp_path / "pwned"
+    torch.save({"step": 1, "evil": _Payload(target)}, path / STATE)
+    assert not target.exists()
+    # The attacker also rewrote the manifest, so the hash check passes and torch.load must refuse.
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][STATE] = checkpoint_module.sha256_file(path / STATE)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=rf"{STATE} cannot be loaded safely"):
+        manager.load_state(path)
+    assert not target.exists()
+
+
+# --- storage faults -----------------------------------------------------------------------------------------------
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["state", "weights", "manifest"])
+def test_failed_save_never_damages_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    save_steps(manager, [1])
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    writer = write_weights
+    if where == "state":
+        monkeypatch.setattr(checkpoint_module.torch, "save", _no_space)
+    elif where == "weights":
+        def writer(directory: Path) -> None:
+            write_weights(directory)
+            _no_space()
+    else:
+        monkeypatch.setattr(checkpoint_module.json, "dump", _no_space)
+    with pytest.raises(CheckpointError, match="step-00000002.*No space left on device.*intact"):
+        manager.save(2, state(2), writer)
+    monkeypatch.undo()
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written or removed, no staging directory left
+    assert names(tmp_path) == ["step-00000001"]
+    assert manager.load_state(manager.latest())["step"] == 1
+
+
+def test_unwritable_or_non_directory_output_fails_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(LdmkitError, match="is not a directory"):
+        check_writable(a_file)
+    with pytest.raises(LdmkitError, match="cannot create output directory"):
+        check_writable(a_file / "run")
+    with pytest.raises(LdmkitError, match="cannot create output directory"):
+        check_writable(Path("/proc/ldmkit-run"))
+    if os.geteuid() != 0:  # root writes through permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(LdmkitError, match="not writable"):
+            check_writable(locked)
+
+    # Through the command: one line, status 2, and no work started (no task set up, nothing written).
+    code = ldm_main(["train", "autoencoder", "--config", "synthetic-kl-f4", f"train.out={a_file}",
+                     "train.device=cpu", "train.progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "is not a directory" in err and "Traceback" not in err
+    assert a_file.read_text() == "x"
+
+
+def test_train_checks_the_output_before_setting_up(tmp_path):
+    class Boom(Task):
+        def setup(self, device, train):
+            raise AssertionError("setup must not run")
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(LdmkitError, match="not a directory"):
+        train(Boom(), TrainConfig(out=str(a_file), device="cpu"), list(range(8)), {})
+
+
+# --- the non-finite guard -----------------------------------------------------------------------------------------
+
+class LinearTask(Task):
+    """y = w·x on random data; steps listed in ``nan_steps`` produce a NaN loss."""
+
+    name = "linear"
+
+    def __init__(self, nan_steps=(), two_optimizers: bool = False):
+        self.nan_steps = set(nan_steps)
+        self.two = two_optimizers
+        self.weights: list[torch.Tensor] = []
+
+    def setup(self, device, train):
+        self.model = torch.nn.Linear(4, 1)
+        self.other = torch.nn.Linear(4, 1)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.opt2 = torch.optim.SGD(self.other.parameters(), lr=0.1)
+
+    def optimizers(self):
+        return {"model": self.opt, "other": self.opt2} if self.two else {"model": self.opt}
+
+    def modules(self):
+        return {"model": self.model, "other": self.other}
+
+    def train_step(self, batch, step, ctx: StepContext):
+        x = batch["x"]
+        loss = self.model(x).pow(2).mean()
+        if step in self.nan_steps:
+            loss = loss * float("nan")
+        ctx.step("model", loss)
+        if self.two:
+            loss2 = self.other(x).pow(2).mean()
+            ctx.step("other", loss2 * float("nan") if step in self.nan_steps else loss2)
+        self.weights.append(self.model.weight.detach().clone())
+        return {"loss": loss.detach()}
+
+    def write_model(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+class Points(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return {"x": torch.linspace(-1, 1, 4) * (i + 1)}
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = {"out": str(tmp_path / "run"), "steps": 8, "batch_size": 4, "device": "cpu", "progress": False,
+            "image_every": 0, "checkpoint_every": 0, "max_nonfinite": 3, "warmup_steps": 0}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, capsys, two):
+    task = LinearTask(nan_steps={2, 3, 5}, two_optimizers=two)
+    train(task, _cfg(tmp_path), Points(), {})
+    assert torch.equal(task.weights[2], task.weights[1]) and torch.equal(task.weights[3], task.weights[1])
+    assert not torch.equal(task.weights[4], task.weights[3])
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    saved = manager.load_state(manager.latest())
+    assert saved["guard"] == {"skipped": 3 * (2 if two else 1), "consecutive": 0}
+    assert saved["schedulers"]["model"]["last_epoch"] == 5  # skipped updates do not advance the schedule
+    assert "update skipped (2 in a row)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_too_many_consecutive_nonfinite_steps_abort(tmp_path, two):
+    task = LinearTask(nan_steps={1, 3, 4, 5, 6}, two_optimizers=two)
+    with pytest.raises(NonFiniteError, match=r"^3 consecutive steps .*last at step 5"):
+        train(task, _cfg(tmp_path), Points(), {})
+    assert len(task.weights) == 5  # stopped during step 5: training steps are counted, not updates
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resume_from_a_damaged_latest_checkpoint_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, checkpoint_every=4)
+    train(LinearTask(), cfg, Points(), {})
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    latest = manager.latest()
+    (latest / STATE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=rf"{latest / STATE} does not match"):
+        train(LinearTask(), _cfg(tmp_path, checkpoint_every=4, steps=12), Points(), {})
