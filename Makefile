@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,text
 # Assets the test suite needs (see `ldm assets list`).
 TEST_ASSETS ?= lpips efficientnet-lite0 minilm
-DEMO_ASSETS ?=
+DEMO_ASSETS ?= lpips
 DEMO_OUT ?= outputs/demo
 
 .PHONY: demo test install clean

@@ -122,3 +122,47 @@ def test_guidance_one_equals_conditional(class_model):
     a = pipe(class_label=[1], steps=2, guidance=1.0, seed=3, output="tensor", progress=False)
     b = pipe(class_label=[1], steps=2, guidance=1.0, seed=3, output="tensor", progress=False, batch_size=1)
     assert torch.equal(a, b)
+
+
+def test_encode_command_resumes_and_diffusion_trains_on_the_cache(tmp_path, autoencoder):
+    from ldmkit.data.latents import LatentDataset
+
+    out = tmp_path / "latents"
+    args = ["encode", "--autoencoder", str(autoencoder), "--data", "synthetic-easy", "resolution=16",
+            "synthetic.count=48", "--out", str(out), "--batch-size", "8", "--shard-size", "16", "--device", "cpu"]
+    assert ldm(args) == 0
+    first = LatentDataset(out, sample_posterior=False)
+    assert len(first) == 48 and first.index["shards"] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert first.mean.shape == (48, 3, 8, 8)  # f = 2 autoencoder at 16 px
+    assert LatentDataset(out).std.shape == (48, 3, 8, 8)  # KL: the posterior std is kept for sampling
+    assert first.captions[0] and int(first.label[0]) >= 0
+    # An interrupted encoding: the last shard and the index are gone; rerunning redoes only what is missing.
+    (out / "index.json").unlink()
+    (out / "shard-00002.safetensors").unlink()
+    before = (out / "shard-00000.safetensors").stat().st_mtime_ns
+    assert ldm(args) == 0
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == before
+    again = LatentDataset(out, sample_posterior=False)
+    assert torch.equal(again.mean, first.mean) and again.captions == first.captions
+
+    run = tmp_path / "ldm"
+    run_diffusion_training("synthetic-text", [
+        f"autoencoder={autoencoder}", f"latents={out}", *TRAIN, *TINY_UNET, f"train.out={run}", "train.steps=2",
+        "conditioner.embed_dim=16", "conditioner.text.width=16", "conditioner.text.depth=1",
+        "conditioner.text.heads=2"])
+    pipe = load_pipeline(run / "model", device="cpu")
+    assert pipe.latent_size == (8, 8)
+    assert pipe(prompt="a red circle", steps=1, output="tensor", progress=False).shape == (1, 3, 16, 16)
+
+
+def test_too_little_free_space_is_reported_before_training(tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    code = ldm(["train", "autoencoder", "--config", "synthetic-kl-f4", *SYNTHETIC, *TRAIN,
+                f"train.out={tmp_path / 'run'}", "loss.perceptual_weight=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MiB free in" in err and "a checkpoint needs about" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

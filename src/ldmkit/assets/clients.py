@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
-from ldmkit.assets.store import sha256_file
+from ldmkit.io.model_dir import sha256_file
 from ldmkit.errors import LdmkitError
 
 

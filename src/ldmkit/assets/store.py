@@ -8,7 +8,6 @@ fetch leaves nothing that looks complete. ``verify`` re-hashes every file agains
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ldmkit.errors import AssetMissingError, CheckpointError
+from ldmkit.io.model_dir import sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -35,14 +35,6 @@ def asset_dir(name: str) -> Path:
 
 def fetch_command(name: str) -> str:
     return f"ldm assets fetch {name}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_manifest(root: Path, name: str, source: dict[str, Any],

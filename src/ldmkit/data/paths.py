@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ldmkit.assets.store import home
 from ldmkit.errors import AssetMissingError, DataError
-
-
-def ldmkit_home() -> Path:
-    """``$LDMKIT_HOME``, by default ``~/.cache/ldmkit``."""
-    return Path(os.environ.get("LDMKIT_HOME") or Path.home() / ".cache" / "ldmkit").expanduser()
 
 
 def given_path(path: str, what: str) -> Path:
@@ -23,7 +18,7 @@ def given_path(path: str, what: str) -> Path:
 
 def asset_dir(asset: str, candidates: list[Path] | None = None) -> Path:
     """The first existing of ``$LDMKIT_HOME/<asset>`` and ``candidates``, else :class:`AssetMissingError`."""
-    places = [ldmkit_home() / asset, *(candidates or [])]
+    places = [home() / asset, *(candidates or [])]
     for place in places:
         if place.is_dir():
             return place

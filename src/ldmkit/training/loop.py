@@ -135,6 +135,14 @@ class StepContext:
         return norm
 
 
+def estimate_checkpoint_bytes(task: Task, optimizers: dict[str, torch.optim.Optimizer]) -> int:
+    """Bytes of the next checkpoint: module states twice (training state + inference weights) plus two
+    float32 moments per optimised parameter (Adam-type optimisers), with 10% headroom."""
+    modules = sum(t.numel() * t.element_size() for m in task.modules().values() for t in m.state_dict().values())
+    moments = sum(2 * 4 * p.numel() for o in optimizers.values() for g in o.param_groups for p in g["params"])
+    return int(1.1 * (2 * modules + moments))
+
+
 def _warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
@@ -180,6 +188,8 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
     seed_everything(train_cfg.seed)
     task.setup(device, train_cfg)
     optimizers = task.optimizers()
+    if main:
+        check_writable(run_dir, needed_bytes=estimate_checkpoint_bytes(task, optimizers))
     schedulers = {name: _warmup_scheduler(opt, train_cfg.warmup_steps) for name, opt in optimizers.items()}
     ctx = StepContext(optimizers, schedulers, train_cfg, device)
     stream = BatchStream(dataset, train_cfg.batch_size, seed=train_cfg.seed, num_workers=train_cfg.num_workers)
