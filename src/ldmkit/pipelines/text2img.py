@@ -119,6 +119,8 @@ class LatentDiffusionPipeline:
                        callback: Callable | None = None, progress: bool = False, seed: int = 0) -> torch.Tensor:
         """Sample latents; ``seed`` drives the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
         sample = samplers.get(sampler)
+        if self.kind == "none":
+            guidance = 1.0  # nothing to guide: the null condition is the only condition
         dtype = autocast_dtype(self.device, self.precision)
         bar = None
         if progress:
