@@ -1,5 +1,7 @@
 """Pipelines: condition → sample → decode, for each way of using a latent diffusion model."""
 
+from ldmkit.pipelines.img2img import ImageToImagePipeline
+from ldmkit.pipelines.inpaint import InpaintPipeline
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline
 
-__all__ = ["LatentDiffusionPipeline", "load_pipeline"]
+__all__ = ["ImageToImagePipeline", "InpaintPipeline", "LatentDiffusionPipeline", "load_pipeline"]

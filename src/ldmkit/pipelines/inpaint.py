@@ -1,0 +1,132 @@
+"""Zero-shot inpainting with any unconditional, class or text model (no inpainting training needed).
+
+``pipe = InpaintPipeline.load(DIR); images = pipe("photo.png", "mask.png", prompt="a blue square")``
+
+Mask convention: white (1) = fill in, black (0) = keep. The paper's inpainting model (§4.5) is trained
+with the masked image as a concat condition; this pipeline instead guides an ordinary model by
+replacing, after every sampler step, the known region of the latent with the encoded input noised to the
+step's noise level (the "replacement" method of Song et al. 2021, §5 / App. I.2; Lugmayr et al. 2022 eq. 8):
+
+    x ← m · x + (1 − m) · (sqrt(ᾱ_next) z_known + sqrt(1 − ᾱ_next) ε)
+
+where m is the mask on the latent grid (a latent cell is unknown if any of its pixels is; max-pool) and ε
+is the noise the sample started from. The decoded result is composited with the input in pixel space, so
+pixels outside the mask equal the input exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ldmkit.errors import ConfigError, DataError
+from ldmkit.pipelines.img2img import ImageToImagePipeline, check_strength, read_image_file
+from ldmkit.samplers import make_ladder
+
+# The spacing each sampler uses when none is given (see each sampler's docstring); the blend needs the
+# exact ladder the sampler walks, so the pipeline always passes the spacing explicitly.
+DEFAULT_SPACING: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "plms": "trailing",
+                                   "dpm++2m": "karras", "euler": "karras", "heun": "karras"}
+
+# A mask pixel strictly between these 8-bit values is "grey"; more than GREY_LIMIT of them is refused.
+GREY_LOW, GREY_HIGH, GREY_LIMIT = 16, 239, 0.01
+
+
+def mask_to_tensor(mask: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+    """A black-and-white mask → [1, 1, H, W] float32 in {0, 1} (1 = fill in).
+
+    8-bit masks are thresholded at 128 after checking that at most 1% of pixels are grey (strictly
+    between 16 and 239); tensors are taken in [0, 1] with the same rule.
+    """
+    if isinstance(mask, (str, Path)):
+        mask = read_image_file(mask, what="mask")
+    if isinstance(mask, Image.Image):
+        values = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32).copy()) / 255  # [H, W]
+    elif isinstance(mask, torch.Tensor):
+        values = mask.detach().float().cpu()
+        while values.dim() > 2 and values.shape[0] == 1:
+            values = values[0]
+        if values.dim() != 2:
+            raise DataError(f"a mask tensor must be [H, W], [1, H, W] or [1, 1, H, W]; got {list(mask.shape)}")
+    else:
+        raise ConfigError(f"a mask must be a path, a PIL image or a tensor; got {type(mask).__name__}")
+    grey = ((values > GREY_LOW / 255) & (values < GREY_HIGH / 255)).float().mean().item()
+    if grey > GREY_LIMIT:
+        raise DataError(f"the mask is not black and white: {grey:.0%} of its pixels are grey; "
+                        "use white (255) for the region to fill in and black (0) for the region to keep")
+    return (values >= 0.5).float()[None, None]  # [1, 1, H, W]
+
+
+def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """[1, 1, H, W] pixel mask → [1, 1, H/f, W/f]: a latent cell is unknown if any of its pixels is."""
+    return F.max_pool2d(mask, kernel_size=factor, stride=factor) if factor > 1 else mask
+
+
+class InpaintPipeline(ImageToImagePipeline):
+    """Fill the white region of a mask with a model that was never trained for inpainting."""
+
+    def prepare_mask(self, mask: str | Path | Image.Image | torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """The mask [1, 1, H, W] in {0, 1}; its size must equal the image's."""
+        tensor = mask_to_tensor(mask)
+        if tensor.shape[-2:] != pixels.shape[-2:]:
+            (mh, mw), (ih, iw) = tensor.shape[-2:], pixels.shape[-2:]
+            raise DataError(f"the mask is {mw}x{mh} pixels but the image is {iw}x{ih}; "
+                            "give a mask of the image's size")
+        return tensor
+
+    @torch.no_grad()
+    def __call__(self, image: str | Path | Image.Image | torch.Tensor,  # type: ignore[override]
+                 mask: str | Path | Image.Image | torch.Tensor, prompt: str | Sequence[str] | None = None, *,
+                 class_label: int | Sequence[int] | None = None,
+                 negative_prompt: str | Sequence[str] | None = None, strength: float = 1.0, n: int | None = None,
+                 steps: int = 25, sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
+                 callback: Callable | None = None, output: str = "pil",
+                 progress: bool = True):
+        """Images of the input's size: the input outside the mask, the model's completion inside it.
+
+        ``strength`` < 1 starts the masked region from the noised input instead of pure noise (SDEdit
+        inside the mask); ``callback`` runs after the blend of each step.
+        """
+        strength = check_strength(strength)
+        self._check_common(steps, batch_size)
+        self.check_plain_model("zero-shot inpainting")
+        pixels = self.prepare_image(image)  # [1, C, H, W]
+        pixel_mask = self.prepare_mask(mask, pixels)  # [1, 1, H, W]
+        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        if spacing is None:
+            if sampler not in DEFAULT_SPACING:
+                raise ConfigError(f"give --spacing for sampler '{sampler}' (inpainting needs its ladder)")
+            spacing = DEFAULT_SPACING[sampler]
+        ladder = make_ladder(self.schedule, steps, spacing, strength)
+        known = self.encode_image(pixels)  # [1, c, h, w]
+        unknown = latent_mask(pixel_mask, self.autoencoder.downsample_factor).to(self.device)  # [1, 1, h, w]
+
+        def callback_for(index: slice, noise: torch.Tensor) -> Callable:
+            def blend(i: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+                if total != len(ladder):
+                    raise RuntimeError(f"sampler took {total} steps, the inpainting ladder has {len(ladder)}")
+                alpha_bar = ladder.alpha_bars[i + 1]  # x is at the next level of the ladder (ᾱ = 1 at the end)
+                noised = math.sqrt(alpha_bar) * known + math.sqrt(1 - alpha_bar) * noise  # q(x_t | z_known)
+                x = (unknown * x + (1 - unknown) * noised).to(x.dtype)  # [B, c, h, w]
+                if callback is not None:
+                    replaced = callback(i, total, x, x0)
+                    x = x if replaced is None else replaced
+                return x
+            return blend
+
+        generated = self._generate(known, cond, uncond, count, strength=strength, seed=seed,
+                                   batch_size=batch_size, callback_for=callback_for, sampler=sampler, steps=steps,
+                                   guidance=guidance, guidance_rescale=guidance_rescale, eta=eta, spacing=spacing,
+                                   progress=progress)  # [N, C, H, W]
+        images = torch.where(pixel_mask.bool(), generated, pixels)  # pixel-space composite: kept pixels exact
+        return self._output(images, output)
+
+
+__all__ = ["InpaintPipeline", "latent_mask", "mask_to_tensor"]
