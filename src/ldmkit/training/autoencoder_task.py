@@ -6,6 +6,8 @@ data, stored in the model's config so ``encode()`` returns unit-variance latents
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ldmkit.config import option, to_dict
 from ldmkit.data import DataConfig
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.training.config import TrainConfig
+from ldmkit.training.distributed import average_gradients_of, wrap
 from ldmkit.training.loop import StepContext, Task
 
 
@@ -48,6 +51,12 @@ class AutoencoderTask(Task):
         self.loss = build_autoencoder_loss(self.experiment.loss, image_channels=self.model_config.in_channels).to(device)
         if device.type == "cuda" and train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Several processes: the autoencoder and the discriminator train in DistributedDataParallel. The loss
+        # keeps the plain discriminator (the generator step runs it with frozen weights); the wrapper stands in
+        # only for the discriminator's own update (see _discriminator_update). Checkpoints see plain modules.
+        self.network = wrap(self.model, device)
+        self.ddp_discriminator = wrap(self.loss.discriminator, device)
+        average_gradients_of(self.loss.generator_parameters())  # the learned log-variance lives outside DDP
         betas = (0.5, 0.9)
         generator = list(self.model.parameters()) + list(self.loss.generator_parameters())
         self.opt_g = torch.optim.Adam(generator, lr=train.lr, betas=betas)
@@ -62,15 +71,28 @@ class AutoencoderTask(Task):
     def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
         x = batch["image"]  # [B, 3, H, W] in [-1, 1]
         with ctx.autocast():
-            reconstruction, aux = self.model(x)
+            reconstruction, aux = self.network(x)  # [B, 3, H, W]
             g_loss, logs = self.loss.generator_loss(x, reconstruction, aux, step, self.model.last_layer)
         ctx.step("generator", g_loss)
         if self.loss.discriminator_active(step):
-            with ctx.autocast():
+            with ctx.autocast(), self._discriminator_update():
                 d_loss, d_logs = self.loss.discriminator_loss(x, reconstruction.detach(), step)
             ctx.step("discriminator", d_loss)
             logs.update(d_logs)
         return logs
+
+    @contextlib.contextmanager
+    def _discriminator_update(self) -> Iterator[None]:
+        """Let the loss run the DDP-wrapped discriminator (gradients averaged over ranks) for its own update."""
+        plain = self.loss.discriminator
+        if self.ddp_discriminator is plain:
+            yield
+            return
+        self.loss.discriminator = self.ddp_discriminator
+        try:
+            yield
+        finally:
+            self.loss.discriminator = plain
 
     @torch.no_grad()
     def images(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:

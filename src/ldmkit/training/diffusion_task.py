@@ -27,6 +27,7 @@ from ldmkit.errors import ConfigError
 from ldmkit.io import read_model_dir
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.training.config import TrainConfig
+from ldmkit.training.distributed import wrap
 from ldmkit.training.ema import EMA
 from ldmkit.training.loop import StepContext, Task, train
 
@@ -64,6 +65,27 @@ class DiffusionExperiment:
     def __post_init__(self) -> None:
         if not self.autoencoder:
             raise ConfigError("config key 'autoencoder' is required: the model directory of a trained autoencoder")
+
+
+class _DenoisingLoss(torch.nn.Module):
+    """The trained networks (denoiser and, when trained jointly, the conditioner) behind one forward that returns
+    the diffusion loss, so one DistributedDataParallel wrapper averages all their gradients."""
+
+    def __init__(self, trained: torch.nn.ModuleDict, network: torch.nn.Module, schedule: NoiseSchedule,
+                 experiment: DiffusionExperiment):
+        super().__init__()
+        self.trained = trained
+        self._network = (network,)  # the UNet or its compiled form (a tuple: not registered twice)
+        self.schedule = schedule
+        self.weighting = experiment.weighting
+        self.min_snr_gamma = experiment.min_snr_gamma
+
+    def forward(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any) -> torch.Tensor:
+        if "conditioner" in self.trained:
+            cond = self.trained["conditioner"].encode(batch)
+        loss, _ = diffusion_loss(self._network[0], z0, cond, self.schedule, weighting=self.weighting,
+                                 min_snr_gamma=self.min_snr_gamma)  # z0: [B, c, h, w]
+        return loss
 
 
 def _captions(dataset: Any) -> list[str]:
@@ -104,8 +126,10 @@ class DiffusionTask(Task):
         if self.conditioner.trainable:
             trained["conditioner"] = self.conditioner
         self.trained = trained
-        self.ema = EMA(trained, decay=exp.ema_decay)
         self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
+        # Several processes: DDP broadcasts rank 0's weights here, so the EMA below starts equal on every rank.
+        self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device)
+        self.ema = EMA(trained, decay=exp.ema_decay)
         self.optimizer = torch.optim.AdamW(trained.parameters(), lr=train_cfg.lr,
                                            weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
 
@@ -131,9 +155,8 @@ class DiffusionTask(Task):
     def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
         z0 = self._latents(batch)
         with ctx.autocast():
-            cond = self.conditioner.encode(batch)
-            loss, _ = diffusion_loss(self.network, z0, cond, self.schedule, weighting=self.experiment.weighting,
-                                     min_snr_gamma=self.experiment.min_snr_gamma)
+            cond = None if "conditioner" in self.trained else self.conditioner.encode(batch)
+            loss = self.denoising_loss(z0, batch, cond)
         grad_norm = ctx.step("model", loss)
         self.ema.update(self.trained)
         return {"loss": loss.detach(), "grad_norm": grad_norm}

@@ -18,11 +18,21 @@ from typing import Any, Iterator
 import torch
 
 from ldmkit.config import dump_yaml
-from ldmkit.errors import LdmkitError
-from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything
+from ldmkit.errors import CheckpointError, LdmkitError
+from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything, world_size
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.data_stream import BatchStream
+from ldmkit.training.distributed import (
+    any_rank,
+    is_distributed,
+    local_device,
+    process_group,
+    rank_seed,
+    same_on_all_ranks,
+    unwrap,
+    write_digest,
+)
 from ldmkit.training.rng import rng_state, set_rng_state
 from ldmkit.training.run_dir import check_writable
 
@@ -179,12 +189,22 @@ def _scalar(value: float | torch.Tensor) -> float:
 
 
 def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any) -> Path:
-    """Train ``task`` on ``dataset``; resumes when the run directory holds a checkpoint. Returns the model dir."""
+    """Train ``task`` on ``dataset``; resumes when the run directory holds a checkpoint. Returns the model dir.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this with its own share of the data and the
+    task's networks in DistributedDataParallel; rank 0 alone logs and writes checkpoints and the model.
+    """
+    device = local_device(pick_device(train_cfg.device))
+    with process_group(device):
+        return _train(task, train_cfg, dataset, resolved_config, device)
+
+
+def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any, device: torch.device) -> Path:
     run_dir = Path(train_cfg.out)
     main = is_main_process()
     if main:
         check_writable(run_dir)
-    device = pick_device(train_cfg.device)
+    # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrapping).
     seed_everything(train_cfg.seed)
     task.setup(device, train_cfg)
     optimizers = task.optimizers()
@@ -202,6 +222,12 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
         step = _restore(state, task, optimizers, schedulers, ctx, stream)
         if main:
             print(f"resuming {run_dir} from step {step} ({latest.name})")
+    if not same_on_all_ranks(step, device):
+        raise CheckpointError(f"the processes found different checkpoints in {run_dir / 'checkpoints'} "
+                              f"(this one: step {step}); put train.out on a file system every node shares")
+    if is_distributed():
+        # Distinct noise, timesteps and dropout per rank (rank 0's saved generator state is not reused).
+        seed_everything(rank_seed(train_cfg.seed, step))
     if main:
         dump_yaml(resolved_config, run_dir / "config.yaml")
 
@@ -210,7 +236,7 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
             return
         state = {
             "step": at_step,
-            "modules": {name: m.state_dict() for name, m in task.modules().items()},
+            "modules": {name: unwrap(m).state_dict() for name, m in task.modules().items()},
             "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
             "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
             "scaler": ctx.scaler.state_dict(),
@@ -230,13 +256,14 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
     batches: Iterator[dict[str, Any]] = iter(stream)
     run_start = window_start = time.perf_counter()
     window_images = 0
+    processes = world_size()
     with _PreemptionFlag() as preempt:
         while step < train_cfg.steps:
             batch = _to_device(next(batches), device)
             ctx.step_index, ctx.batch_index = step, stream.batches_consumed
             logs = task.train_step(batch, step, ctx)
             step += 1
-            window_images += train_cfg.batch_size
+            window_images += train_cfg.batch_size * processes
             if main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 scalars = {k: _scalar(v) for k, v in logs.items()}
@@ -252,8 +279,9 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
                 progress.update(1)
             if main and train_cfg.image_every and (step % train_cfg.image_every == 0 or step == train_cfg.steps):
                 _write_images(task, batch, step, run_dir, writer)
-            stopping = preempt.raised
             out_of_time = bool(train_cfg.max_minutes) and time.perf_counter() - run_start > 60 * train_cfg.max_minutes
+            # Every rank must take the same decision, or one would wait forever in the next collective.
+            stopping, out_of_time = any_rank(preempt.raised, out_of_time, device=device)
             if stopping or out_of_time or step == train_cfg.steps or (
                 train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
             ):
@@ -269,6 +297,8 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
     if progress is not None:
         progress.close()
     model_dir = run_dir / "model"
+    ema = getattr(task, "ema", None)
+    write_digest({**task.modules(), **({"ema": ema.model} if ema is not None else {})})
     if main:
         task.finish(run_dir)
         task.write_model(model_dir)
@@ -281,7 +311,7 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
 def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: StepContext, stream) -> int:
     modules = task.modules()
     for name, module in modules.items():
-        module.load_state_dict(state["modules"][name])
+        unwrap(module).load_state_dict(state["modules"][name])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     for name, sched in schedulers.items():

@@ -1,0 +1,141 @@
+"""Data-parallel training over several processes (``torchrun``): process group, DDP wrapping, agreement.
+
+Every process runs the same loop on its own share of the data (``ldmkit.data.build_dataloader`` shards by
+``RANK``/``WORLD_SIZE``); DistributedDataParallel averages gradients during ``backward``. Everything here is
+a no-op with one process, so single-device training takes exactly the code path it always did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ldmkit.runtime import local_rank, rank, world_size
+
+# A checkpoint written by rank 0 keeps the others waiting in their next collective: allow for slow disks.
+_TIMEOUT = datetime.timedelta(minutes=30)
+DIGEST_ENV = "LDMKIT_DEBUG_DIGEST_DIR"
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several of an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Join the process group of a ``torchrun`` launch when ``WORLD_SIZE > 1`` (NCCL on CUDA devices, Gloo
+    otherwise) and leave it at the end; with one process nothing happens."""
+    if world_size() <= 1 or is_distributed():
+        yield
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend=backend, timeout=_TIMEOUT, **kwargs)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The accelerator of this process's ``LOCAL_RANK`` when several processes share a machine (``cuda`` →
+    ``cuda:LOCAL_RANK``), made the current one; CPU and explicit indices are kept."""
+    if world_size() <= 1 or device.type == "cpu":
+        return device
+    if device.index is None:
+        device = torch.device(device.type, local_rank())
+    torch.accelerator.set_device_index(device.index)
+    return device
+
+
+def wrap(module: nn.Module, device: torch.device, **kwargs) -> nn.Module:
+    """``module`` inside DistributedDataParallel when training on several processes, else ``module`` itself.
+
+    DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from the same weights.
+    """
+    if not is_distributed():
+        return module
+    ids = [device.index] if device.type != "cpu" and device.index is not None else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The network inside a DDP (or ``torch.compile``) wrapper; state-dict keys then carry no prefix."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def average_gradients_of(params: list[nn.Parameter]) -> None:
+    """Average the gradients of parameters outside any DDP wrapper over all ranks as ``backward`` computes them."""
+    if not is_distributed():
+        return
+    size = dist.get_world_size()
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad / size
+
+    for p in params:
+        if p.requires_grad:
+            p.register_hook(hook)
+
+
+def any_rank(*flags: bool, device: torch.device) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks (one small all-reduce), so every rank takes the same decision."""
+    if not is_distributed():
+        return tuple(bool(f) for f in flags)
+    values = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in values.tolist())
+
+
+def same_on_all_ranks(value: int, device: torch.device) -> bool:
+    """Whether every rank holds the same integer ``value``."""
+    if not is_distributed():
+        return True
+    values = torch.tensor([value, -value], device=device, dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values[0].item() == value and -values[1].item() == value
+
+
+def rank_seed(seed: int, at_step: int) -> int:
+    """Seed of this rank's noise, timesteps and dropout from step ``at_step`` on (distinct per rank)."""
+    return seed + 1_000_003 * rank() + 7_919 * at_step
+
+
+def write_digest(modules: dict[str, nn.Module]) -> None:
+    """Debugging aid: with ``LDMKIT_DEBUG_DIGEST_DIR`` set, write ``rank-N.json`` holding the SHA-256 of each
+    module's weights, so a test can check that every rank ended with identical networks."""
+    directory = os.environ.get(DIGEST_ENV)
+    if not directory:
+        return
+    digests = {}
+    for name, module in modules.items():
+        h = hashlib.sha256()
+        for key, tensor in sorted(unwrap(module).state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digests[name] = h.hexdigest()
+    path = Path(directory) / f"rank-{rank()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(digests, indent=1, sort_keys=True))
+
+
+__all__ = ["any_rank", "average_gradients_of", "is_distributed", "local_device", "process_group", "rank_seed", "same_on_all_ranks",
+           "unwrap", "wrap", "write_digest"]
