@@ -196,12 +196,13 @@ def test_train_checks_the_output_before_setting_up(tmp_path):
 # --- the non-finite guard -----------------------------------------------------------------------------------------
 
 class LinearTask(Task):
-    """y = w·x on random data; steps listed in ``nan_steps`` produce a NaN loss."""
+    """y = w·x on random data; steps listed in ``nan_steps`` produce a NaN loss, ``spike_steps`` a 1e6x loss."""
 
     name = "linear"
 
-    def __init__(self, nan_steps=(), two_optimizers: bool = False):
+    def __init__(self, nan_steps=(), two_optimizers: bool = False, spike_steps=()):
         self.nan_steps = set(nan_steps)
+        self.spike_steps = set(spike_steps)
         self.two = two_optimizers
         self.weights: list[torch.Tensor] = []
 
@@ -222,6 +223,8 @@ class LinearTask(Task):
         loss = self.model(x).pow(2).mean()
         if step in self.nan_steps:
             loss = loss * float("nan")
+        if step in self.spike_steps:
+            loss = loss * 1e6
         ctx.step("model", loss)
         if self.two:
             loss2 = self.other(x).pow(2).mean()
@@ -256,7 +259,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, capsys, two):
     assert not torch.equal(task.weights[4], task.weights[3])
     manager = CheckpointManager(tmp_path / "run" / "checkpoints")
     saved = manager.load_state(manager.latest())
-    assert saved["guard"] == {"skipped": 3 * (2 if two else 1), "consecutive": 0}
+    assert saved["guard"]["skipped"] == 3 * (2 if two else 1) and saved["guard"]["consecutive"] == 0
     assert saved["schedulers"]["model"]["last_epoch"] == 5  # skipped updates do not advance the schedule
     assert "update skipped (2 in a row)" in capsys.readouterr().out
 
@@ -278,3 +281,18 @@ def test_resume_from_a_damaged_latest_checkpoint_is_refused(tmp_path):
     (latest / STATE).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=rf"{latest / STATE} does not match"):
         train(LinearTask(), _cfg(tmp_path, checkpoint_every=4, steps=12), Points(), {})
+
+
+def test_loss_spike_guard_skips_spikes_and_resumes_its_state(tmp_path, capsys):
+    task = LinearTask(spike_steps={25, 27})
+    train(task, _cfg(tmp_path, steps=30, loss_spike_factor=10.0), Points(), {})
+    assert torch.equal(task.weights[25], task.weights[24]) and torch.equal(task.weights[27], task.weights[26])
+    assert not torch.equal(task.weights[26], task.weights[25])
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    guard = manager.load_state(manager.latest())["guard"]
+    assert guard["spikes"] == 2 and guard["updates"]["model"] == 28 and guard["loss_mean"]["model"] > 0
+    assert "loss spike at step 25" in capsys.readouterr().out
+    # Off by default: the same spikes are applied.
+    plain = LinearTask(spike_steps={25})
+    train(plain, _cfg(tmp_path / "plain", steps=30), Points(), {})
+    assert not torch.equal(plain.weights[25], plain.weights[24])

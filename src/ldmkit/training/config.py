@@ -28,6 +28,9 @@ class TrainConfig:
     keep_every: int = option(0, help="also keep every checkpoint whose step is a multiple of this (0: none)", min=0)
     max_nonfinite: int = option(5, help="abort after this many consecutive steps with a NaN/inf loss or gradient",
                                 min=1)
+    loss_spike_factor: float = option(
+        0.0, help="skip (and count) an update whose loss exceeds this multiple of the running mean loss; "
+                  "0 disables", min=0.0)
     channels_last: bool = option(True, help="channels-last memory format on GPU")
     compile: bool = option(False, help="torch.compile the network (compile time reported apart)")
     progress: bool = option(True, help="show a progress bar")

@@ -100,6 +100,9 @@ class StepContext:
         self.consecutive_nonfinite = 0
         self.skipped = 0
         self._nonfinite_step = -1
+        self.spikes = 0
+        self.loss_mean: dict[str, float] = {}  # running mean loss per optimiser, for the loss-spike guard
+        self.updates: dict[str, int] = {}
         self.step_index = 0
         self.batch_index = 0
 
@@ -138,11 +141,44 @@ class StepContext:
             return norm
         if self._nonfinite_step != self.step_index:  # a finite update does not undo this step's failed one
             self.consecutive_nonfinite = 0
+        if self.train.loss_spike_factor and self._is_spike(name, loss):
+            optimizer.zero_grad(set_to_none=True)
+            self.spikes += 1
+            print(f"warning: {name} loss spike at step {self.step_index} (batch {self.batch_index}): "
+                  f"{float(loss.detach()):.4g} > {self.train.loss_spike_factor:g} x running mean "
+                  f"{self.loss_mean[name]:.4g}; update skipped ({self.spikes} so far)")
+            return norm
         self.scaler.step(optimizer)
         self.scaler.update()
         if name in self.schedulers:
             self.schedulers[name].step()
         return norm
+
+
+    SPIKE_WARMUP = 20  # updates before the running mean is trusted
+    SPIKE_MOMENTUM = 0.98
+
+    def _is_spike(self, name: str, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is a spike against this optimiser's running mean (every rank decides alike)."""
+        value = float(loss.detach())
+        mean, count = self.loss_mean.get(name), self.updates.get(name, 0)
+        spike = mean is not None and count >= self.SPIKE_WARMUP and value > self.train.loss_spike_factor * abs(mean)
+        (spike,) = any_rank(spike, device=self.device)
+        if not spike:
+            self.loss_mean[name] = value if mean is None else self.SPIKE_MOMENTUM * mean + (1 - self.SPIKE_MOMENTUM) * value
+            self.updates[name] = count + 1
+        return spike
+
+    def guard_state(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive_nonfinite, "spikes": self.spikes,
+                "loss_mean": dict(self.loss_mean), "updates": dict(self.updates)}
+
+    def load_guard_state(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state["skipped"])
+        self.consecutive_nonfinite = int(state["consecutive"])
+        self.spikes = int(state.get("spikes", 0))
+        self.loss_mean = {k: float(v) for k, v in state.get("loss_mean", {}).items()}
+        self.updates = {k: int(v) for k, v in state.get("updates", {}).items()}
 
 
 def estimate_checkpoint_bytes(task: Task, optimizers: dict[str, torch.optim.Optimizer]) -> int:
@@ -242,7 +278,7 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
             "scaler": ctx.scaler.state_dict(),
             "data": stream.state_dict(),
             "rng": rng_state(),
-            "guard": {"skipped": ctx.skipped, "consecutive": ctx.consecutive_nonfinite},
+            "guard": ctx.guard_state(),
             "task": task.extra_state(),
         }
         checkpoints.save(at_step, state, task.write_model)
@@ -317,8 +353,7 @@ def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: Ste
     for name, sched in schedulers.items():
         sched.load_state_dict(state["schedulers"][name])
     ctx.scaler.load_state_dict(state["scaler"])
-    ctx.skipped = int(state["guard"]["skipped"])
-    ctx.consecutive_nonfinite = int(state["guard"]["consecutive"])
+    ctx.load_guard_state(state["guard"])
     stream.load_state_dict(state["data"])
     task.load_extra_state(state.get("task", {}))
     set_rng_state(state["rng"])
