@@ -166,3 +166,14 @@ def test_too_little_free_space_is_reported_before_training(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert code == 2 and "MiB free in" in err and "a checkpoint needs about" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resuming_with_a_changed_model_says_which_weights_differ(tmp_path, capsys):
+    args = ["train", "autoencoder", "--config", "synthetic-kl-f4", *SYNTHETIC, *TRAIN, f"train.out={tmp_path}",
+            "loss.perceptual_weight=0", "model.base_channels=8", "train.steps=1", "scale_samples=8"]
+    assert ldm(args) == 0
+    capsys.readouterr()
+    code = ldm([*args[:-2], "model.base_channels=16", "train.steps=2", "scale_samples=8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "do not fit the model: mis-shaped" in err and "step-00000001" in err

@@ -19,6 +19,7 @@ import torch
 
 from ldmkit.config import dump_yaml
 from ldmkit.errors import CheckpointError, LdmkitError
+from ldmkit.io.model_dir import load_state_strict
 from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything, world_size
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.config import TrainConfig
@@ -255,7 +256,7 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     latest = checkpoints.latest()
     if latest is not None:
         state = checkpoints.load_state(latest)
-        step = _restore(state, task, optimizers, schedulers, ctx, stream)
+        step = _restore(state, task, optimizers, schedulers, ctx, stream, latest)
         if main:
             print(f"resuming {run_dir} from step {step} ({latest.name})")
     if not same_on_all_ranks(step, device):
@@ -344,10 +345,14 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     return model_dir
 
 
-def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: StepContext, stream) -> int:
+def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: StepContext, stream,
+             source: Path) -> int:
     modules = task.modules()
     for name, module in modules.items():
-        unwrap(module).load_state_dict(state["modules"][name])
+        if name not in state["modules"]:
+            raise CheckpointError(f"{source} has no '{name}' state; it was written by another kind of run")
+        # A config changed since the checkpoint: say which keys and shapes differ, in one line.
+        load_state_strict(unwrap(module), state["modules"][name], f"{source} ({name})")
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     for name, sched in schedulers.items():
