@@ -64,7 +64,8 @@ def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry to disk; file systems that cannot are skipped silently."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -75,6 +76,13 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (deepest first), then ``root`` itself."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fsync_path(path)
+    fsync_path(root)
 
 
 def save_model_dir(
@@ -108,7 +116,7 @@ def save_model_dir(
         for child in staging.iterdir():
             with open(child, "rb") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(staging)
+        fsync_path(staging)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -118,7 +126,7 @@ def save_model_dir(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

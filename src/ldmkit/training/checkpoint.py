@@ -25,40 +25,11 @@ from typing import Any
 import torch
 
 from ldmkit.errors import CheckpointError
-from ldmkit.io.model_dir import sha256_file
+from ldmkit.io.model_dir import fsync_path, fsync_tree, sha256_file
 
 MANIFEST = "MANIFEST.json"
 STATE = "state.pt"
 _NAME = re.compile(r"^step-(\d{8,})$")
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        flags = os.O_RDONLY
-        try:
-            fd = os.open(path, flags)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:
@@ -81,7 +52,7 @@ class CheckpointManager:
             files = {
                 str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
             }
-            _fsync_tree(staging)
+            fsync_tree(staging)
             manifest = {"step": step, "files": files}
             tmp_manifest = staging / (MANIFEST + ".tmp")
             with open(tmp_manifest, "w") as handle:
@@ -92,7 +63,7 @@ class CheckpointManager:
             if final.exists():  # an older save of the same step: move it aside (atomically) before replacing it
                 self._discard(final)
             os.replace(staging, final)
-            _fsync_dir(self.directory)
+            fsync_path(self.directory)
         except BaseException as exc:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -164,5 +135,5 @@ class CheckpointManager:
         half-deleted ``step-*`` directory that still looks complete (its manifest not yet removed)."""
         trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=self.directory))
         os.replace(path, trash / path.name)
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         shutil.rmtree(trash, ignore_errors=True)
