@@ -73,17 +73,7 @@ def _images(args: argparse.Namespace) -> int:
     result["settings"]["images"] = str(Path(args.folder).resolve())
     if args.reference:
         result["settings"]["reference"]["path"] = str(Path(args.reference).resolve())
-    if runtime.is_main_process():
-        text = json.dumps(result, indent=2)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n")
-        for name, value in result["metrics"].items():
-            print(f"{name}: {value:.6g}", file=sys.stderr if not args.out else sys.stdout)
-        if not args.out:
-            print(text)
-        else:
-            print(f"{result['num_images']} images, {result['images_per_second']} img/s -> {args.out}")
+    _report(result, args.out, f"{result['num_images']} images, {result['images_per_second']} img/s")
     return 0
 
 
@@ -187,7 +177,6 @@ def _common(parser: argparse.ArgumentParser, feature_default: str | None) -> Non
 
 def _generation(args: argparse.Namespace) -> int:
     """``ldm eval generation``: sample --n images from a model and score them against reference statistics."""
-    from ldmkit import runtime
     from ldmkit.errors import ConfigError
     from ldmkit.evaluation.distributed import init_distributed_if_launched
     from ldmkit.evaluation.generation import captions_from_data, data_of_reference, evaluate_generation
@@ -223,19 +212,30 @@ def _generation(args: argparse.Namespace) -> int:
     result["settings"]["reference"]["path"] = str(Path(args.reference).resolve())
     if prompt_source is not None:
         result["settings"]["generation"]["prompts_from"] = prompt_source
-    if runtime.is_main_process():
-        text = json.dumps(result, indent=2)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n")
-        for name, value in result["metrics"].items():
-            print(f"{name}: {value:.6g}", file=sys.stdout if args.out else sys.stderr)
-        print(f"{result['num_images']} images: sampling {result['sampling_seconds']} s "
-              f"({result['sampling_images_per_second']} img/s), total {result['seconds']} s"
-              + (f" -> {args.out}" if args.out else ""), file=sys.stdout if args.out else sys.stderr)
-        if not args.out:
-            print(text)
+    _report(result, args.out, f"{result['num_images']} images: sampling {result['sampling_seconds']} s "
+                              f"({result['sampling_images_per_second']} img/s), total {result['seconds']} s")
     return 0
+
+
+def _report(result: dict, out: str | None, summary: str) -> None:
+    """On rank 0: the JSON to ``out`` (or stdout), metrics and ``summary`` as readable lines.
+
+    Without ``out`` the readable lines go to stderr so that stdout holds only the JSON.
+    """
+    from ldmkit.runtime import is_main_process
+
+    if not is_main_process():
+        return
+    text = json.dumps(result, indent=2)
+    stream = sys.stdout if out else sys.stderr
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    for name, value in result["metrics"].items():
+        print(f"{name}: {value:.6g}", file=stream)
+    print(summary + (f" -> {out}" if out else ""), file=stream)
+    if not out:
+        print(text)
 
 
 def _add_generation(verbs: argparse._SubParsersAction) -> None:

@@ -144,6 +144,25 @@ class Conditioner(nn.Module):
         return tensors, {"config": self.config_dict()}
 
 
+class CaptionConditioner(Conditioner):
+    """A conditioner whose main route is a caption; a dropped caption becomes the empty prompt."""
+
+    def _encode_main(self, batch: Batch, drop: torch.Tensor | None, batch_size: int) -> Conditioning:
+        captions = batch.get("caption")
+        if captions is None:
+            raise DataError("text conditioning needs 'caption' in the batch")
+        return self.encode_prompts(captions, drop=drop)
+
+    def encode_prompts(self, prompts: Sequence[str], *, drop: torch.Tensor | None = None) -> Conditioning:
+        prompts = [p or "" for p in prompts]
+        if drop is not None:
+            prompts = ["" if d else p for p, d in zip(prompts, torch.as_tensor(drop, dtype=torch.bool).tolist())]
+        return self._encode_texts(prompts)
+
+    def _encode_texts(self, prompts: list[str]) -> Conditioning:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 class Unconditional(Conditioner):
     """``kind: none``: no main condition (only a concat route, if configured)."""
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from ldmkit.conditioning.base import Batch, Conditioner
+from ldmkit.conditioning.base import CaptionConditioner
 from ldmkit.conditioning.concat import ImageEncoder
 from ldmkit.conditioning.config import MINILM_DIM, ConditionerConfig
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.errors import AssetMissingError, CheckpointError, ConfigError, DataError
+from ldmkit.errors import AssetMissingError, CheckpointError, ConfigError
 
 
 def _asset_dir(name: str) -> Path:
@@ -43,7 +42,7 @@ def _model_dir(root: Path) -> Path:
     return found[0]
 
 
-class PretrainedTextConditioner(Conditioner):
+class PretrainedTextConditioner(CaptionConditioner):
     """``kind: pretrained_text``: prompt → MiniLM last hidden states ``context`` [B, T, 384] + mask."""
 
     trainable = False
@@ -121,16 +120,7 @@ class PretrainedTextConditioner(Conditioner):
             self._cache.popitem(last=False)
         return out
 
-    def _encode_main(self, batch: Batch, drop: torch.Tensor | None, batch_size: int) -> Conditioning:
-        captions = batch.get("caption")
-        if captions is None:
-            raise DataError("text conditioning needs 'caption' in the batch")
-        return self.encode_prompts(captions, drop=drop)
-
-    def encode_prompts(self, prompts: Sequence[str], *, drop: torch.Tensor | None = None) -> Conditioning:
-        prompts = [p or "" for p in prompts]
-        if drop is not None:
-            prompts = ["" if d else p for p, d in zip(prompts, torch.as_tensor(drop, dtype=torch.bool).tolist())]
+    def _encode_texts(self, prompts: list[str]) -> Conditioning:
         states = self._states(prompts)
         longest = max(s.shape[0] for s in states)
         context = states[0].new_zeros(len(states), longest, MINILM_DIM)  # [B, T, 384]

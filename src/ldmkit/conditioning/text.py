@@ -9,18 +9,17 @@ the network learns through condition dropout.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmkit.conditioning.base import Batch, Conditioner
+from ldmkit.conditioning.base import CaptionConditioner
 from ldmkit.conditioning.concat import ImageEncoder
 from ldmkit.conditioning.config import ConditionerConfig
 from ldmkit.conditioning.tokenizer import WordTokenizer
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.errors import CheckpointError, DataError
+from ldmkit.errors import CheckpointError
 
 
 class TransformerBlock(nn.Module):
@@ -75,7 +74,7 @@ class TextTransformer(nn.Module):
         return x * mask[..., None].to(x.dtype)  # [B, T, D], padding zeroed
 
 
-class TextConditioner(Conditioner):
+class TextConditioner(CaptionConditioner):
     """``kind: text``: caption → ``context`` [B, T, embed_dim] + ``context_mask`` [B, T]."""
 
     trainable = True
@@ -91,16 +90,7 @@ class TextConditioner(Conditioner):
         self.encoder = TextTransformer(tokenizer.vocab_size, text.max_length, text.width, text.depth, text.heads,
                                        text.mlp_ratio, out_dim=config.embed_dim)
 
-    def _encode_main(self, batch: Batch, drop: torch.Tensor | None, batch_size: int) -> Conditioning:
-        captions = batch.get("caption")
-        if captions is None:
-            raise DataError("text conditioning needs 'caption' in the batch")
-        return self.encode_prompts(captions, drop=drop)
-
-    def encode_prompts(self, prompts: Sequence[str], *, drop: torch.Tensor | None = None) -> Conditioning:
-        prompts = [p or "" for p in prompts]
-        if drop is not None:
-            prompts = ["" if d else p for p, d in zip(prompts, torch.as_tensor(drop, dtype=torch.bool).tolist())]
+    def _encode_texts(self, prompts: list[str]) -> Conditioning:
         ids, mask = self.tokenizer(prompts, device=self.encoder.position.device)  # [B, T], [B, T]
         return Conditioning(context=self.encoder(ids, mask), context_mask=mask)  # [B, T, D]
 
