@@ -1,11 +1,52 @@
-"""``ldm encode --autoencoder DIR --data PRESET [key=value …] --out DIR``: pre-compute latents (resumable)."""
+"""``ldm encode``: pre-compute what training would compute again and again.
+
+- ``ldm encode --autoencoder DIR --data PRESET [key=value …] --out DIR``: latents of a data set (resumable);
+- ``ldm encode --text --data PRESET [--prompts FILE] --out FILE.safetensors``: the frozen text encoder's states
+  of every caption (and of extra prompts, one per line), for ``conditioner.pretrained.states_file``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
+def _encode_text(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ldmkit.conditioning import ConditionerConfig, build_conditioner
+    from ldmkit.conditioning.prompt_states import write_prompt_states
+    from ldmkit.config import load_config
+    from ldmkit.data import DataConfig, build_dataset
+    from ldmkit.errors import ConfigError, DataError
+    from ldmkit.runtime import pick_device
+    from ldmkit.training.run_dir import check_writable
+
+    prompts: list[str] = []
+    if args.data is not None:
+        data_cfg = load_config(DataConfig, args.data, args.overrides, group="data")
+        for split in args.split.split(","):
+            dataset = build_dataset(data_cfg, split=split.strip())
+            prompts += [dataset.caption(i) if hasattr(dataset, "caption") else dataset[i]["caption"]
+                        for i in range(len(dataset))]
+    if args.prompts is not None:
+        try:
+            prompts += [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read prompts from {args.prompts} ({exc})") from None
+    if not prompts:
+        raise ConfigError("nothing to encode: give --data PRESET (its captions) and/or --prompts FILE")
+    out = Path(args.out)
+    check_writable(out.parent)
+    conditioner = build_conditioner(ConditionerConfig(kind="pretrained_text", drop_prob=0.0))
+    conditioner = conditioner.to(pick_device(args.device))
+    write_prompt_states(out, prompts, conditioner, batch_size=args.batch_size, progress=True)
+    print(f"states of {len(set(prompts) | {''})} prompts written to {out}")
+    return 0
+
+
 def _encode(args: argparse.Namespace) -> int:
+    if args.text:
+        return _encode_text(args)
     import dataclasses
     from pathlib import Path
 
@@ -21,6 +62,8 @@ def _encode(args: argparse.Namespace) -> int:
     from ldmkit.runtime import autocast_dtype, pick_device
     from ldmkit.training.run_dir import check_writable
 
+    if args.autoencoder is None:
+        raise ConfigError("--autoencoder DIR is required to encode latents (or pass --text to encode captions)")
     if args.shard_size % args.batch_size:
         raise ConfigError(f"--shard-size {args.shard_size} must be a multiple of --batch-size {args.batch_size}")
     device = pick_device(args.device)
@@ -49,14 +92,19 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("encode", help="encode a data set into latents for diffusion training",
+    parser = subparsers.add_parser("encode", help="encode a data set into latents (or captions into text states)",
                                    description="Encode a data set with a trained autoencoder into a latent cache "
-                                               "(KL: posterior mean and std). Rerunning resumes.")
+                                               "(KL: posterior mean and std; rerunning resumes), or with --text "
+                                               "its captions with the frozen text encoder.")
     parser.set_defaults(handler=_encode)
-    parser.add_argument("--autoencoder", required=True, help="autoencoder model directory")
+    parser.add_argument("--autoencoder", default=None, help="autoencoder model directory")
+    parser.add_argument("--text", action="store_true",
+                        help="encode captions (--data) and prompts (--prompts) with the frozen text encoder into "
+                             "one .safetensors file for conditioner.pretrained.states_file")
+    parser.add_argument("--prompts", default=None, help="with --text: a text file of extra prompts, one per line")
     parser.add_argument("--data", default=None, help="a data preset from configs/data/ or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="data config overrides, e.g. resolution=64")
-    parser.add_argument("--split", default="train", help="train or test")
+    parser.add_argument("--split", default="train", help="train or test (with --text: a comma list, e.g. train,val)")
     parser.add_argument("--out", required=True, help="output directory of the latent cache")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=4096, help="latents per shard file (multiple of batch)")

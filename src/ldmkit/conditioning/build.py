@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -56,6 +57,10 @@ def load_conditioner(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any
     if "config" not in data:
         raise CheckpointError(f"{source} has no conditioning config")
     config = from_dict(ConditionerConfig, data["config"])
+    states_file = config.pretrained.states_file
+    if config.kind == "pretrained_text" and states_file and not Path(states_file).is_file():
+        # The pre-computed prompt states of training are not here: encode prompts with the network instead.
+        config = replace(config, pretrained=replace(config.pretrained, states_file=""))
     tokenizer = WordTokenizer.from_dict(data["tokenizer"]) if config.kind == "text" and "tokenizer" in data else None
     if config.kind == "text" and tokenizer is None:
         raise CheckpointError(f"{source} has no tokenizer vocabulary")

@@ -55,6 +55,8 @@ class PretrainedTextConfig:
                              min=2, max=256)
     cache_size: int = option(1024, help="how many distinct prompts keep their encoding in memory (0 = no cache)",
                              min=0)
+    states_file: str = option("", help="prompt-states file written by `ldm encode --text`: prompts found there are "
+                                       "not run through the network, which then loads only when a prompt is missing")
 
 
 @dataclass(frozen=True)

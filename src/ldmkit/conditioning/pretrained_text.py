@@ -4,7 +4,8 @@ The LDM paper trains its text encoder; later latent diffusion models use a froze
 the one pretrained text encoder obtainable offline here (``ldm assets fetch minilm``). Its last hidden
 states [B, T, 384] and attention mask are the cross-attention context; the null condition is the empty
 prompt encoded ([CLS] [SEP]). The network stays in eval mode without gradients; the encodings of repeated
-prompts are cached.
+prompts are cached. With ``pretrained.states_file`` (see :mod:`ldmkit.conditioning.prompt_states`) prompts
+are looked up in pre-computed states first and the network is loaded only for a prompt the file lacks.
 """
 
 from __future__ import annotations
@@ -50,12 +51,33 @@ class PretrainedTextConditioner(CaptionConditioner):
     def __init__(self, config: ConditionerConfig, first_stage: ImageEncoder | None = None,
                  path: str | Path | None = None):
         super().__init__(config, first_stage)
+        self._path = path
+        self.__dict__["model"] = None
+        self.tokenizer = None
+        # Follows .to(device) / .half() even while the network is not loaded (non-persistent: not saved).
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.precomputed = None
+        if config.pretrained.states_file:
+            from ldmkit.conditioning.prompt_states import PromptStates
+
+            self.precomputed = PromptStates(config.pretrained.states_file)
+            self.precomputed.check_matches(config.pretrained.asset, config.pretrained.max_length)
+        else:
+            self._load_network()
+
+    def _load_network(self) -> None:
+        """Load the tokenizer and the frozen network (once)."""
+        if self.model is not None:
+            return
+        config = self.config
         try:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
         except ImportError:
             raise ConfigError("conditioning kind 'pretrained_text' needs transformers: "
                               "pip install 'ldmkit[text]'") from None
+        path = self._path
         folder = _model_dir(Path(path) if path is not None else _asset_dir(config.pretrained.asset))
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a local load of a small model needs no progress bar
@@ -73,26 +95,46 @@ class PretrainedTextConditioner(CaptionConditioner):
                                   f"expected {MINILM_DIM}")
         # Kept out of the module tree, so its weights stay out of state_dict() and the optimiser; _apply
         # below still moves it with the conditioner (.to(device), .half()).
-        self.__dict__["model"] = network.eval().requires_grad_(False)
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        network = network.eval().requires_grad_(False)
+        self.__dict__["model"] = network.to(device=self._probe.device)
 
     def train(self, mode: bool = True) -> "PretrainedTextConditioner":
         super().train(mode)  # self.training drives condition dropout …
-        self.model.eval()  # … but the frozen network always runs in eval mode
+        if self.model is not None:
+            self.model.eval()  # … but the frozen network always runs in eval mode
         return self
 
     def _apply(self, fn, *args, **kwargs):
         self._cache.clear()  # cached encodings live on the old device/dtype
-        self.model._apply(fn, *args, **kwargs)
+        if self.model is not None:
+            self.model._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._probe.device
+
+    def _encode_uncached(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Each prompt's real-token states [T_i, 384]: from the pre-computed file, else from the network."""
+        if self.precomputed is None:
+            return self.encode_network(prompts)
+        found = [self.precomputed.get(p) for p in prompts]
+        missing = [p for p, states in zip(prompts, found) if states is None]
+        if missing:
+            try:
+                computed = iter(self.encode_network(missing))
+            except AssetMissingError:
+                raise AssetMissingError(
+                    f"prompt {missing[0]!r} is not in {self.precomputed.path} and the "
+                    f"'{self.config.pretrained.asset}' text encoder is not available: run "
+                    f"`ldm assets fetch {self.config.pretrained.asset}` or add the prompt to the file") from None
+            found = [states if states is not None else next(computed) for states in found]
+        return [states.to(self.device) for states in found]
 
     @torch.no_grad()
-    def _encode_uncached(self, prompts: list[str]) -> list[torch.Tensor]:
-        """Each prompt's real-token states [T_i, 384], computed in one batch."""
+    def encode_network(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Each prompt's real-token states [T_i, 384], computed by the network in one batch."""
+        self._load_network()
         device = self.device
         tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.config.pretrained.max_length,
                                 return_tensors="pt").to(device)
