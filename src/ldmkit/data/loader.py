@@ -5,8 +5,10 @@
 loop receives to ``position`` — a :class:`~ldmkit.data.sampler.ResumableSampler` for map-style data sets,
 the :class:`~ldmkit.data.shards.ShardDataset` itself for shards. Save ``position.state_dict()`` with a
 checkpoint and call ``position.load_state_dict(state)`` before iterating again: the next pass yields
-exactly the batches the interrupted one had not yet delivered. Start every worker afresh for each pass
-(no ``persistent_workers``), so the workers see the restored position.
+exactly the batches the interrupted one had not yet delivered. For map-style data sets the sampler runs in
+the main process, so workers persist across passes (starting a dozen workers for every pass of a small
+data set cost more time than training on it); streaming shards keep their position inside the workers, so
+those start afresh for each pass and see the restored position.
 """
 
 from __future__ import annotations
@@ -150,4 +152,5 @@ def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed
         return ResumableDataLoader(dataset, position=dataset, **common), dataset
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                drop_last=drop_last)
+    common["persistent_workers"] = num_workers > 0  # the sampler (the position) lives in this process
     return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler
