@@ -82,3 +82,31 @@ def test_dataloader_resume_counts_delivered_batches(workers):
     assert got == full
     assert position2.state_dict() == {"epoch": 1, "offset": 0}
     assert [b["label"].tolist() for b in loader2] == epoch1
+
+
+class _WhoLoads(torch.utils.data.Dataset):
+    """Index and loading process of each sample."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        import os
+
+        return {"index": torch.tensor(i), "pid": torch.tensor(os.getpid())}
+
+
+def test_workers_persist_across_epochs_and_resume_stays_exact():
+    from ldmkit.data.loader import build_dataloader
+
+    loader, position = build_dataloader(None, _WhoLoads(), 4, num_workers=2)
+    pids, batches = set(), []
+    for _ in range(3):
+        for batch in loader:
+            pids |= set(batch["pid"].tolist())
+            batches.append(batch["index"].tolist())
+    assert len(pids) == 2  # the same two workers served all three epochs
+    assert position.state_dict() == {"epoch": 3, "offset": 0}
+    again, restored = build_dataloader(None, _WhoLoads(), 4, num_workers=2)
+    restored.load_state_dict({"epoch": 1, "offset": 4})  # second batch of the second epoch
+    assert [b["index"].tolist() for b in again] == batches[3:4]
