@@ -1,4 +1,5 @@
-"""``ldm inpaint --model DIR --image IMG --mask MASK [--prompt TEXT|--class N] …``: zero-shot inpainting."""
+"""``ldm inpaint --model DIR --image IMG --mask MASK [--prompt TEXT|--class N] …``: inpainting with a model
+trained for it (concat kind masked_image, paper §4.5) or zero-shot with any other model."""
 
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ def _inpaint(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("inpaint", help="fill a masked region with any model (zero-shot inpainting)",
-                                   description="Fill the white region of --mask with the model's completion; "
-                                               "pixels under black stay exactly as in --image.")
+    parser = subparsers.add_parser(
+        "inpaint", help="fill a masked region (a model trained for inpainting, or zero-shot with any model)",
+        description="Fill the white region of --mask with the model's completion; pixels under black stay exactly "
+                    "as in --image. A model trained for inpainting (conditioner.concat.kind=masked_image) sees the "
+                    "masked image and the mask and samples from pure noise; any other model is guided zero-shot by "
+                    "replacing the known region at every step. --prompt is optional for a text model trained for "
+                    "inpainting and refused by models without text.")
     parser.set_defaults(handler=_inpaint)
     add_task_arguments(parser, strength=1.0)
     parser.add_argument("--mask", required=True, help="black-and-white image of the input's size; white = fill in")

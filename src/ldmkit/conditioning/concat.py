@@ -3,7 +3,8 @@
 - inpainting (§4.5): the masked image encoded by the first stage, plus the mask on the latent grid
   (C = latent channels + 1);
 - super-resolution (§4.4): the low-resolution image resized (bicubic) to the latent grid — the paper
-  concatenates it directly, τ_θ being the identity — or upsampled and encoded by the first stage;
+  concatenates it directly, τ_θ being the identity — or upsampled and encoded by the first stage; during
+  training it is made from the image by a degradation (:mod:`ldmkit.data.degradations`: bicubic or blind);
 - semantic synthesis (§4.3.2): the one-hot semantic map on the latent grid (C = number of classes).
 
 The functions work on tensors (for sampling pipelines); :class:`ConcatEncoder` applies the configured one
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.conditioning.config import ConcatConfig
+from ldmkit.conditioning.masks import random_masks
 from ldmkit.conditioning.types import Conditioning
+from ldmkit.data.degradations import degrade, degrade_bicubic, resize_image  # noqa: F401 (re-exported)
 from ldmkit.errors import ConfigError, DataError
 
 #: The first stage's encoder: image [B, 3, H, W] in [-1, 1] → latents [B, c, H/f, W/f], scaled as the
@@ -57,23 +60,6 @@ def masked_image_concat(image: torch.Tensor, mask: torch.Tensor, encode: ImageEn
         latents = encode(image * (1.0 - mask))  # [B, c, h, w]
     small = F.adaptive_max_pool2d(mask, latents.shape[-2:])  # [B, 1, h, w]
     return Conditioning(concat=torch.cat([latents, small.to(latents.dtype)], dim=1))  # [B, c + 1, h, w]
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize (antialiased when shrinking), clamped to [-1, 1]."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    out = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False, antialias=shrink)
-    return out.clamp(-1.0, 1.0).to(image.dtype)
-
-
-def degrade_bicubic(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """The low-resolution input of super-resolution: bicubic downsampling by ``factor`` (paper §4.4)."""
-    h, w = image.shape[-2:]
-    if h % factor or w % factor:
-        raise DataError(f"image size {h}x{w} is not divisible by the super-resolution factor {factor}")
-    return resize_image(image, (h // factor, w // factor))
 
 
 def low_res_concat(low_res: torch.Tensor, grid: tuple[int, int], *, encode: ImageEncoder | None = None,
@@ -142,8 +128,9 @@ class ConcatEncoder(nn.Module):
     """Applies the configured concat route to a batch dict. It has no parameters of its own.
 
     The batch supplies ``image`` (and ``latent`` when latents were cached, which fixes the grid); the
-    masked_image route takes ``mask`` from the batch or draws a rectangle; the low_res route takes
-    ``low_res`` or degrades ``image``; the semantic route needs ``segmentation``.
+    masked_image route takes ``mask`` from the batch or draws one per sample (``config.masks``, see
+    :mod:`~ldmkit.conditioning.masks`); the low_res route takes ``low_res`` or degrades ``image``; the
+    semantic route needs ``segmentation``.
     """
 
     def __init__(self, config: ConcatConfig, first_stage: ImageEncoder | None = None):
@@ -182,14 +169,15 @@ class ConcatEncoder(nn.Module):
                 raise DataError("concat kind 'masked_image' needs 'image' in the batch")
             mask = batch.get("mask")
             if mask is None:
-                mask = random_inpainting_mask(image.shape[0], *image.shape[-2:], generator, image.device)
+                mask = random_masks(image.shape[0], *image.shape[-2:], self.config.masks, generator, image.device)
             return masked_image_concat(image, mask, self._need_first_stage())
         if kind == "low_res":
             low_res = batch.get("low_res")
             if low_res is None:
                 if batch.get("image") is None:
                     raise DataError("concat kind 'low_res' needs 'low_res' or 'image' in the batch")
-                low_res = degrade_bicubic(batch["image"], self.config.low_res_factor)
+                cfg = self.config
+                low_res = degrade(batch["image"], cfg.low_res_factor, cfg.low_res_degradation, cfg.blind, generator)
             if batch.get("image") is not None or batch.get("latent") is not None:
                 grid = self._grid(batch, "image")
             else:  # only the low-res image: the full size is its size × low_res_factor

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ldmkit.conditioning.masks import MaskConfig
 from ldmkit.config import option
 from ldmkit.errors import ConfigError
 
@@ -60,6 +61,35 @@ class PretrainedTextConfig:
 
 
 @dataclass(frozen=True)
+class BlindDegradationConfig:
+    """Ranges of the randomised degradation chain of blind super-resolution (``low_res_degradation: blind``).
+
+    In the spirit of BSR-degradation / Real-ESRGAN: blur → downsample → noise → JPEG, each step drawn per
+    image (see :mod:`ldmkit.data.degradations`).
+    """
+
+    blur_prob: float = option(0.7, help="probability of a Gaussian blur before downsampling", min=0.0, max=1.0)
+    blur_sigma: tuple[float, float] = option((0.2, 2.0), help="range [low, high] of the blur's standard deviation, "
+                                                             "in high-resolution pixels", min=0.0)
+    resize_modes: tuple[str, ...] = option(("bicubic", "bilinear", "area"),
+                                           help="downsampling kernels, one drawn uniformly per image",
+                                           choices=("bicubic", "bilinear", "area"))
+    noise_prob: float = option(0.7, help="probability of adding Gaussian noise after downsampling", min=0.0, max=1.0)
+    noise_sigma: tuple[float, float] = option((1.0, 20.0), help="range [low, high] of the noise's standard "
+                                                               "deviation on the 0-255 scale", min=0.0)
+    jpeg_prob: float = option(0.7, help="probability of a JPEG round trip at the end", min=0.0, max=1.0)
+    jpeg_quality: tuple[int, int] = option((30, 95), help="range [low, high] of the JPEG quality", min=1, max=100)
+
+    def __post_init__(self) -> None:
+        for name in ("blur_sigma", "noise_sigma", "jpeg_quality"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"concat.blind.{name} must be [low, high] with low <= high; got [{low}, {high}]")
+        if not self.resize_modes:
+            raise ConfigError("concat.blind.resize_modes is empty; give at least one of bicubic, bilinear, area")
+
+
+@dataclass(frozen=True)
 class ConcatConfig:
     """An image-like condition concatenated to the UNet input on the latent grid (paper §3.3, §4.4-4.5)."""
 
@@ -75,8 +105,15 @@ class ConcatConfig:
     low_res_mode: Literal["resize", "encode"] = option(
         "resize", help="resize: the low-res image resized (bicubic) to the latent grid; encode: upsampled to full "
                        "size and encoded by the first stage")
-    low_res_factor: int = option(4, help="when a batch has no 'low_res' image, it is made by bicubic downsampling "
-                                         "of 'image' by this factor", min=1)
+    low_res_factor: int = option(4, help="super-resolution factor: when a batch has no 'low_res' image, it is made "
+                                         "by degrading 'image' to 1/low_res_factor of its size", min=1)
+    low_res_degradation: Literal["bicubic", "blind"] = option(
+        "bicubic", help="how 'low_res' is made from 'image': bicubic (paper §4.4) or blind (random blur, kernel, "
+                        "noise and JPEG, ranges in concat.blind)")
+    blind: BlindDegradationConfig = option(default_factory=BlindDegradationConfig,
+                                           help="ranges of the blind degradation (low_res_degradation: blind)")
+    masks: MaskConfig = option(default_factory=MaskConfig,
+                               help="random training masks (kind masked_image, when a batch has no 'mask')")
 
     def __post_init__(self) -> None:
         if self.kind == "semantic" and self.semantic_classes < 2:

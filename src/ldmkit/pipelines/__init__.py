@@ -2,6 +2,9 @@
 
 from ldmkit.pipelines.img2img import ImageToImagePipeline
 from ldmkit.pipelines.inpaint import InpaintPipeline
+from ldmkit.pipelines.semantic import SemanticSynthesisPipeline
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline
+from ldmkit.pipelines.upscale import UpscalePipeline
 
-__all__ = ["ImageToImagePipeline", "InpaintPipeline", "LatentDiffusionPipeline", "load_pipeline"]
+__all__ = ["ImageToImagePipeline", "InpaintPipeline", "LatentDiffusionPipeline", "SemanticSynthesisPipeline",
+           "UpscalePipeline", "load_pipeline"]

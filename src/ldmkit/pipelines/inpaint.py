@@ -1,17 +1,24 @@
-"""Zero-shot inpainting with any unconditional, class or text model (no inpainting training needed).
+"""Inpainting: with a model trained for it (paper §4.5), or zero-shot with any other model.
 
 ``pipe = InpaintPipeline.load(DIR); images = pipe("photo.png", "mask.png", prompt="a blue square")``
 
-Mask convention: white (1) = fill in, black (0) = keep. The paper's inpainting model (§4.5) is trained
-with the masked image as a concat condition; this pipeline instead guides an ordinary model by
-replacing, after every sampler step, the known region of the latent with the encoded input noised to the
-step's noise level (the "replacement" method of Song et al. 2021, §5 / App. I.2; Lugmayr et al. 2022 eq. 8):
+Mask convention: white (1) = fill in, black (0) = keep. The route follows the loaded model:
 
-    x ← m · x + (1 − m) · (sqrt(ᾱ_next) z_known + sqrt(1 − ᾱ_next) ε)
+- **trained** (the model's concat kind is ``masked_image``, §4.5): the condition is the encoded masked
+  image and the mask on the latent grid, ``[E(x ⊙ (1 − m)), m↓]``, concatenated to the UNet input, the
+  same tensor the model was trained with; sampling starts from pure noise and nothing is blended. A text
+  model takes an optional prompt (none: the empty caption).
+- **zero-shot** (a model without a concat route): an ordinary model is guided by replacing, after every
+  sampler step, the known region of the latent with the encoded input noised to the step's noise level
+  (the "replacement" method of Song et al. 2021, §5 / App. I.2; Lugmayr et al. 2022 eq. 8):
 
-where m is the mask on the latent grid (a latent cell is unknown if any of its pixels is; max-pool) and ε
-is the noise the sample started from. The decoded result is composited with the input in pixel space, so
-pixels outside the mask equal the input exactly.
+      x ← m · x + (1 − m) · (sqrt(ᾱ_next) z_known + sqrt(1 − ᾱ_next) ε)
+
+  where m is the mask on the latent grid (a latent cell is unknown if any of its pixels is; max-pool) and ε
+  is the noise the sample started from.
+
+Either way the decoded result is composited with the input in pixel space, so pixels outside the mask
+equal the input exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ldmkit.conditioning import masked_image_concat, merge_conditionings
+from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.pipelines.img2img import ImageToImagePipeline, check_strength, read_image_file
 from ldmkit.samplers import make_ladder
@@ -69,7 +78,17 @@ def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class InpaintPipeline(ImageToImagePipeline):
-    """Fill the white region of a mask with a model that was never trained for inpainting."""
+    """Fill the white region of a mask: with the model's own inpainting condition, or zero-shot."""
+
+    @property
+    def trained_for_inpainting(self) -> bool:
+        """Whether the model takes the masked image and mask as its concat condition (paper §4.5)."""
+        return self.conditioner.config.concat.kind == "masked_image"
+
+    def inpainting_condition(self, pixels: torch.Tensor, pixel_mask: torch.Tensor) -> Conditioning:
+        """The concat condition ``[E(x ⊙ (1 − m)), m↓]`` [1, c + 1, h, w] of an image [1, C, H, W] and its
+        mask [1, 1, H, W] (1 = fill in), as the model saw it in training."""
+        return masked_image_concat(pixels.to(self.device), pixel_mask.to(self.device), self.autoencoder.encode)
 
     def prepare_mask(self, mask: str | Path | Image.Image | torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """The mask [1, 1, H, W] in {0, 1}; its size must equal the image's."""
@@ -91,21 +110,42 @@ class InpaintPipeline(ImageToImagePipeline):
                  progress: bool = True):
         """Images of the input's size: the input outside the mask, the model's completion inside it.
 
-        ``strength`` < 1 starts the masked region from the noised input instead of pure noise (SDEdit
-        inside the mask); ``callback`` runs after the blend of each step.
+        ``strength`` < 1 starts from the noised input instead of pure noise (SDEdit inside the mask);
+        ``callback`` runs after each step (in the zero-shot route, after that step's blend).
         """
         strength = check_strength(strength)
         self._check_common(steps, batch_size)
-        self.check_plain_model("zero-shot inpainting")
+        trained = self.trained_for_inpainting
+        if not trained:
+            self.check_plain_model("zero-shot inpainting")
         pixels = self.prepare_image(image)  # [1, C, H, W]
         pixel_mask = self.prepare_mask(mask, pixels)  # [1, 1, H, W]
+        if trained and prompt is None and self.kind in ("text", "pretrained_text"):
+            prompt = ""  # the prompt is optional: the empty caption is the model's unconditional input
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
-        if spacing is None:
-            if sampler not in DEFAULT_SPACING:
-                raise ConfigError(f"give --spacing for sampler '{sampler}' (inpainting needs its ladder)")
-            spacing = DEFAULT_SPACING[sampler]
-        ladder = make_ladder(self.schedule, steps, spacing, strength)
         known = self.encode_image(pixels)  # [1, c, h, w]
+        if trained:  # §4.5: the model sees the masked image and the mask; no blending
+            concat = self.inpainting_condition(pixels, pixel_mask).repeat(count)  # concat [N, c + 1, h, w]
+            cond, uncond = merge_conditionings(cond, concat), merge_conditionings(uncond, concat)
+            callback_for = (lambda index, noise: callback) if callback is not None else None
+        else:
+            if spacing is None:
+                if sampler not in DEFAULT_SPACING:
+                    raise ConfigError(f"give --spacing for sampler '{sampler}' (inpainting needs its ladder)")
+                spacing = DEFAULT_SPACING[sampler]
+            callback_for = self._replacement(known, pixel_mask, make_ladder(self.schedule, steps, spacing, strength),
+                                             callback)
+        generated = self._generate(known, cond, uncond, count, strength=strength, seed=seed,
+                                   batch_size=batch_size, callback_for=callback_for, sampler=sampler, steps=steps,
+                                   guidance=guidance, guidance_rescale=guidance_rescale, eta=eta, spacing=spacing,
+                                   progress=progress)  # [N, C, H, W]
+        images = torch.where(pixel_mask.bool(), generated, pixels)  # pixel-space composite: kept pixels exact
+        return self._output(images, output)
+
+    def _replacement(self, known: torch.Tensor, pixel_mask: torch.Tensor, ladder, callback: Callable | None
+                     ) -> Callable[[slice, torch.Tensor], Callable]:
+        """Per-batch step callbacks of the zero-shot route: the known latent cells are replaced by
+        ``known`` [1, c, h, w] noised to the next level of the sampler's ``ladder``."""
         unknown = latent_mask(pixel_mask, self.autoencoder.downsample_factor).to(self.device)  # [1, 1, h, w]
 
         def callback_for(index: slice, noise: torch.Tensor) -> Callable:
@@ -121,12 +161,6 @@ class InpaintPipeline(ImageToImagePipeline):
                 return x
             return blend
 
-        generated = self._generate(known, cond, uncond, count, strength=strength, seed=seed,
-                                   batch_size=batch_size, callback_for=callback_for, sampler=sampler, steps=steps,
-                                   guidance=guidance, guidance_rescale=guidance_rescale, eta=eta, spacing=spacing,
-                                   progress=progress)  # [N, C, H, W]
-        images = torch.where(pixel_mask.bool(), generated, pixels)  # pixel-space composite: kept pixels exact
-        return self._output(images, output)
-
+        return callback_for
 
 __all__ = ["InpaintPipeline", "latent_mask", "mask_to_tensor"]
