@@ -79,7 +79,7 @@ def _check_same_pixels(to: Path, train) -> None:
 
 
 def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, n: int, steps: int, guidance: float,
-        workers: int) -> None:
+        fd_guidance: float, workers: int) -> None:
     from ldmkit.cli.main import main as ldm
     from ldmkit.io.images import make_grid, save_grid, to_unit
     from ldmkit.pipelines import load_pipeline
@@ -118,7 +118,8 @@ def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, n: int, s
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     started = time.perf_counter()
-    images = torch.cat([pipe(prompt=prompts[lo:lo + 500], seed=lo, batch_size=500, **sample)
+    scored = dict(sample, guidance=fd_guidance)
+    images = torch.cat([pipe(prompt=prompts[lo:lo + 500], seed=lo, batch_size=500, **scored)
                         for lo in range(0, n, 500)])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -127,7 +128,8 @@ def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, n: int, s
     results = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "timings": timings, "steps": steps_done, "samples": n, "sampler": "dpm++2m", "sampling_steps": steps,
-        "guidance": guidance, "held_out_prompts": held_out, "new_prompts": list(NEW_COMPOSITIONS),
+        "guidance_grids": guidance, "guidance_scored": fd_guidance, "held_out_prompts": held_out,
+        "new_prompts": list(NEW_COMPOSITIONS),
         "autoencoder_config": (work / "ae" / "config.yaml").read_text(),
         "diffusion_config": (work / "ldm" / "config.yaml").read_text(),
     }
@@ -202,7 +204,8 @@ def main() -> None:
     p.add_argument("--ldm-minutes", type=float, default=3.0)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the grids")
+    p.add_argument("--fd-guidance", type=float, default=2.0, help="guidance of the scored samples")
     p.add_argument("--workers", type=int, default=8)
     p = sub.add_parser("score")
     p.add_argument("--samples", type=Path, required=True)
@@ -215,7 +218,8 @@ def main() -> None:
         _pack_lpips(args.to)
         _encode_prompts(args.to, train, val)
     elif args.command == "run":
-        run(args.carry, args.out, args.ae_minutes, args.ldm_minutes, args.n, args.steps, args.guidance, args.workers)
+        run(args.carry, args.out, args.ae_minutes, args.ldm_minutes, args.n, args.steps, args.guidance,
+            args.fd_guidance, args.workers)
     else:
         score(args.samples, args.out)
 
