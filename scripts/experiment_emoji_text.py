@@ -233,7 +233,12 @@ def prepare_images(to: Path, train, val) -> None:
     target = to / "fluent-emoji-3d"
     shutil.rmtree(target, ignore_errors=True)
     (target / "images").mkdir(parents=True)
-    shutil.copy2(Path(require("fluent-emoji-3d")) / "emoji.json", target / "emoji.json")
+    keep = ("unified", "non_qualified", "name", "short_name", "short_names", "category", "subcategory")
+    entries = json.loads((Path(require("fluent-emoji-3d")) / "emoji.json").read_text())
+    slim = [{k: e[k] for k in keep if k in e} | ({"skin_variations": {
+        tone: {k: v[k] for k in ("unified", "non_qualified") if k in v} for tone, v in e["skin_variations"].items()}}
+        if e.get("skin_variations") else {}) for e in entries]
+    (target / "emoji.json").write_text(json.dumps(slim, separators=(",", ":")))  # only what the loader reads
     for dataset in (train, val):
         for i, entry in enumerate(dataset.entries):
             pixels = to_unit_uint8(dataset[i]["image"]).permute(1, 2, 0).numpy()  # [64, 64, 3]
