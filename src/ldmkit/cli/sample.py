@@ -9,6 +9,9 @@ from pathlib import Path
 
 from ldmkit.cli.common import add_sampling_arguments
 
+# The modes of LatentDiffusionPipeline.optimize (kept here so `ldm --help` does not import torch).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _sample(args: argparse.Namespace) -> int:
     from ldmkit.errors import ConfigError
@@ -21,6 +24,8 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(out)
     pipe = load_pipeline(args.model, device=args.device, precision=args.precision)
+    if args.compile:
+        pipe.optimize(mode=args.compile)
     settings = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                     guidance_rescale=args.guidance_rescale, eta=args.eta, spacing=args.spacing,
                     height=args.height, width=args.width)
@@ -48,7 +53,7 @@ def _sample(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     record = dict(model=str(Path(args.model).resolve()), prompt=prompts, class_label=classes,
                   negative_prompt=args.negative_prompt, n=int(images.shape[0]), seed=args.seed,
-                  interpolate=args.interpolate, seconds=round(seconds, 3),
+                  interpolate=args.interpolate, optimizations=list(pipe.optimizations), seconds=round(seconds, 3),
                   images_per_second=round(images.shape[0] / seconds, 3), device=str(pipe.device), **settings)
     (out / "settings.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{images.shape[0]} images in {seconds:.1f}s → {out / name}")
@@ -75,4 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="write a strip of --n frames: between two prompts (give two), else between seeds "
                              "--seed and --seed+1")
     parser.add_argument("--out", default="outputs/samples", help="output directory")
+    parser.add_argument("--compile", nargs="?", const="reduce-overhead", default=None, metavar="MODE",
+                        choices=COMPILE_MODES,
+                        help="GPU fast path: bf16 weights, channels-last and torch.compile with MODE "
+                             f"({', '.join(COMPILE_MODES)}; default reduce-overhead = CUDA graphs); the first batch "
+                             "compiles for a minute or more; no effect on CPU")
     add_sampling_arguments(parser)

@@ -4,6 +4,9 @@
 
 Each image's noise comes from its own seed (``seed + i``) drawn on the CPU, so an image does not change
 with the batch size or the device. Larger sizes than trained are sampled convolutionally (paper §4.3.2).
+
+``pipe.optimize()`` switches a GPU pipeline to the fast path: bf16 weights, channels-last layout and a
+``torch.compile``d denoising network (CUDA graphs by default).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from ldmkit.io.images import to_pil, to_unit
 from ldmkit.runtime import autocast_dtype, pick_device
 from ldmkit import samplers
 
+#: ``torch.compile`` modes :meth:`LatentDiffusionPipeline.optimize` accepts ("reduce-overhead" and
+#: "max-autotune" replay CUDA graphs; "max-autotune*" benchmark kernels at compile time, which takes minutes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def seeded_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """[N, c, h, w] standard normal noise, sample i drawn from a CPU generator seeded with seeds[i]."""
@@ -41,6 +48,52 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
     return out.to(a.dtype)
 
 
+class _FreshOutputs(torch.nn.Module):
+    """Calls a network compiled with CUDA graphs and copies each output out of the graphs' memory pool.
+
+    The next replay overwrites that memory, and samplers keep past predictions (PLMS, DPM-Solver++); the
+    copy is one latent-sized tensor per call.
+    """
+
+    def __init__(self, compiled: torch.nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # outputs of earlier calls are no longer needed
+        return self.compiled(x, t, cond).clone()  # [B, C, h, w]
+
+
+def optimize_network(network: torch.nn.Module, *, compile: bool = True, mode: str = "reduce-overhead",
+                     channels_last: bool = True, bf16_weights: bool = True,
+                     backend: str = "inductor") -> torch.nn.Module:
+    """The fast inference form of a denoising network ``(x, t, cond) -> output``.
+
+    Converts ``network`` in place (bf16 weights, channels-last layout) and returns what to call: the network
+    itself, or its ``torch.compile``d form (``mode`` one of :data:`COMPILE_MODES`; ``backend`` is passed to
+    ``torch.compile``, which ignores ``mode`` for backends other than inductor). Inputs are then bf16 or run
+    under bf16 autocast.
+    """
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile mode '{mode}' is not one of {', '.join(COMPILE_MODES)}")
+    if bf16_weights:
+        network.to(torch.bfloat16)
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
+    if not compile:
+        return network
+    inductor = backend == "inductor"
+    compiled = torch.compile(network, backend=backend, mode=mode if inductor else None)
+    if inductor and mode in ("reduce-overhead", "max-autotune"):
+        return _FreshOutputs(compiled)
+    return compiled
+
+
+def _has_fast_path(device: torch.device) -> bool:
+    """Whether bf16 weights and compiled kernels pay off: on accelerators; on CPUs often not (no bf16 units)."""
+    return device.type != "cpu"
+
+
 class LatentDiffusionPipeline:
     def __init__(self, *, unet: torch.nn.Module, schedule: NoiseSchedule, conditioner: Conditioner,
                  autoencoder: FirstStage, latent_size: tuple[int, int], precision: str = "auto"):
@@ -51,6 +104,35 @@ class LatentDiffusionPipeline:
         self.latent_size = latent_size
         self.denoiser = Denoiser(unet, schedule)
         self.precision = precision
+        self.optimizations: tuple[str, ...] = ()  # what optimize() applied
+
+    def optimize(self, compile: bool = True, mode: str = "reduce-overhead", channels_last: bool = True,
+                 bf16_weights: bool = True) -> "LatentDiffusionPipeline":
+        """Switch to the fast inference path on a GPU; on a CPU nothing changes. Returns the pipeline.
+
+        bf16 weights for the UNet and the autoencoder (sampling then runs under bf16 autocast, whatever
+        ``precision`` said), channels-last layout, and the UNet behind ``torch.compile(mode=mode)``
+        (:data:`COMPILE_MODES`). The first sampling call compiles (a minute or more for large UNets);
+        each new image size or batch size compiles again. ``optimizations`` lists what was applied.
+        """
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"compile mode '{mode}' is not one of {', '.join(COMPILE_MODES)}")
+        if not _has_fast_path(self.device) or self.optimizations:
+            return self  # applied once only
+        applied = []
+        if bf16_weights:
+            self.autoencoder.to(torch.bfloat16)
+            self.precision = "bf16"
+            applied.append("bf16_weights")
+        if channels_last:
+            self.autoencoder.to(memory_format=torch.channels_last)
+            applied.append("channels_last")
+        self.denoiser.network = optimize_network(self.unet, compile=compile, mode=mode,
+                                                 channels_last=channels_last, bf16_weights=bf16_weights)
+        if compile:
+            applied.append(f"compile:{mode}")
+        self.optimizations = tuple(applied)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -151,7 +233,9 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → images [N, 3, H, W] in [-1, 1]."""
-        return self.autoencoder.decode(latents.to(self.device)).float().clamp(-1, 1)
+        weight = next(self.autoencoder.parameters(), None)  # bf16 after optimize(); none for f = 1
+        dtype = weight.dtype if weight is not None else latents.dtype
+        return self.autoencoder.decode(latents.to(self.device, dtype)).float().clamp(-1, 1)
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
@@ -232,4 +316,4 @@ def load_pipeline(directory: str | Path, device: str | torch.device = "auto",
                                    precision=precision)
 
 
-__all__ = ["LatentDiffusionPipeline", "load_pipeline", "seeded_noise", "slerp"]
+__all__ = ["COMPILE_MODES", "LatentDiffusionPipeline", "load_pipeline", "optimize_network", "seeded_noise", "slerp"]

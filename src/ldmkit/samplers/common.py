@@ -96,7 +96,11 @@ class SamplingRun:
         self.callback = callback
         self.generator = generator
         self.ladder = make_ladder(denoiser.schedule, steps, spacing, strength)
-        self._t = [self._timestep_tensor(t, noise) for t in self.ladder.timesteps]
+        self._t = self._timestep_tensors(self.ladder.timesteps, noise)
+        # The schedule tables the denoiser reads at every step, copied to the device now, not in the first step.
+        table_dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
+        for table in ("alphas_cumprod", "log_sigmas"):
+            denoiser.schedule.table(table, noise.device, table_dtype)
         if start is None:
             self.x = noise  # pure noise stands for x_T
         else:
@@ -104,10 +108,15 @@ class SamplingRun:
             self.x = denoiser.schedule.add_noise(start.to(noise.dtype), noise, self._t[0].expand(noise.shape[0]))
 
     @staticmethod
-    def _timestep_tensor(t: float, like: torch.Tensor) -> torch.Tensor:
-        if float(t).is_integer():
-            return torch.tensor(int(t), device=like.device)
-        return torch.tensor(t, device=like.device, dtype=torch.float32)
+    def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:
+        """One scalar tensor per level, all on ``like``'s device and of one dtype: int64 when every
+        timestep is whole, else float32 (whole values among them still index the schedule exactly). One
+        dtype keeps a compiled network from compiling twice; built once, so steps copy nothing to the device.
+        """
+        whole = all(float(t).is_integer() for t in timesteps)
+        values = torch.tensor([int(t) if whole else t for t in timesteps],
+                              dtype=torch.int64 if whole else torch.float32)
+        return list(values.to(like.device).unbind())
 
     def __len__(self) -> int:
         return len(self.ladder)

@@ -19,6 +19,7 @@ from ldmkit.autoencoders.build import latent_statistics, set_latent_scale
 from ldmkit.autoencoders.losses import AutoencoderLossConfig, build_autoencoder_loss
 from ldmkit.config import option, to_dict
 from ldmkit.data import DataConfig
+from ldmkit.errors import ConfigError
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import average_gradients_of, wrap
@@ -54,6 +55,9 @@ class AutoencoderTask(Task):
         # Several processes: the autoencoder and the discriminator train in DistributedDataParallel. The loss
         # keeps the plain discriminator (the generator step runs it with frozen weights); the wrapper stands in
         # only for the discriminator's own update (see _discriminator_update). Checkpoints see plain modules.
+        if train.parallel != "ddp":  # the adaptive GAN weight needs the decoder's full last-layer gradients
+            raise ConfigError(f"train.parallel={train.parallel} is for the diffusion trainer; "
+                              "train the autoencoder with train.parallel=ddp")
         self.network = wrap(self.model, device)
         self.ddp_discriminator = wrap(self.loss.discriminator, device)
         average_gradients_of(self.loss.generator_parameters())  # the learned log-variance lives outside DDP

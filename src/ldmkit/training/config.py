@@ -32,6 +32,10 @@ class TrainConfig:
         0.0, help="skip (and count) an update whose loss exceeds this multiple of the running mean loss; "
                   "0 disables", min=0.0)
     channels_last: bool = option(True, help="channels-last memory format on GPU")
+    parallel: str = option("ddp", help="several processes: ddp (full copy of the networks on every process) or fsdp "
+                                       "(the denoiser's weights, gradients, optimiser state and EMA sharded over the "
+                                       "processes, for UNets too large to replicate; diffusion trainer only)",
+                           choices=("ddp", "fsdp"))
     compile: bool = option(False, help="torch.compile the network (compile time reported apart)")
     progress: bool = option(True, help="show a progress bar")
     max_minutes: float = option(0.0, help="stop (saving a checkpoint and the model) after this much wall time in "

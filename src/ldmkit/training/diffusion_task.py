@@ -26,9 +26,9 @@ from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError
 from ldmkit.io import read_model_dir
 from ldmkit.io.images import make_grid, to_unit
+from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
-from ldmkit.training.distributed import wrap
-from ldmkit.training.ema import EMA
+from ldmkit.training.distributed import ema_of, wrap
 from ldmkit.training.loop import StepContext, Task, train
 
 
@@ -127,9 +127,11 @@ class DiffusionTask(Task):
             trained["conditioner"] = self.conditioner
         self.trained = trained
         self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
-        # Several processes: DDP broadcasts rank 0's weights here, so the EMA below starts equal on every rank.
-        self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device)
-        self.ema = EMA(trained, decay=exp.ema_decay)
+        # Several processes: rank 0's weights are broadcast here, so the EMA below starts equal on every rank.
+        # With train.parallel=fsdp the UNet is sharded over the processes, and so is its EMA.
+        self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,
+                                   parallel=train_cfg.parallel, param_dtype=autocast_dtype(device, train_cfg.precision))
+        self.ema = ema_of(trained, decay=exp.ema_decay)
         self.optimizer = torch.optim.AdamW(trained.parameters(), lr=train_cfg.lr,
                                            weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
 

@@ -1,7 +1,9 @@
-"""Data-parallel training over several processes (``torchrun``): process group, DDP wrapping, agreement.
+"""Data-parallel training over several processes (``torchrun``): process group, DDP or FSDP wrapping, agreement,
+and checkpoint state in the single-process format whatever the wrapping.
 
 Every process runs the same loop on its own share of the data (``ldmkit.data.build_dataloader`` shards by
-``RANK``/``WORLD_SIZE``); DistributedDataParallel averages gradients during ``backward``. Everything here is
+``RANK``/``WORLD_SIZE``); DistributedDataParallel averages gradients during ``backward``, or, with
+``train.parallel=fsdp``, ``fully_shard`` shards the weights (:mod:`ldmkit.training.fsdp`). Everything here is
 a no-op with one process, so single-device training takes exactly the code path it always did.
 """
 
@@ -12,14 +14,17 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ldmkit.io.model_dir import load_state_strict
 from ldmkit.runtime import local_rank, rank, world_size
+from ldmkit.training.ema import EMA
 
 # A checkpoint written by rank 0 keeps the others waiting in their next collective: allow for slow disks.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -58,13 +63,20 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def wrap(module: nn.Module, device: torch.device, **kwargs) -> nn.Module:
-    """``module`` inside DistributedDataParallel when training on several processes, else ``module`` itself.
+def wrap(module: nn.Module, device: torch.device, *, parallel: str = "ddp",
+         param_dtype: torch.dtype | None = None, **kwargs) -> nn.Module:
+    """``module`` made data-parallel when training on several processes, else ``module`` itself.
 
-    DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from the same weights.
+    Both broadcast rank 0's parameters and buffers first, so every rank starts from the same weights.
+    ``parallel="ddp"``: inside DistributedDataParallel (``kwargs`` go to it). ``parallel="fsdp"``: sharded in
+    place with ``fully_shard`` (see :mod:`ldmkit.training.fsdp`), computing in ``param_dtype`` (None: fp32).
     """
     if not is_distributed():
         return module
+    if parallel == "fsdp":
+        from ldmkit.training.fsdp import shard
+
+        return shard(module, device, param_dtype)
     ids = [device.index] if device.type != "cpu" and device.index is not None else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
 
@@ -78,6 +90,83 @@ def unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod
         else:
             return module
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are sharded over the ranks (``train.parallel=fsdp``)."""
+    if not is_distributed():
+        return False
+    from ldmkit.training.fsdp import is_sharded as sharded
+
+    return sharded(unwrap(module))
+
+
+def module_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The single-process state dict of ``module`` (no wrapper prefixes). Sharded modules are gathered onto
+    rank 0 (other ranks get ``{}``), so every rank must call this for them."""
+    if is_sharded(module):
+        from ldmkit.training.fsdp import full_state_dict
+
+        return full_state_dict(unwrap(module))
+    return unwrap(module).state_dict()
+
+
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a single-process state dict into ``module``, sharded or not (every rank passes it whole); a state
+    that does not fit fails naming the keys and shapes that differ."""
+    if is_sharded(module):
+        from ldmkit.training.fsdp import load_full_state_dict
+
+        load_full_state_dict(unwrap(module), state, source)
+    else:
+        load_state_strict(unwrap(module), state, source)
+
+
+def _owner(optimizer: torch.optim.Optimizer, modules: Mapping[str, nn.Module]) -> nn.Module | None:
+    """The sharded module among ``modules`` whose parameters ``optimizer`` updates, if any."""
+    first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+    for module in modules.values():
+        if is_sharded(module) and any(p is first for p in module.parameters()):
+            return unwrap(module)
+    return None
+
+
+def optimizer_state_dict(optimizer: torch.optim.Optimizer, modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """``optimizer.state_dict()``; for the optimiser of a sharded module among ``modules``, the same format
+    gathered onto rank 0 (``{}`` elsewhere: every rank must call this)."""
+    owner = _owner(optimizer, modules)
+    if owner is None:
+        return optimizer.state_dict()
+    from ldmkit.training.fsdp import full_optimizer_state_dict
+
+    return full_optimizer_state_dict(owner, optimizer)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                         modules: Mapping[str, nn.Module], source: str) -> None:
+    """``optimizer.load_state_dict(state)``, scattering the state into shards for a sharded module's optimiser."""
+    owner = _owner(optimizer, modules)
+    if owner is None:
+        optimizer.load_state_dict(state)
+        return
+    from ldmkit.training.fsdp import load_full_optimizer_state_dict
+
+    load_full_optimizer_state_dict(owner, optimizer, state, source)
+
+
+def ema_of(module: nn.Module, decay: float) -> EMA:
+    """An EMA of ``module``'s weights: a full copy, or for a sharded module one sharded like it."""
+    if is_sharded(module):
+        from ldmkit.training.fsdp import ShardedEMA
+
+        return ShardedEMA(unwrap(module), decay=decay)
+    return EMA(module, decay=decay)
+
+
+def gathered(ema: EMA) -> contextlib.AbstractContextManager:
+    """Enter on every rank around rank 0's use of ``ema.model`` as a whole network (model directory, previews):
+    a sharded EMA is gathered there; otherwise nothing happens."""
+    return ema.gathered() if hasattr(ema, "gathered") else contextlib.nullcontext()
 
 
 def average_gradients_of(params: list[nn.Parameter]) -> None:
@@ -129,6 +218,8 @@ def write_digest(modules: dict[str, nn.Module]) -> None:
     for name, module in modules.items():
         h = hashlib.sha256()
         for key, tensor in sorted(unwrap(module).state_dict().items()):
+            if hasattr(tensor, "full_tensor"):  # a shard (DTensor): every rank gathers the whole tensor
+                tensor = tensor.full_tensor()
             h.update(key.encode())
             h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
         digests[name] = h.hexdigest()
@@ -137,5 +228,6 @@ def write_digest(modules: dict[str, nn.Module]) -> None:
     path.write_text(json.dumps(digests, indent=1, sort_keys=True))
 
 
-__all__ = ["any_rank", "average_gradients_of", "is_distributed", "local_device", "process_group", "rank_seed", "same_on_all_ranks",
-           "unwrap", "wrap", "write_digest"]
+__all__ = ["any_rank", "average_gradients_of", "ema_of", "gathered", "is_distributed", "is_sharded",
+           "load_module_state", "load_optimizer_state", "local_device", "module_state_dict", "optimizer_state_dict",
+           "process_group", "rank_seed", "same_on_all_ranks", "unwrap", "wrap", "write_digest"]

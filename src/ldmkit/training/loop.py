@@ -9,6 +9,7 @@ and hands each to ``StepContext.step(name, loss)``, which does backward, clippin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -19,19 +20,22 @@ import torch
 
 from ldmkit.config import dump_yaml
 from ldmkit.errors import CheckpointError, LdmkitError
-from ldmkit.io.model_dir import load_state_strict
 from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything, world_size
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.data_stream import BatchStream
 from ldmkit.training.distributed import (
     any_rank,
+    gathered,
     is_distributed,
+    load_module_state,
+    load_optimizer_state,
     local_device,
+    module_state_dict,
+    optimizer_state_dict,
     process_group,
     rank_seed,
     same_on_all_ranks,
-    unwrap,
     write_digest,
 )
 from ldmkit.training.rng import rng_state, set_rng_state
@@ -253,15 +257,16 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     checkpoints = CheckpointManager(run_dir / "checkpoints", train_cfg.keep_last, train_cfg.keep_every)
 
     step = 0
-    latest = checkpoints.latest()
+    found, latest = (checkpoints.complete() or [(0, None)])[-1]
+    # Checked before loading: restoring sharded (FSDP) state is collective, so every rank must take part.
+    if not same_on_all_ranks(found, device):
+        raise CheckpointError(f"the processes found different checkpoints in {run_dir / 'checkpoints'} "
+                              f"(this one: step {found}); put train.out on a file system every node shares")
     if latest is not None:
         state = checkpoints.load_state(latest)
         step = _restore(state, task, optimizers, schedulers, ctx, stream, latest)
         if main:
             print(f"resuming {run_dir} from step {step} ({latest.name})")
-    if not same_on_all_ranks(step, device):
-        raise CheckpointError(f"the processes found different checkpoints in {run_dir / 'checkpoints'} "
-                              f"(this one: step {step}); put train.out on a file system every node shares")
     if is_distributed():
         # Distinct noise, timesteps and dropout per rank (rank 0's saved generator state is not reused).
         seed_everything(rank_seed(train_cfg.seed, step))
@@ -269,20 +274,22 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
         dump_yaml(resolved_config, run_dir / "config.yaml")
 
     def save(at_step: int) -> None:
-        if not main:
-            return
-        state = {
-            "step": at_step,
-            "modules": {name: unwrap(m).state_dict() for name, m in task.modules().items()},
-            "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
-            "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
-            "scaler": ctx.scaler.state_dict(),
-            "data": stream.state_dict(),
-            "rng": rng_state(),
-            "guard": ctx.guard_state(),
-            "task": task.extra_state(),
-        }
-        checkpoints.save(at_step, state, task.write_model)
+        # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.
+        modules = task.modules()
+        with _whole_networks(task):
+            state = {
+                "step": at_step,
+                "modules": {name: module_state_dict(m) for name, m in modules.items()},
+                "optimizers": {name: optimizer_state_dict(o, modules) for name, o in optimizers.items()},
+                "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+                "scaler": ctx.scaler.state_dict(),
+                "data": stream.state_dict(),
+                "rng": rng_state(),
+                "guard": ctx.guard_state(),
+                "task": task.extra_state(),
+            }
+            if main:
+                checkpoints.save(at_step, state, task.write_model)
 
     writer = _tensorboard(run_dir / "tb") if main else None
     progress = None
@@ -314,8 +321,10 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
                 window_start, window_images = time.perf_counter(), 0
             if progress is not None:
                 progress.update(1)
-            if main and train_cfg.image_every and (step % train_cfg.image_every == 0 or step == train_cfg.steps):
-                _write_images(task, batch, step, run_dir, writer)
+            if train_cfg.image_every and (step % train_cfg.image_every == 0 or step == train_cfg.steps):
+                with _whole_networks(task):
+                    if main:
+                        _write_images(task, batch, step, run_dir, writer)
             out_of_time = bool(train_cfg.max_minutes) and time.perf_counter() - run_start > 60 * train_cfg.max_minutes
             # Every rank must take the same decision, or one would wait forever in the next collective.
             stopping, out_of_time = any_rank(preempt.raised, out_of_time, device=device)
@@ -336,13 +345,21 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     model_dir = run_dir / "model"
     ema = getattr(task, "ema", None)
     write_digest({**task.modules(), **({"ema": ema.model} if ema is not None else {})})
-    if main:
-        task.finish(run_dir)
-        task.write_model(model_dir)
-        if writer is not None:
-            writer.close()
-        print(f"model written to {model_dir}")
+    with _whole_networks(task):
+        if main:
+            task.finish(run_dir)
+            task.write_model(model_dir)
+            if writer is not None:
+                writer.close()
+            print(f"model written to {model_dir}")
     return model_dir
+
+
+def _whole_networks(task: Task) -> contextlib.AbstractContextManager:
+    """Entered by every rank around rank 0's use of whole networks (model directory, previews): an EMA sharded
+    over the ranks (``train.parallel=fsdp``) is gathered there."""
+    ema = getattr(task, "ema", None)
+    return gathered(ema) if ema is not None else contextlib.nullcontext()
 
 
 def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: StepContext, stream,
@@ -352,9 +369,9 @@ def _restore(state: dict[str, Any], task: Task, optimizers, schedulers, ctx: Ste
         if name not in state["modules"]:
             raise CheckpointError(f"{source} has no '{name}' state; it was written by another kind of run")
         # A config changed since the checkpoint: say which keys and shapes differ, in one line.
-        load_state_strict(unwrap(module), state["modules"][name], f"{source} ({name})")
+        load_module_state(module, state["modules"][name], f"{source} ({name})")
     for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        load_optimizer_state(opt, state["optimizers"][name], modules, f"{source} ({name} optimiser)")
     for name, sched in schedulers.items():
         sched.load_state_dict(state["schedulers"][name])
     ctx.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,74 @@
+"""Data-parallel training throughput of ldmkit's UNet at 1, 2, … processes (one GPU each).
+
+Every process joins the group, wraps the UNet exactly as ``ldm train --gpus N`` does
+(``ldmkit.training.distributed``: ``process_group``, ``local_device``, ``wrap``) and times the same
+training step as the single-GPU benchmark; rank 0 writes the median step time. Launched with
+``torch.multiprocessing.spawn`` from :func:`measure_world`, so the benchmark needs no ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from ldmkit.training.distributed import local_device, process_group, wrap
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_path: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from measure import median_seconds  # the bench directory is on sys.path of spawned processes too
+    from models import build_unet, text_unet_config, unet_call
+    from train_step import make_train_step
+
+    device = torch.device(spec["device"])
+    device = local_device(device)
+    with process_group(device):
+        torch.manual_seed(rank)
+        cfg = text_unet_config(spec["tiny"])
+        net = build_unet("ldmkit", cfg, device)
+        if spec["channels_last"]:
+            net = net.to(memory_format=torch.channels_last)
+        model = wrap(net, device)
+        step = make_train_step(unet_call("ldmkit", model), net.parameters(), cfg, spec["size"], spec["batch"],
+                               spec["tokens"], device, channels_last=spec["channels_last"])
+        seconds = median_seconds(step, device, warmup=spec["warmup"], iters=spec["iters"])
+        if rank == 0:
+            Path(result_path).write_text(json.dumps({"step_s": seconds}))
+
+
+def measure_world(world: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """Median step time and images/s over all ranks of a ``world``-process run of the training step.
+
+    One process runs here (no process group, as ``ldm train`` on one device); more are spawned.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rank0.json")
+        if world == 1:
+            saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+            try:
+                _worker(0, 1, 0, spec, path)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        else:
+            mp.spawn(_worker, args=(world, _free_port(), spec, path), nprocs=world, join=True)
+        step_s = json.loads(Path(path).read_text())["step_s"]
+    return {"world_size": world, "batch_per_rank": spec["batch"], "step_ms": step_s * 1e3,
+            "img_s": world * spec["batch"] / step_s}

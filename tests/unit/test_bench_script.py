@@ -1,0 +1,271 @@
+"""The benchmark scripts (bench/) end to end on tiny models, and the inference fast path they time:
+``optimize_network`` / ``LatentDiffusionPipeline.optimize`` and samplers that never wait for the device."""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldmkit import samplers
+from ldmkit.autoencoders import build_autoencoder
+from ldmkit.autoencoders.config import AutoencoderConfig
+from ldmkit.cli.main import build_parser
+from ldmkit.conditioning import ConditionerConfig, build_conditioner
+from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.unet import UNet
+from ldmkit.denoisers.wrapper import Denoiser
+from ldmkit.diffusion.schedules import NoiseSchedule
+from ldmkit.errors import ConfigError
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline, _FreshOutputs, optimize_network
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+
+
+def bench_module(name: str):
+    """A module of bench/ (a scripts folder, not a package), imported from its file."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_script(name: str, *args: str) -> None:
+    assert bench_module(name).main(list(args)) == 0
+
+
+# ------------------------------------------------------------------------------------ GPU benchmark script
+def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
+    pytest.importorskip("diffusers")
+    run_script("gpu_vs_diffusers", "--tiny", "--device", "cpu", "--sizes", "8", "--modes", "eager", "--out",
+               str(tmp_path))
+    report = json.loads((tmp_path / "gpu_vs_diffusers.json").read_text())
+    assert report["errors"] == []
+    assert report["meta"]["tiny"] and report["meta"]["diffusers"]
+    assert report["ceiling"]["bf16_matmul_tflops"] > 0
+    unet = report["check"]["unet"]["lat8"]
+    assert unet["equal_params"] and unet["equal_fwd_flops"]
+    assert unet["ldmkit"]["params"] == unet["diffusers"]["params"] > 0
+    vae = report["check"]["vae"]["px32"]
+    assert vae["equal_params"] and vae["equal_decode_flops"] and vae["ldmkit"]["decode_flops"] > 0
+    for impl in ("ldmkit", "diffusers"):
+        assert report["infer"]["lat8"][impl]["eager"]["evals_s"] > 0
+        assert report["train"]["lat8"][impl]["eager"]["img_s"] > 0
+        assert report["vae"][impl]["eager"]["img_s"] > 0
+    for f in ("f1", "f4", "f8"):
+        assert report["cost"][f]["train_img_s"] > 0 and report["cost"][f]["sample_img_s"] > 0
+    assert report["cost"]["f1"]["latent"] == "32x32x3" and report["cost"]["f8"]["latent"] == "4x4x4"
+    assert set(report["cost"]["speedup_f8_vs_pixel"]) == {"train_img_s", "train_img_s_encoding_on_the_fly",
+                                                          "sample_img_s"}
+    assert "skipped" in report["ddp"]  # on CPU only with --ddp-cpu
+    assert any(s["item"] == "sync" for s in report["skipped"])  # the sync-debug mode needs CUDA
+    table = (tmp_path / "gpu_vs_diffusers.md").read_text()
+    for heading in ("Parameters and FLOPs", "Inference", "Training", "VAE decode", "Pixel vs latent", "DDP"):
+        assert heading in table
+
+
+@pytest.mark.slow  # spawns two processes that import torch (10-30 s on 2 busy cores)
+def test_gpu_script_ddp_section_launches_two_processes(tmp_path):
+    run_script("gpu_vs_diffusers", "--tiny", "--device", "cpu", "--only", "ddp", "--ddp-cpu", "--impl", "ldmkit",
+               "--out", str(tmp_path))
+    ddp = json.loads((tmp_path / "gpu_vs_diffusers.json").read_text())["ddp"]
+    assert ddp["world1"]["img_s"] > 0 and ddp["world2"]["world_size"] == 2 and ddp["world2"]["img_s"] > 0
+    assert ddp["world2"]["speedup"] == pytest.approx(ddp["world2"]["img_s"] / ddp["world1"]["img_s"])
+
+
+def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
+    Runner = bench_module("measure").Runner
+    run = Runner(tmp_path, "r", budget_s=10.0, meta={})
+    assert run.item(("a",), 1.0, lambda: {"x": 1})["x"] == 1
+    assert run.item(("b",), 60.0, lambda: {"x": 2}) is None
+    assert run.item(("c",), 1.0, lambda: 1 / 0) is None
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["a"]["x"] == 1 and "b" not in saved and "ZeroDivisionError" in saved["c"]["error"]
+    assert [s["item"] for s in saved["skipped"]] == ["b"] and [e["item"] for e in saved["errors"]] == ["c"]
+
+
+def test_count_check_tells_equal_from_different_networks():
+    pytest.importorskip("diffusers")
+    models = bench_module("models")
+    compare, unet_counts = models.compare, models.unet_counts
+    cfg = models.text_unet_config(tiny=True)
+    same = compare({"ldmkit": unet_counts("ldmkit", cfg, 8, 4), "diffusers": unet_counts("diffusers", cfg, 8, 4)})
+    assert same["equal_params"] and same["equal_fwd_flops"]
+    deeper = dataclasses.replace(cfg, transformer_depth=2)  # one more transformer block per attention level
+    differ = compare({"ldmkit": unet_counts("ldmkit", deeper, 8, 4), "diffusers": unet_counts("diffusers", cfg, 8, 4)})
+    assert not differ["equal_params"] and not differ["equal_fwd_flops"] and differ["ratio_params"] > 1
+
+
+# ------------------------------------------------------------------------------------ CPU sampling script
+def test_cpu_sampling_script_compares_precisions(tmp_path):
+    run_script("cpu_sampling", "--tiny", "--threads", "1", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "cpu_sampling.json").read_text())
+    assert report["errors"] == []
+    for model in ("demo", "ldm8-256"):
+        for key in ("fp32_t1", "bf16_t1"):
+            entry = report["models"][model][key]
+            assert entry["seconds"] > 0 and 0 <= entry["decode_share"] <= 1
+        assert set(report["speedups"][model]) == {"bf16_vs_fp32_t1"}
+    assert report["models"]["demo"]["fp32_t1"]["guidance"] == 4.0  # the demo samples with guidance
+    assert report["models"]["ldm8-256"]["fp32_t1"]["image_size"] == "64x64"
+    assert "| demo |" in (tmp_path / "cpu_sampling.md").read_text()
+
+
+def test_cpu_sampling_script_compares_thread_counts(tmp_path):
+    run_script("cpu_sampling", "--tiny", "--models", "demo", "--precisions", "fp32", "--threads", "1", "2",
+               "--out", str(tmp_path))
+    report = json.loads((tmp_path / "cpu_sampling.json").read_text())
+    assert report["models"]["demo"]["fp32_t2"]["threads"] == 2
+    assert set(report["speedups"]["demo"]) == {"fp32_t2_vs_t1"}
+    assert torch.get_num_threads() == 1  # the test session's setting is restored
+
+
+# ---------------------------------------------------------------------------------------- fast inference path
+def tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    net = UNet.from_preset("tiny-cond")
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # a non-zero output to compare
+    return net.eval()
+
+
+def tiny_inputs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    cond = Conditioning(context=torch.randn(2, 3, 12, generator=g), vector=torch.randn(2, 6, generator=g),
+                        concat=torch.randn(2, 2, 8, 8, generator=g))
+    return x, torch.tensor([10, 900]), cond
+
+
+def test_optimize_network_bf16_channels_last_matches_fp32():
+    net = tiny_unet()
+    x, t, cond = tiny_inputs()
+    with torch.no_grad():
+        reference = net(x, t, cond)
+        fast = optimize_network(net, compile=False)
+        assert fast is net and net.conv_in.weight.dtype == torch.bfloat16
+        assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast(x, t, cond)
+    assert out.shape == reference.shape
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+def test_optimize_network_compiled_form_gives_the_same_output():
+    net = tiny_unet()
+    x, t, cond = tiny_inputs()
+    with torch.no_grad():
+        reference = net(x, t, cond)
+        compiled = optimize_network(net, compile=True, mode="default", bf16_weights=False, channels_last=False,
+                                    backend="eager")  # traced by dynamo; the eager backend keeps the test fast
+        assert compiled is not net
+        torch.testing.assert_close(compiled(x, t, cond), reference)
+    with pytest.raises(ConfigError, match="compile mode"):
+        optimize_network(net, mode="fastest")
+
+
+def test_cuda_graph_outputs_are_copied_out_of_the_replay_buffer():
+    buffer = torch.zeros(1)
+
+    class Replays(torch.nn.Module):  # stands in for a CUDA-graph replay: the same output tensor each call
+        def forward(self, x, t, cond=None):
+            return buffer.copy_(x)
+
+    wrapped = _FreshOutputs(Replays())
+    first = wrapped(torch.ones(1), None)
+    second = wrapped(torch.full((1,), 2.0), None)
+    assert first.item() == 1.0 and second.item() == 2.0 and first.data_ptr() != buffer.data_ptr()
+
+
+def tiny_pipeline() -> LatentDiffusionPipeline:
+    ae = build_autoencoder(AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                             latent_channels=4, mid_attention=False))
+    net = UNet.from_preset("tiny")
+    return LatentDiffusionPipeline(unet=net, schedule=NoiseSchedule(), conditioner=build_conditioner(
+        ConditionerConfig(kind="none")), autoencoder=ae.eval(), latent_size=(4, 4))
+
+
+def test_pipeline_optimize_is_a_no_op_on_cpu():
+    pipe = tiny_pipeline()
+    network = pipe.denoiser.network
+    before = pipe(n=1, steps=2, output="tensor", progress=False)
+    assert pipe.optimize() is pipe
+    assert pipe.optimizations == () and pipe.denoiser.network is network and pipe.precision == "auto"
+    assert pipe.unet.conv_in.weight.dtype == torch.float32
+    torch.testing.assert_close(pipe(n=1, steps=2, output="tensor", progress=False), before)
+    with pytest.raises(ConfigError, match="compile mode"):
+        pipe.optimize(mode="fastest")
+
+
+def test_pipeline_optimize_converts_weights_and_still_samples(monkeypatch):
+    """The GPU fast path without compiling, run on the CPU: bf16 UNet and autoencoder, channels-last."""
+    from ldmkit.pipelines import text2img
+
+    monkeypatch.setattr(text2img, "_has_fast_path", lambda device: True)
+    pipe = tiny_pipeline()
+    reference = pipe(n=2, steps=2, output="tensor", progress=False)
+    assert pipe.optimize(compile=False) is pipe
+    assert pipe.optimizations == ("bf16_weights", "channels_last") and pipe.precision == "bf16"
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16
+    assert pipe.autoencoder.decoder.conv_out.weight.dtype == torch.bfloat16
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    images = pipe(n=2, steps=2, output="tensor", progress=False)
+    assert images.dtype == torch.float32 and images.shape == reference.shape
+    torch.testing.assert_close(images, reference, atol=0.1, rtol=0.1)
+    assert pipe.optimize() is pipe and pipe.optimizations == ("bf16_weights", "channels_last")  # once only
+
+
+def test_ldm_sample_accepts_compile_with_an_optional_mode():
+    parser = build_parser()
+    assert parser.parse_args(["sample", "--model", "m", "--compile"]).compile == "reduce-overhead"
+    assert parser.parse_args(["sample", "--model", "m", "--compile", "max-autotune"]).compile == "max-autotune"
+    assert parser.parse_args(["sample", "--model", "m"]).compile is None
+
+
+# ------------------------------------------------------------------------------- no host syncs while sampling
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize("name", samplers.names())
+def test_sampling_steps_never_read_tensors_on_the_host(name, monkeypatch):
+    """After the ladder is prepared, a step must not read a tensor's value on the host: on a GPU each such read
+    (.item(), float(t), if t: …) waits for the device and stalls the launch queue."""
+    guard = {"on": False, "reads": []}
+
+    def forbid(method_name):
+        original = getattr(torch.Tensor, method_name)
+
+        def checked(self, *args, **kwargs):
+            if guard["on"]:
+                guard["reads"].append(method_name)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method_name, checked)
+
+    for method_name in HOST_READS:
+        forbid(method_name)
+    module = sys.modules[samplers.get(name).__module__]
+    prepare = module.prepare
+
+    def prepare_then_guard(*args, **kwargs):
+        run = prepare(*args, **kwargs)
+        guard["on"] = True  # everything after this is the sampling loop
+        return run
+
+    monkeypatch.setattr(module, "prepare", prepare_then_guard)
+    net = tiny_unet()
+    x, _, cond = tiny_inputs()
+    uncond = Conditioning(context=torch.zeros_like(cond.context), vector=torch.zeros_like(cond.vector),
+                          concat=cond.concat)
+    extra = {"eta": 1.0} if name == "ddim" else {}
+    with torch.no_grad():
+        out = samplers.get(name)(Denoiser(net, NoiseSchedule()), x, cond, steps=3, uncond=uncond, guidance=2.0,
+                                 guidance_rescale=0.5, generator=torch.Generator().manual_seed(0), **extra)
+    guard["on"] = False
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert guard["reads"] == []
