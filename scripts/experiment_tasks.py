@@ -60,15 +60,25 @@ def prepare(to: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _ldm(args: list[str], log: Path) -> subprocess.Popen:
+#: The runs each task needs (autoencoder, then LDM); ``--tasks`` picks some of them.
+TASKS = {"sr": ("ae-emoji128", "sr4"), "inpaint-emoji": ("ae-emoji64", "inpaint-emoji"),
+         "inpaint-photo": ("ae-photo", "inpaint-photo"), "semantic": ("ae-synthetic", "semantic")}
+SELECTED: set[str] = set()
+
+
+def _ldm(args: list[str], log: Path) -> subprocess.Popen | None:
+    if log.stem not in SELECTED:
+        return None
     handle = open(log, "w")
     return subprocess.Popen([sys.executable, "-c", LDM, *args], stdout=handle, stderr=subprocess.STDOUT)
 
 
 def _wait(processes: dict[str, subprocess.Popen], logs: Path) -> None:
     failed = []
-    for name, process in processes.items():
-        if process.wait():
+    for name, process in list(processes.items()):
+        if process is None:
+            del processes[name]
+        elif process.wait():
             failed.append(name)
     for name in failed:
         print(f"--- {name} failed; last lines of its log:\n" + "\n".join(
@@ -105,7 +115,7 @@ def _write_yaml(path: Path, data: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- training
-def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int) -> dict:
+def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int, tasks: tuple[str, ...]) -> dict:
     from ldmkit.config import load_config
     from ldmkit.training.diffusion_task import DiffusionExperiment
 
@@ -127,7 +137,7 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int)
     })
     budget = [f"train.max_minutes={ae_minutes}", "train.steps=100000"]
     started = time.perf_counter()
-    _wait({
+    autoencoders = {
         "ae-emoji128": _ldm(["train", "autoencoder", "--config", "fluent-emoji-128-kl-f4",
                              f"train.out={WORK}/ae-emoji128", *budget, *quiet], logs / "ae-emoji128.log"),
         "ae-emoji64": _ldm(["train", "autoencoder", "--config", "fluent-emoji-64-kl-f4",
@@ -136,11 +146,12 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int)
                           *photo_data, *budget, *quiet], logs / "ae-photo.log"),
         "ae-synthetic": _ldm(["train", "autoencoder", "--config", str(synthetic_ae), *budget, *quiet],
                              logs / "ae-synthetic.log"),
-    }, logs)
+    }
+    _wait(autoencoders, logs)
     ae_seconds = time.perf_counter() - started
     budget = [f"train.max_minutes={ldm_minutes}", "train.steps=1000000"]
     started = time.perf_counter()
-    _wait({
+    ldms = {
         "sr4": _ldm(["train", "diffusion", "--config", "fluent-emoji-sr4", f"autoencoder={WORK}/ae-emoji128/model",
                      f"train.out={WORK}/sr4", *budget, *quiet], logs / "sr4.log"),
         "inpaint-emoji": _ldm(["train", "diffusion", "--config", "fluent-emoji-64-inpaint",
@@ -152,10 +163,10 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int)
         "semantic": _ldm(["train", "diffusion", "--config", "synthetic-semantic",
                           f"autoencoder={WORK}/ae-synthetic/model", f"train.out={WORK}/semantic", "train.batch_size=64",
                           *budget, *quiet], logs / "semantic.log"),
-    }, logs)
+    }
+    _wait(ldms, logs)
     ldm_seconds = time.perf_counter() - started
-    runs = ("ae-emoji128", "ae-emoji64", "ae-photo", "ae-synthetic", "sr4", "inpaint-emoji", "inpaint-photo",
-            "semantic")
+    runs = [*autoencoders, *ldms]
     return {"autoencoders_seconds": round(ae_seconds, 1), "ldms_seconds": round(ldm_seconds, 1),
             "steps": {name: _steps_of(WORK / name) for name in runs},
             "note": "the four autoencoders, then the four LDMs, trained as concurrent processes on one GPU"}
@@ -362,7 +373,8 @@ def upscale_2048(steps: int, out: Path, mosaic: int) -> dict:
 
 
 def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, steps: int, workers: int,
-        semantic_count: int, limit: int | None, mosaic: int, skip_training: bool) -> None:
+        semantic_count: int, limit: int | None, mosaic: int, skip_training: bool, tasks: tuple[str, ...]) -> None:
+    SELECTED.update(run for task in tasks for run in TASKS[task])
     from ldmkit.evaluation.lpips import LPIPS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -370,28 +382,33 @@ def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, steps: in
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                      "torch": torch.__version__}
     if not skip_training:
-        results["training"] = train_all(photos, ae_minutes, ldm_minutes, workers)
+        results["training"] = train_all(photos, ae_minutes, ldm_minutes, workers, tasks)
     print(json.dumps(results.get("training"), indent=1), flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lpips = LPIPS.from_assets("vgg16").to(device).eval()
     started = time.perf_counter()
-    results["super_resolution"] = evaluate_sr(lpips, steps, out, limit)
+    if "sr" in tasks:
+        results["super_resolution"] = evaluate_sr(lpips, steps, out, limit)
+        results["upscale_2048"] = upscale_2048(steps, out, mosaic)
     import dataclasses
 
     from ldmkit.config import load_config
     from ldmkit.data import DataConfig, build_dataset
 
     emoji = load_config(DataConfig, "fluent-emoji-64", [], group="data")
-    results["inpainting_emoji"] = evaluate_inpainting("emoji", WORK / "inpaint-emoji" / "model",
-                                                      _images(build_dataset(emoji, split="val"), limit), lpips, steps, out)
-    held_out = _photo_crops(photos, "heldout", 300, seed=1)
-    crops = dataclasses.replace(emoji, source="folder", path=str(held_out), label_source="none", resize=False,
-                                val_fraction=0.0)
-    results["inpainting_photo"] = evaluate_inpainting("photo", WORK / "inpaint-photo" / "model",
-                                                      _images(build_dataset(crops, split="train"), limit), lpips, steps,
-                                                      out)
-    results["semantic_synthesis"] = evaluate_semantic(steps, out, semantic_count, mosaic)
-    results["upscale_2048"] = upscale_2048(steps, out, mosaic)
+    if "inpaint-emoji" in tasks:
+        results["inpainting_emoji"] = evaluate_inpainting("emoji", WORK / "inpaint-emoji" / "model",
+                                                          _images(build_dataset(emoji, split="val"), limit), lpips,
+                                                          steps, out)
+    if "inpaint-photo" in tasks:
+        held_out = _photo_crops(photos, "heldout", 300, seed=1)
+        crops = dataclasses.replace(emoji, source="folder", path=str(held_out), label_source="none", resize=False,
+                                    val_fraction=0.0)
+        results["inpainting_photo"] = evaluate_inpainting("photo", WORK / "inpaint-photo" / "model",
+                                                          _images(build_dataset(crops, split="train"), limit), lpips,
+                                                          steps, out)
+    if "semantic" in tasks:
+        results["semantic_synthesis"] = evaluate_semantic(steps, out, semantic_count, mosaic)
     results["evaluation_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=1))
@@ -413,12 +430,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images per task (smoke runs)")
     p.add_argument("--mosaic", type=int, default=16, help="tiles per side of the 1024² map and the 512² low-res input")
     p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in $TASKS_WORK")
+    p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=tuple(TASKS), help="which tasks to run")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.to)
     else:
         run(args.carry, args.out, args.ae_minutes, args.ldm_minutes, args.steps, args.workers, args.semantic_count,
-            args.limit, args.mosaic, args.skip_training)
+            args.limit, args.mosaic, args.skip_training, tuple(args.tasks))
 
 
 if __name__ == "__main__":
