@@ -21,7 +21,7 @@ from PIL import Image
 
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline, seeded_noise
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
 MAX_PIXELS = 64 * 1024 * 1024  # refuse "decompression bombs" larger than this
 
@@ -67,18 +67,6 @@ def check_strength(strength: float) -> float:
 
 class ImageToImagePipeline(LatentDiffusionPipeline):
     """A :class:`LatentDiffusionPipeline` that starts from an encoded input image instead of pure noise."""
-
-    @classmethod
-    def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> ImageToImagePipeline:
-        """The same model parts (no copies) behind this pipeline's interface."""
-        return cls(unet=pipe.unet, schedule=pipe.schedule, conditioner=pipe.conditioner,
-                   autoencoder=pipe.autoencoder, latent_size=pipe.latent_size, precision=pipe.precision)
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "auto",
-             precision: str = "auto") -> ImageToImagePipeline:
-        """Load a model directory written by `ldm train diffusion`."""
-        return cls.from_pipeline(load_pipeline(directory, device=device, precision=precision))
 
     # ----- inputs -----------------------------------------------------------------------------------
     def check_plain_model(self, task: str) -> None:

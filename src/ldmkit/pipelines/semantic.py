@@ -26,7 +26,7 @@ from ldmkit.conditioning import merge_conditionings, semantic_concat
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline, seeded_noise
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
 
 def map_to_tensor(segmentation_map: str | Path | Image.Image | torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -106,14 +106,7 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
         if concat != "semantic":
             raise ConfigError(f"this model's image condition is '{concat}', not 'semantic': semantic synthesis "
                               "needs a model trained with conditioner.concat.kind=semantic")
-        return cls(unet=pipe.unet, schedule=pipe.schedule, conditioner=pipe.conditioner,
-                   autoencoder=pipe.autoencoder, latent_size=pipe.latent_size, precision=pipe.precision)
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "auto",
-             precision: str = "auto") -> SemanticSynthesisPipeline:
-        """Load a model directory written by `ldm train diffusion`."""
-        return cls.from_pipeline(load_pipeline(directory, device=device, precision=precision))
+        return super().from_pipeline(pipe)
 
     @property
     def num_classes(self) -> int:

@@ -11,12 +11,14 @@ with the batch size or the device. Larger sizes than trained are sampled convolu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
+from ldmkit import samplers
 from ldmkit.autoencoders.base import FirstStage
 from ldmkit.conditioning.base import Conditioner
 from ldmkit.conditioning.types import Conditioning
@@ -25,7 +27,6 @@ from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
 from ldmkit.io.images import to_pil, to_unit
 from ldmkit.runtime import autocast_dtype, pick_device
-from ldmkit import samplers
 
 #: ``torch.compile`` modes :meth:`LatentDiffusionPipeline.optimize` accepts ("reduce-overhead" and
 #: "max-autotune" replay CUDA graphs; "max-autotune*" benchmark kernels at compile time, which takes minutes).
@@ -107,7 +108,7 @@ class LatentDiffusionPipeline:
         self.optimizations: tuple[str, ...] = ()  # what optimize() applied
 
     def optimize(self, compile: bool = True, mode: str = "reduce-overhead", channels_last: bool = True,
-                 bf16_weights: bool = True) -> "LatentDiffusionPipeline":
+                 bf16_weights: bool = True) -> LatentDiffusionPipeline:
         """Switch to the fast inference path on a GPU; on a CPU nothing changes. Returns the pipeline.
 
         bf16 weights for the UNet and the autoencoder (sampling then runs under bf16 autocast, whatever
@@ -133,6 +134,18 @@ class LatentDiffusionPipeline:
             applied.append(f"compile:{mode}")
         self.optimizations = tuple(applied)
         return self
+
+    @classmethod
+    def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> LatentDiffusionPipeline:
+        """The same model parts (no copies) behind this class's interface (a task pipeline's checks run here)."""
+        return cls(unet=pipe.unet, schedule=pipe.schedule, conditioner=pipe.conditioner,
+                   autoencoder=pipe.autoencoder, latent_size=pipe.latent_size, precision=pipe.precision)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "auto",
+             precision: str = "auto") -> LatentDiffusionPipeline:
+        """Load a model directory written by `ldm train diffusion` as this kind of pipeline."""
+        return cls.from_pipeline(load_pipeline(directory, device=device, precision=precision))
 
     @property
     def device(self) -> torch.device:

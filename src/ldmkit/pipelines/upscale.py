@@ -41,7 +41,7 @@ from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
 from ldmkit.pipelines.img2img import image_to_tensor
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline, seeded_noise
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
 
 # ----- tiles ------------------------------------------------------------------------------------------
@@ -189,18 +189,6 @@ class UpscalePipeline(LatentDiffusionPipeline):
             self.conditioner.set_first_stage(self.autoencoder.encode)
         self.tiled = TiledNetwork(self.unet)
         self.denoiser = Denoiser(self.tiled, self.schedule)
-
-    @classmethod
-    def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> UpscalePipeline:
-        """The same model parts (no copies) behind this pipeline's interface."""
-        return cls(unet=pipe.unet, schedule=pipe.schedule, conditioner=pipe.conditioner,
-                   autoencoder=pipe.autoencoder, latent_size=pipe.latent_size, precision=pipe.precision)
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "auto",
-             precision: str = "auto") -> UpscalePipeline:
-        """Load a super-resolution model directory written by `ldm train diffusion`."""
-        return cls.from_pipeline(load_pipeline(directory, device=device, precision=precision))
 
     @property
     def factor(self) -> int:
