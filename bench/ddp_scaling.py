@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,20 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_path:
             Path(result_path).write_text(json.dumps({"step_s": seconds}))
 
 
+def _spawn(world: int, spec: dict[str, Any], path: str) -> None:
+    """Run ``world`` workers; a run that hangs (a collective that never completes) fails after
+    ``spec["timeout_s"]`` instead of taking the whole benchmark call with it."""
+    context = mp.start_processes(_worker, args=(world, _free_port(), spec, path), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + spec.get("timeout_s", 300)
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"{world} processes did not finish within {spec.get('timeout_s', 300)} s "
+                               "(run again with NCCL_DEBUG=INFO to see where they wait)")
+
+
 def measure_world(world: int, spec: dict[str, Any]) -> dict[str, Any]:
     """Median step time and images/s over all ranks of a ``world``-process run of the training step.
 
@@ -68,7 +83,7 @@ def measure_world(world: int, spec: dict[str, Any]) -> dict[str, Any]:
                     else:
                         os.environ[key] = value
         else:
-            mp.spawn(_worker, args=(world, _free_port(), spec, path), nprocs=world, join=True)
+            _spawn(world, spec, path)
         step_s = json.loads(Path(path).read_text())["step_s"]
     return {"world_size": world, "batch_per_rank": spec["batch"], "step_ms": step_s * 1e3,
             "img_s": world * spec["batch"] / step_s}

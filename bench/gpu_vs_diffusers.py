@@ -418,7 +418,8 @@ def section_ddp(run: Runner, s: Settings) -> None:
         run.save()
         return
     spec = {"device": s.device.type, "tiny": s.tiny, "size": s.ddp_size, "batch": s.ddp_batch, "tokens": s.tokens,
-            "channels_last": s.channels_last, "warmup": s.warmup, "iters": s.iters}
+            "channels_last": s.channels_last, "warmup": s.warmup, "iters": s.iters,
+            "timeout_s": 120 if s.tiny else 240}  # a multi-process run that hangs fails instead
     for world in worlds:
         run.item(("ddp", f"world{world}"), s.estimate("ddp"), lambda world=world: measure_world(world, spec))
     one = get(run.results, "ddp", "world1", "img_s")
