@@ -169,7 +169,7 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int,
     runs = [*autoencoders, *ldms]
     return {"autoencoders_seconds": round(ae_seconds, 1), "ldms_seconds": round(ldm_seconds, 1),
             "steps": {name: _steps_of(WORK / name) for name in runs},
-            "note": "the four autoencoders, then the four LDMs, trained as concurrent processes on one GPU"}
+            "note": "the autoencoders, then the LDMs, each group trained as concurrent processes on one GPU"}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
