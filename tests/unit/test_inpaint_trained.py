@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder
 from ldmkit.cli.main import main as ldm
 from ldmkit.conditioning import (
     ConcatConfig,
@@ -24,7 +24,6 @@ from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.pipelines import InpaintPipeline
 from ldmkit.pipelines.text2img import seeded_noise
-from ldmkit.training.diffusion_task import DiffusionTask
 
 # --- masks ---------------------------------------------------------------------------------------------------------
 
@@ -229,23 +228,11 @@ TINY_UNET = ["unet.model_channels=16", "unet.channel_mult=[1, 2]", "unet.attenti
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
+def trained_model(tmp_path_factory, make_first_stage, recording_diffusion_losses):
     """`ldm train diffusion --config fluent-emoji-64-inpaint`, 2 steps on the synthetic set, tiny f = 4 first stage."""
-    torch.manual_seed(0)
-    ae_cfg = AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 1, 2), num_res_blocks=1,
-                               latent_channels=3, mid_attention=False)
-    autoencoder = save_autoencoder(tmp_path_factory.mktemp("ae") / "model", build_autoencoder(ae_cfg))
+    autoencoder = make_first_stage((1, 1, 2))
     out = tmp_path_factory.mktemp("ldm-inpaint")
-    losses: list[float] = []
-    original = DiffusionTask.train_step
-
-    def recording(self, batch, step, ctx):
-        logs = original(self, batch, step, ctx)
-        losses.append(float(logs["loss"]))
-        return logs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DiffusionTask, "train_step", recording)
+    with recording_diffusion_losses() as losses:
         assert ldm(["train", "diffusion", "--config", "fluent-emoji-64-inpaint", f"autoencoder={autoencoder}",
                     f"train.out={out}", *SYNTHETIC, *TRAIN, *TINY_UNET]) == 0
     return out / "model", losses

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder
 from ldmkit.cli.main import main as ldm
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
 from ldmkit.config import load_config
@@ -19,7 +19,7 @@ from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.pipelines import LatentDiffusionPipeline, SemanticSynthesisPipeline
 from ldmkit.pipelines.semantic import map_to_tensor, save_map_png
-from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
+from ldmkit.training.diffusion_task import DiffusionExperiment
 
 K = 3  # classes of the in-memory model
 
@@ -146,23 +146,11 @@ TINY_UNET = ["unet.model_channels=16", "unet.channel_mult=[1, 2]", "unet.attenti
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
+def trained_model(tmp_path_factory, make_first_stage, recording_diffusion_losses):
     """`ldm train diffusion --config synthetic-semantic` for 2 steps at 16², tiny f = 4 first stage."""
-    torch.manual_seed(0)
-    ae_cfg = AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 1, 2), num_res_blocks=1,
-                               latent_channels=3, mid_attention=False)
-    autoencoder = save_autoencoder(tmp_path_factory.mktemp("ae") / "model", build_autoencoder(ae_cfg))
+    autoencoder = make_first_stage((1, 1, 2))
     out = tmp_path_factory.mktemp("ldm-semantic")
-    losses: list[float] = []
-    original = DiffusionTask.train_step
-
-    def recording(self, batch, step, ctx):
-        logs = original(self, batch, step, ctx)
-        losses.append(float(logs["loss"]))
-        return logs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DiffusionTask, "train_step", recording)
+    with recording_diffusion_losses() as losses:
         assert ldm(["train", "diffusion", "--config", "synthetic-semantic", f"autoencoder={autoencoder}",
                     f"train.out={out}", *SYNTHETIC, *TRAIN, *TINY_UNET]) == 0
     return out / "model", losses

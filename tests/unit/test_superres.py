@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+from ldmkit.autoencoders import AutoencoderConfig
 from ldmkit.autoencoders.identity import IdentityAutoencoder
 from ldmkit.cli.main import main as ldm_main
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
@@ -26,7 +25,6 @@ from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.pipelines import UpscalePipeline
 from ldmkit.pipelines.upscale import TileGrid
-from ldmkit.training.diffusion_task import DiffusionTask
 
 ALWAYS = BlindDegradationConfig(blur_prob=1.0, noise_prob=1.0, jpeg_prob=1.0)
 
@@ -258,26 +256,10 @@ def test_a_model_without_a_low_res_condition_is_refused():
 
 
 # ----- training and the command ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def autoencoder_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=3,
-                            mid_attention=False)
-    return save_autoencoder(tmp_path_factory.mktemp("first-stage") / "model", build_autoencoder(cfg))
-
-
-def test_train_a_low_res_model_and_upscale_through_the_command(autoencoder_dir, tmp_path, monkeypatch, capsys):
-    losses = []
-    train_step = DiffusionTask.train_step
-
-    def recording(self, batch, step, ctx):
-        logs = train_step(self, batch, step, ctx)
-        losses.append(float(logs["loss"]))
-        return logs
-
-    monkeypatch.setattr(DiffusionTask, "train_step", recording)
+def test_train_a_low_res_model_and_upscale_through_the_command(make_first_stage, recording_diffusion_losses,
+                                                               tmp_path, capsys):
     config = {
-        "autoencoder": str(autoencoder_dir),
+        "autoencoder": str(make_first_stage((1, 2))),
         "data": {"source": "synthetic", "resolution": 16, "synthetic": {"count": 8, "supersample": 1}},
         "unet": {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
                  "num_heads": 2},
@@ -288,7 +270,8 @@ def test_train_a_low_res_model_and_upscale_through_the_command(autoencoder_dir, 
                   "image_every": 0, "checkpoint_every": 0, "lr": 1e-3},
     }
     (tmp_path / "sr.yaml").write_text(yaml.safe_dump(config))
-    assert ldm_main(["train", "diffusion", "--config", str(tmp_path / "sr.yaml")]) == 0
+    with recording_diffusion_losses() as losses:
+        assert ldm_main(["train", "diffusion", "--config", str(tmp_path / "sr.yaml")]) == 0
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     model = next(p.parent for p in (tmp_path / "run").rglob("unet.safetensors"))
 
