@@ -164,3 +164,27 @@ def test_one_line_errors(tmp_path):
         build_dataset(_cfg(tmp_path / "junk", max_bad_fraction=1.0))
     with pytest.raises(DataError, match="manifest"):
         build_dataset(_cfg(tmp_path / "junk", label_source="manifest"))
+
+
+def test_dataset_captions_reads_names_without_decoding_images():
+    from ldmkit.data import dataset_captions
+
+    class Named:
+        def __len__(self):
+            return 2
+
+        def caption(self, i):
+            return f"caption {i}"
+
+        def __getitem__(self, i):
+            raise AssertionError("images must not be decoded to list captions")
+
+    class Plain:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {"caption": f"plain {i}"}
+
+    assert dataset_captions(Named()) == ["caption 0", "caption 1"]
+    assert dataset_captions(Plain()) == ["plain 0", "plain 1"]

@@ -16,7 +16,7 @@ def _encode_text(args: argparse.Namespace) -> int:
     from ldmkit.conditioning import ConditionerConfig, build_conditioner
     from ldmkit.conditioning.prompt_states import write_prompt_states
     from ldmkit.config import load_config
-    from ldmkit.data import DataConfig, build_dataset
+    from ldmkit.data import DataConfig, build_dataset, dataset_captions
     from ldmkit.errors import ConfigError, DataError
     from ldmkit.runtime import pick_device
     from ldmkit.training.run_dir import check_writable
@@ -25,9 +25,7 @@ def _encode_text(args: argparse.Namespace) -> int:
     if args.data is not None:
         data_cfg = load_config(DataConfig, args.data, args.overrides, group="data")
         for split in args.split.split(","):
-            dataset = build_dataset(data_cfg, split=split.strip())
-            prompts += [dataset.caption(i) if hasattr(dataset, "caption") else dataset[i]["caption"]
-                        for i in range(len(dataset))]
+            prompts += dataset_captions(build_dataset(data_cfg, split=split.strip()))
     if args.prompts is not None:
         try:
             prompts += [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]

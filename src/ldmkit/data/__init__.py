@@ -12,6 +12,7 @@ from ldmkit.data.loader import (
     build_dataloader,
     build_dataset,
     class_names,
+    dataset_captions,
     num_classes,
 )
 from ldmkit.data.sampler import ResumableSampler
@@ -28,6 +29,7 @@ __all__ = [
     "build_dataloader",
     "build_dataset",
     "class_names",
+    "dataset_captions",
     "num_classes",
     "segmentation_classes",
     "write_shards",

@@ -69,6 +69,16 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     return SOURCES.get(cfg.source)(cfg, check_split(split))
 
 
+def dataset_captions(dataset: Any) -> list[str]:
+    """Every caption of a data set, without decoding images where the data set can say them directly."""
+    captions = getattr(dataset, "captions", None)
+    if captions is not None:
+        return list(captions() if callable(captions) else captions)
+    if callable(getattr(dataset, "caption", None)):  # image files: captions come from names and side files
+        return [dataset.caption(i) for i in range(len(dataset))]
+    return [dataset[i]["caption"] for i in range(len(dataset))]
+
+
 def class_names(cfg: DataConfig) -> list[str]:
     """Names of the labels (index = label); empty when the source has no labels."""
     if cfg.source == "synthetic":

@@ -17,7 +17,7 @@ import torch
 from ldmkit.autoencoders import load_autoencoder
 from ldmkit.conditioning import ConditionerConfig, build_conditioner
 from ldmkit.config import load_config, option, to_dict
-from ldmkit.data import DataConfig, build_dataset
+from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import LatentDataset, read_latent_index
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
@@ -86,14 +86,6 @@ class _DenoisingLoss(torch.nn.Module):
         loss, _ = diffusion_loss(self._network[0], z0, cond, self.schedule, weighting=self.weighting,
                                  min_snr_gamma=self.min_snr_gamma)  # z0: [B, c, h, w]
         return loss
-
-
-def _captions(dataset: Any) -> list[str]:
-    """Every caption of a data set (for the text tokenizer's vocabulary)."""
-    if hasattr(dataset, "captions"):
-        captions = dataset.captions
-        return list(captions() if callable(captions) else captions)
-    return [dataset[i]["caption"] for i in range(len(dataset))]
 
 
 class DiffusionTask(Task):
@@ -221,6 +213,6 @@ def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path
         captions = dataset.captions
     else:
         dataset = build_dataset(experiment.data, split="train")
-        captions = _captions(dataset) if experiment.conditioner.kind == "text" else None
+        captions = dataset_captions(dataset) if experiment.conditioner.kind == "text" else None
     task = DiffusionTask(experiment, dataset, captions)
     return train(task, experiment.train, dataset, experiment)
