@@ -48,12 +48,9 @@ def held_out_prompts(val, count: int = 8) -> list[str]:
 
 
 def _pack_lpips(to: Path) -> None:
-    import importlib.util
+    from device_assets import pack  # scripts/ is on sys.path when a script runs
 
-    spec = importlib.util.spec_from_file_location("device_assets", Path(__file__).with_name("device_assets.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.pack(["lpips"], to, ["alexnet.safetensors", "LICENSE"])
+    pack(["lpips"], to, ["alexnet.safetensors", "LICENSE"])
 
 
 def _encode_prompts(to: Path, train, val) -> None:

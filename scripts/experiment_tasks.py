@@ -37,15 +37,11 @@ LDM = "import sys; from ldmkit.cli.main import main; sys.exit(main(sys.argv[1:])
 
 # ------------------------------------------------------------------------------------------- prepare
 def prepare(to: Path) -> None:
-    import importlib.util
-
     import skimage.data
+    from device_assets import pack  # scripts/ is on sys.path when a script runs
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("device_assets", Path(__file__).with_name("device_assets.py"))
-    assets = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(assets)
-    assets.pack(["lpips", "fluent-emoji-3d"], to, ["alexnet.safetensors", "LICENSE"])
+    pack(["lpips", "fluent-emoji-3d"], to, ["alexnet.safetensors", "LICENSE"])
     photos = to.parent / (to.name + "-photos")
     for split, names in (("train", TRAIN_PHOTOS), ("heldout", HELD_OUT_PHOTOS)):
         (photos / split).mkdir(parents=True, exist_ok=True)
