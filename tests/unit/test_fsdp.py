@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 
 from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 from ldmkit.config import load_config
-from ldmkit.data import build_dataset
+from ldmkit.data import build_dataset, dataset_captions
 from ldmkit.errors import ConfigError
 from ldmkit.training.checkpoint import CheckpointManager
-from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask, _captions
+from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
 from ldmkit.training.fsdp import shard
 from ldmkit.training.loop import train
 
@@ -62,7 +62,7 @@ def _run(out: Path, autoencoder: Path, parallel: str, steps: int, *extra: str) -
                              [*OVERRIDES, f"autoencoder={autoencoder}", f"train.out={out}",
                               f"train.parallel={parallel}", f"train.steps={steps}", *extra], group="diffusion")
     dataset = build_dataset(experiment.data, split="train")
-    task = _Recording(experiment, dataset, _captions(dataset))
+    task = _Recording(experiment, dataset, dataset_captions(dataset))
     train(task, experiment.train, dataset, experiment)
     return task.losses, task
 

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 from ldmkit.config import load_config
-from ldmkit.data import build_dataset
+from ldmkit.data import build_dataset, dataset_captions
 from ldmkit.training.autoencoder_task import AutoencoderExperiment, AutoencoderTask
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.data_stream import BatchStream
-from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask, _captions
+from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
 from ldmkit.training.loop import Preempted, train
 
 AE_OVERRIDES = [
@@ -190,7 +190,7 @@ def run_dm(out: Path, autoencoder: Path, stop_after: int | None = None, crash_at
     experiment = load_config(DiffusionExperiment, "synthetic-text",
                              [*DM_OVERRIDES, f"autoencoder={autoencoder}", f"train.out={out}"], group="diffusion")
     dataset = build_dataset(experiment.data, split="train")
-    task = RecordingDiffusionTask(experiment, dataset, _captions(dataset))
+    task = RecordingDiffusionTask(experiment, dataset, dataset_captions(dataset))
     task.stop_after, task.crash_at = stop_after, crash_at
     try:
         train(task, experiment.train, dataset, experiment)
