@@ -4,6 +4,10 @@ Every process joins the group, wraps the UNet exactly as ``ldm train --gpus N`` 
 (``ldmkit.training.distributed``: ``process_group``, ``local_device``, ``wrap``) and times the same
 training step as the single-GPU benchmark; rank 0 writes the median step time. Launched with
 ``torch.multiprocessing.spawn`` from :func:`measure_world`, so the benchmark needs no ``torchrun``.
+
+Every world size, one process included, runs in fresh processes: the parent never touches a GPU, so no cached
+memory of an earlier measurement sits on GPU 0 (it once left rank 0 out of memory while rank 1 waited), and a
+worker's error comes back as the measurement's error instead of a hang.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_path: str) -> None:
+    try:
+        _measure(rank, world, port, spec, result_path)
+    except Exception as exc:
+        Path(f"{result_path}.rank{rank}.error").write_text(f"rank {rank}: {type(exc).__name__}: {str(exc)[:300]}")
+        raise
+
+
+def _measure(rank: int, world: int, port: int, spec: dict[str, Any], result_path: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from measure import median_seconds  # the bench directory is on sys.path of spawned processes too
@@ -51,39 +63,32 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_path:
             Path(result_path).write_text(json.dumps({"step_s": seconds}))
 
 
+def _errors(path: str) -> str:
+    return "; ".join(p.read_text() for p in sorted(Path(path).parent.glob("*.error")))
+
+
 def _spawn(world: int, spec: dict[str, Any], path: str) -> None:
     """Run ``world`` workers; a run that hangs (a collective that never completes) fails after
     ``spec["timeout_s"]`` instead of taking the whole benchmark call with it."""
     context = mp.start_processes(_worker, args=(world, _free_port(), spec, path), nprocs=world, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + spec.get("timeout_s", 300)
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"{world} processes did not finish within {spec.get('timeout_s', 300)} s "
-                               "(run again with NCCL_DEBUG=INFO to see where they wait)")
+    try:
+        while not context.join(timeout=2):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"{world} processes did not finish within {spec.get('timeout_s', 300)} s"
+                                   + (f" ({_errors(path)})" if _errors(path) else ""))
+    except mp.ProcessRaisedException as exc:
+        raise RuntimeError(_errors(path) or str(exc).strip().splitlines()[-1]) from None
 
 
 def measure_world(world: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """Median step time and images/s over all ranks of a ``world``-process run of the training step.
-
-    One process runs here (no process group, as ``ldm train`` on one device); more are spawned.
-    """
+    """Median step time and images/s over all ranks of a ``world``-process run of the training step."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rank0.json")
-        if world == 1:
-            saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-            try:
-                _worker(0, 1, 0, spec, path)
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-        else:
-            _spawn(world, spec, path)
+        _spawn(world, spec, path)
         step_s = json.loads(Path(path).read_text())["step_s"]
     return {"world_size": world, "batch_per_rank": spec["batch"], "step_ms": step_s * 1e3,
             "img_s": world * spec["batch"] / step_s}

@@ -6,7 +6,8 @@ Sections (``--only``; all by default, in this order, cheapest first):
   check    parameters and forward FLOPs of both UNets (SD-1.x) and both VAEs (SD VAE): must be equal
   sync     host syncs per sampling step of every ldmkit sampler (CUDA sync-debug mode)
   infer    UNet evaluations/s at batch 16 (bf16 weights): eager, compiled, CUDA graphs
-  train    training img/s (bf16 autocast, fused AdamW, ε-MSE, random data): eager, compiled
+  train    training img/s (bf16 autocast, fused AdamW, ε-MSE, random data): eager, compiled; with --profile
+           also kernel time by group, top kernels and GPU idle share of each timed step
   vae      VAE decode img/s at 512² batch 8 (bf16 weights): eager, compiled
   cost     paper §4.1: train/sample img/s at 256² in pixel space (f=1) vs latent f=4 / f=8, matched UNets,
            first-stage encode/decode cost included
@@ -21,7 +22,7 @@ A full run compiles the SD-1.x UNet about fourteen times (1-3 minutes each): mor
 Split it (estimated H100 wall times; each call measures its own ceiling, so MFU stays within one call)::
 
     python bench/gpu_vs_diffusers.py --only ceiling check sync infer vae --out $OUT   # ~7 min
-    python bench/gpu_vs_diffusers.py --only ceiling train --sizes 32 --out $OUT       # ~6 min
+    python bench/gpu_vs_diffusers.py --only ceiling train --sizes 32 --profile --out $OUT   # ~7 min
     python bench/gpu_vs_diffusers.py --only ceiling train --sizes 64 --out $OUT       # ~6 min
     python bench/gpu_vs_diffusers.py --only ceiling cost --out $OUT                   # ~3 min
     python bench/gpu_vs_diffusers.py --only ddp --out $OUT    # on a 2-GPU machine, ~2 min
@@ -74,6 +75,7 @@ from models import (
     vae_decode_call,
     vae_decode_counts,
 )
+from profile_step import profile_steps
 from train_step import make_train_step
 
 SECTIONS = ("ceiling", "check", "sync", "infer", "train", "vae", "cost", "ddp")
@@ -113,6 +115,7 @@ class Settings:
     ddp_size: int = 32
     ddp_batch: int = 128
     ddp_cpu: bool = False
+    profile: bool = False
 
     def estimate(self, kind: str) -> float:
         return 0.0 if self.tiny else ESTIMATES[kind] * (0.7 if self.quick else 1.0)
@@ -242,6 +245,8 @@ def section_train(run: Runner, s: Settings) -> None:
                     flops = unet_flops(s, impl, size)["fwd_flops"] * batch
                     out.update(img_s=batch / seconds, step_ms=seconds * 1e3, mfu=mfu(s, 3 * flops / seconds),
                                peak_mem_gb=peak_memory_gb(s.device))
+                    if s.profile:  # the same warm (compiled) step: costs a few steps, no compile
+                        out["profile"] = profile_steps(step, s.device, steps=1 if s.tiny else 3, warmup=1)
                     return out
 
                 run.item(("train", f"lat{size}", impl, mode), estimate, measure)
@@ -420,6 +425,7 @@ def section_ddp(run: Runner, s: Settings) -> None:
     spec = {"device": s.device.type, "tiny": s.tiny, "size": s.ddp_size, "batch": s.ddp_batch, "tokens": s.tokens,
             "channels_last": s.channels_last, "warmup": s.warmup, "iters": s.iters,
             "timeout_s": 120 if s.tiny else 240}  # a multi-process run that hangs fails instead
+    free_memory(s.device)  # the workers are fresh processes; give them the memory earlier sections cached
     for world in worlds:
         run.item(("ddp", f"world{world}"), s.estimate("ddp"), lambda world=world: measure_world(world, spec))
     one = get(run.results, "ddp", "world1", "img_s")
@@ -465,6 +471,7 @@ def markdown(results: dict[str, Any]) -> str:
             parts.append(f"\n## {title}\n\n" + md_table(
                 ["latent", "impl", "mode", "batch", unit.replace("_", "/"), "MFU", "compile s", "peak GB", "error"],
                 rows))
+    parts.extend(profile_markdown(results.get("train", {})))
     rows = [[impl, mode, r.get("img_s"), r.get("compile_s"), r.get("peak_mem_gb"), r.get("error")]
             for impl, modes in results.get("vae", {}).items() for mode, r in modes.items()]
     if rows:
@@ -506,6 +513,27 @@ def markdown(results: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def profile_markdown(train: dict[str, Any]) -> list[str]:
+    """Per profiled training step: ms per kernel group side by side, then each run's top kernels."""
+    runs = {f"{size} {impl} {mode}": r["profile"] for size, impls in train.items() for impl, modes in impls.items()
+            for mode, r in modes.items() if isinstance(r, dict) and "profile" in r}
+    if not runs:
+        return []
+    groups = list(dict.fromkeys(g for p in runs.values() for g in p["groups_ms"]))
+    rows = [[g, *(p["groups_ms"].get(g) for p in runs.values())] for g in groups]
+    rows.append(["**kernels, total**", *(p["busy_ms"] for p in runs.values())])
+    rows.append(["step wall time (profiled)", *(p.get("wall_ms") for p in runs.values())])
+    rows.append(["GPU idle share", *(_pct(p.get("idle_share")) for p in runs.values())])
+    parts = ["\n## Where a training step spends its time (ms per step, torch.profiler)\n\n"
+             "Kernel time by group; the idle share is the wall time in which no kernel ran (host overhead, "
+             "inflated by the profiler itself).\n\n" + md_table(["group", *runs], rows)]
+    for name, p in runs.items():
+        parts.append(f"\nTop kernels, {name}:\n\n" + md_table(
+            ["kernel", "group", "ms/step", "calls/step"], [[k["name"], k["group"], k["ms"], k["calls"]]
+                                                           for k in p["top"]]))
+    return parts
+
+
 def _fmt(value: Any) -> str:
     return "—" if value is None else f"{value:.3g}"
 
@@ -540,6 +568,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ceiling-tflops", type=float, default=None,
                    help="MFU denominator when the ceiling section is not run")
     p.add_argument("--ddp-cpu", action="store_true", help="on CPU, run the DDP section with gloo (launch test)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each timed training step (kernel time by group, top kernels, GPU idle share)")
     return p.parse_args(argv)
 
 
@@ -547,7 +577,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     device = torch.device(args.device)
     s = Settings(device=device, tiny=args.tiny, quick=args.quick, sizes=args.sizes or ([8, 16] if args.tiny else
                  [32, 64]), impls=args.impl, modes=args.modes, backend=args.compile_backend,
-                 channels_last=not args.contiguous, ceiling_tflops=args.ceiling_tflops, ddp_cpu=args.ddp_cpu)
+                 channels_last=not args.contiguous, ceiling_tflops=args.ceiling_tflops, ddp_cpu=args.ddp_cpu,
+                 profile=args.profile)
     s.train_batch = {32: 128, 64: 32}
     if args.quick:
         s.warmup, s.iters, s.cost_steps = 2, 5, 20

@@ -160,3 +160,29 @@ def test_helpers_are_no_ops_in_one_process(monkeypatch):
         monkeypatch.setenv("RANK", str(r))
         seeds |= {distributed.rank_seed(0, 0), distributed.rank_seed(0, 5)}
     assert len(seeds) == 6
+
+
+@pytest.mark.parametrize("backend, raised, expected", [
+    ("nccl", RuntimeError("CUDA out of memory"), "abort"),  # peers wait in a collective: never a graceful destroy
+    ("gloo", RuntimeError("CUDA out of memory"), "destroy"),
+    ("nccl", SystemExit(143), "destroy"),  # preemption: every rank stopped at the same step
+    ("nccl", None, "destroy"),
+])
+def test_a_failing_rank_leaves_the_group_without_waiting_for_its_peers(monkeypatch, backend, raised, expected):
+    from ldmkit.training import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.append("init"))
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.dist.distributed_c10d, "_abort_process_group", lambda: calls.append("abort"))
+    device = torch.device("cuda" if backend == "nccl" else "cpu")
+    if raised is None:
+        with distributed.process_group(device):
+            pass
+    else:
+        with pytest.raises(type(raised)), distributed.process_group(device):
+            raise raised
+    assert calls == ["init", expected]

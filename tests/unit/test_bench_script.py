@@ -43,10 +43,14 @@ def run_script(name: str, *args: str) -> None:
 # ------------------------------------------------------------------------------------ GPU benchmark script
 def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     pytest.importorskip("diffusers")
-    run_script("gpu_vs_diffusers", "--tiny", "--device", "cpu", "--sizes", "8", "--modes", "eager", "--out",
-               str(tmp_path))
+    run_script("gpu_vs_diffusers", "--tiny", "--device", "cpu", "--sizes", "8", "--modes", "eager", "--profile",
+               "--out", str(tmp_path))
     report = json.loads((tmp_path / "gpu_vs_diffusers.json").read_text())
     assert report["errors"] == []
+    profile = report["train"]["lat8"]["ldmkit"]["eager"]["profile"]
+    assert profile["busy_ms"] == pytest.approx(sum(profile["groups_ms"].values()))
+    assert profile["groups_ms"]["convolution"] > 0 and profile["groups_ms"]["optimizer"] > 0
+    assert profile["top"][0]["ms"] >= profile["top"][-1]["ms"] > 0
     assert report["meta"]["tiny"] and report["meta"]["diffusers"]
     assert report["ceiling"]["bf16_matmul_tflops"] > 0
     unet = report["check"]["unet"]["lat8"]
@@ -66,7 +70,8 @@ def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     assert "skipped" in report["ddp"]  # on CPU only with --ddp-cpu
     assert any(s["item"] == "sync" for s in report["skipped"])  # the sync-debug mode needs CUDA
     table = (tmp_path / "gpu_vs_diffusers.md").read_text()
-    for heading in ("Parameters and FLOPs", "Inference", "Training", "VAE decode", "Pixel vs latent", "DDP"):
+    for heading in ("Parameters and FLOPs", "Inference", "Training", "Where a training step", "VAE decode",
+                    "Pixel vs latent", "DDP"):
         assert heading in table
 
 
@@ -79,6 +84,14 @@ def test_gpu_script_ddp_section_launches_two_processes(tmp_path):
     assert ddp["world2"]["speedup"] == pytest.approx(ddp["world2"]["img_s"] / ddp["world1"]["img_s"])
 
 
+@pytest.mark.slow  # spawns two processes that import torch
+def test_ddp_worker_errors_come_back_as_the_measurement_error():
+    spec = {"device": "cpu", "tiny": True, "size": -1, "batch": 2, "tokens": 8, "channels_last": False,
+            "warmup": 1, "iters": 1, "timeout_s": 120}
+    with pytest.raises(RuntimeError, match=r"rank \d: RuntimeError"):
+        bench_module("ddp_scaling").measure_world(2, spec)
+
+
 def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
     Runner = bench_module("measure").Runner
     run = Runner(tmp_path, "r", budget_s=10.0, meta={})
@@ -88,6 +101,17 @@ def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["a"]["x"] == 1 and "b" not in saved and "ZeroDivisionError" in saved["c"]["error"]
     assert [s["item"] for s in saved["skipped"]] == ["b"] and [e["item"] for e in saved["errors"]] == ["c"]
+
+
+def test_profile_groups_kernels_by_what_they_do():
+    group_of = bench_module("profile_step").group_of
+    assert group_of("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32") == "convolution"
+    assert group_of("nvjet_tst_128x256_64x4_2x1_v_bz_coopB_TNT") == "matmul"
+    assert group_of("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert group_of("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>") == "normalization"
+    assert group_of("void at::native::(anonymous namespace)::fused_adamw_kernel") == "optimizer"
+    assert group_of("triton_poi_fused_add_silu_3") == "elementwise & reductions"
+    assert group_of("some_unknown_kernel") == "other"
 
 
 def test_count_check_tells_equal_from_different_networks():

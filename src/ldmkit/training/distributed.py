@@ -46,9 +46,30 @@ def process_group(device: torch.device) -> Iterator[None]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(backend=backend, timeout=_TIMEOUT, **kwargs)
+    failed = False
     try:
         yield
-    finally:
+    except Exception:
+        failed = True
+        raise
+    finally:  # a graceful destroy also after Preempted (SystemExit): every rank stopped at the same step
+        if failed:
+            _abandon_group()
+        else:
+            dist.destroy_process_group()
+
+
+def _abandon_group() -> None:
+    """Leave the process group after an error on this rank without waiting for the others.
+
+    A graceful NCCL destroy waits for collectives in flight, which peers still inside the step (waiting for this
+    rank) never finish: the failing rank would hang instead of exiting, and ``torchrun`` only tears the job down
+    once a rank exits. Aborting the communicators lets the error end the whole job at once.
+    """
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if dist.get_backend() == "nccl" and abort is not None:
+        abort()
+    else:  # Gloo's destroy returns with peers blocked in a collective
         dist.destroy_process_group()
 
 

@@ -1,0 +1,86 @@
+"""Where one training step spends its time: ``torch.profiler`` over a few steps, kernels grouped by what they do.
+
+On CUDA the profile sums the device time of every kernel (``ProfilerActivity.CUDA``); the gap between that and
+the step's wall time is time the GPU sat idle waiting for the host (launch overhead). On CPU (smoke tests) it
+sums the self time of the operators instead. Kernel names are grouped by pattern: the first group whose pattern
+matches wins, so convolutions built from implicit GEMMs count as convolutions, not matrix products.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from measure import synchronize
+
+# (group, pattern over the lower-cased kernel or operator name), first match wins
+GROUPS = (
+    ("attention", r"flash|fmha|attention|scaled_dot_product|cudnn_sdpa"),
+    ("convolution", r"conv|implicit|fprop|dgrad|wgrad|winograd|cudnn"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|\bmm\b|_mm_|addmm|bmm|matmul|linear|sm90_|triton_tem"),
+    ("normalization", r"norm|welford|moments|fusedparams"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("layout & copies", r"copy|cast|convert|transpose|permute|contiguous|nchw|nhwc|cat|clone|to_copy|memcpy|memset|fill"),
+    ("elementwise & reductions", r"elementwise|vectorized|reduce|triton|silu|gelu|mul|add|sum|mean|mse|sigmoid|exp"),
+)
+
+
+def group_of(name: str) -> str:
+    lowered = name.lower()
+    for group, pattern in GROUPS:
+        if re.search(pattern, lowered):
+            return group
+    return "other"
+
+
+def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int = 3, warmup: int = 2,
+                  top: int = 10) -> dict[str, Any]:
+    """Time per step by kernel group, the ``top`` kernels and, on CUDA, the GPU's idle share of the wall time.
+
+    ``step`` must already be warm (compiled, autotuned); ``warmup`` more calls run before profiling anyway.
+    """
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    wall = torch.cuda.Event(enable_timing=True) if cuda else None
+    with profile(activities=activities) as prof:
+        start = torch.cuda.Event(enable_timing=True) if cuda else None
+        if start is not None:
+            start.record()
+        for _ in range(steps):
+            step()
+        if wall is not None:
+            wall.record()
+        synchronize(device)
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # name -> [µs, calls]
+    for event in prof.events():
+        if cuda and event.device_type == DeviceType.CUDA:
+            us = event.time_range.elapsed_us()
+        elif not cuda and event.device_type == DeviceType.CPU:
+            us = event.self_cpu_time_total
+        else:
+            continue
+        per_kernel[event.name][0] += us
+        per_kernel[event.name][1] += 1
+    groups: dict[str, float] = defaultdict(float)
+    for name, (us, _) in per_kernel.items():
+        groups[group_of(name)] += us
+    busy_ms = sum(groups.values()) / 1e3 / steps
+    out: dict[str, Any] = {
+        "steps": steps, "busy_ms": busy_ms,
+        "groups_ms": {g: us / 1e3 / steps for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": name[:120], "group": group_of(name), "ms": us / 1e3 / steps, "calls": calls / steps}
+                for name, (us, calls) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
+    }
+    if start is not None and wall is not None:
+        out["wall_ms"] = start.elapsed_time(wall) / steps
+        out["idle_share"] = max(0.0, 1 - busy_ms / out["wall_ms"])
+    return out
