@@ -13,6 +13,8 @@ A mask draws a target coverage uniformly from ``coverage`` and adds elements of 
 is reached; a mask that overshoots the upper bound is drawn again. Sizes are fractions of the image side,
 so the same config suits any resolution. Random numbers come from a ``torch.Generator`` (or torch's
 global generator), so masks are reproducible per seed; drawing is done on the CPU with PIL.
+:func:`mask_from_seed` draws one mask from an integer seed: the data pipeline uses it to draw each item's
+mask in the data-loader workers (:mod:`ldmkit.data.masked`).
 """
 
 from __future__ import annotations
@@ -181,6 +183,15 @@ def sample_mask(height: int, width: int, config: MaskConfig = MaskConfig(),
     return torch.from_numpy(array).float(), kind  # [H, W]
 
 
+def mask_from_seed(height: int, width: int, config: MaskConfig = MaskConfig(), seed: int = 0) -> torch.Tensor:
+    """One training mask ``[H, W]`` float in {0, 1} (1 = fill in), a pure function of its arguments.
+
+    ``seed`` is any integer in [0, 2**64); data pipelines derive one per item (see
+    :func:`ldmkit.data.masked.item_mask_seed`) so a mask does not depend on which process draws it.
+    """
+    return sample_mask(height, width, config, torch.Generator().manual_seed(seed))[0]  # [H, W]
+
+
 def random_masks(batch_size: int, height: int, width: int, config: MaskConfig = MaskConfig(),
                  generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> torch.Tensor:
@@ -190,4 +201,4 @@ def random_masks(batch_size: int, height: int, width: int, config: MaskConfig = 
     return torch.from_numpy(masks[:, None]).to(device).float()  # [B, 1, H, W]; bytes cross to the device
 
 
-__all__ = ["MASK_KINDS", "MaskConfig", "random_masks", "sample_mask"]
+__all__ = ["MASK_KINDS", "MaskConfig", "mask_from_seed", "random_masks", "sample_mask"]

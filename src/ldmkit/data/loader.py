@@ -8,7 +8,8 @@ checkpoint and call ``position.load_state_dict(state)`` before iterating again: 
 exactly the batches the interrupted one had not yet delivered. For map-style data sets the sampler runs in
 the main process, so workers persist across passes (starting a dozen workers for every pass of a small
 data set cost more time than training on it); streaming shards keep their position inside the workers, so
-those start afresh for each pass and see the restored position.
+those start afresh for each pass and see the restored position. A map-style data set with a true
+``takes_epoch_keys`` attribute receives ``(epoch, index)`` keys instead of indices.
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed
             raise TypeError(f"{type(dataset).__name__} cannot be split over ranks or resumed")
         configure(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, block=batch_size)
         return ResumableDataLoader(dataset, position=dataset, **common), dataset
+    # A data set whose items depend on the epoch (``takes_epoch_keys``, e.g. ldmkit.data.masked.MaskedItems)
+    # gets (epoch, index) keys: persistent workers could not learn the epoch otherwise.
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                               drop_last=drop_last)
+                               drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)))
     common["persistent_workers"] = num_workers > 0  # the sampler (the position) lives in this process
     return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler

@@ -14,7 +14,10 @@ Position protocol (shared with :class:`~ldmkit.data.shards.ShardDataset`):
   epoch. :class:`~ldmkit.data.loader.ResumableDataLoader` calls these as batches reach the training loop
   (a sampler runs ahead of the loop by the prefetched batches, so it cannot count by itself).
 
-Iterating yields this rank's indices from ``offset`` to the end of the epoch.
+Iterating yields this rank's indices from ``offset`` to the end of the epoch; with ``epoch_keys=True`` it
+yields ``(epoch, index)`` pairs instead, for data sets whose items depend on the epoch (e.g.
+:class:`~ldmkit.data.masked.MaskedItems`): the epoch travels with each index to the data-loader workers,
+which persist across epochs and so cannot learn it any other way.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from torch.utils.data import Sampler
 from ldmkit.errors import DataError
 
 
-class ResumableSampler(Sampler[int]):
+#: What the sampler yields: an index, or ``(epoch, index)`` with ``epoch_keys``.
+Key = int | tuple[int, int]
+
+
+class ResumableSampler(Sampler[Key]):
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False):
+                 world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False):
         if num_samples < 1:
             raise DataError("the data set is empty: nothing to sample")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -38,6 +45,7 @@ class ResumableSampler(Sampler[int]):
             raise DataError(f"{num_samples} samples cannot be shared by {world_size} ranks with drop_last")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch_keys = epoch_keys
         self.epoch, self.offset = 0, 0
 
     def epoch_indices(self, epoch: int | None = None) -> list[int]:
@@ -60,8 +68,12 @@ class ResumableSampler(Sampler[int]):
         n, w = self.num_samples, self.world_size
         return n // w if self.drop_last else -(-n // w)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.offset:])
+    def __iter__(self) -> Iterator[Key]:
+        indices = self.epoch_indices()[self.offset:]
+        if self.epoch_keys:  # the epoch is read now, when the pass starts, not when a worker asks
+            epoch = self.epoch
+            return iter([(epoch, i) for i in indices])
+        return iter(indices)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

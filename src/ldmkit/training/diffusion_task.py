@@ -3,7 +3,8 @@
 Latents come from a cache written by ``ldm encode`` (fast: the autoencoder runs once) or are encoded
 on the fly from images. The UNet's input/output channels and conditioning widths are derived from the
 autoencoder and the conditioner, so a preset only chooses sizes. An EMA of the denoiser (and of a jointly
-trained text encoder) is what sampling, previews and the saved model use.
+trained text encoder) is what sampling, previews and the saved model use. An inpainting model's training
+masks are drawn with the items, in the data-loader workers (:func:`training_dataset`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import torch
+from torch.utils.data import IterableDataset
 
 from ldmkit.autoencoders import load_autoencoder
 from ldmkit.conditioning import ConditionerConfig, build_conditioner
 from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import LatentDataset, read_latent_index
+from ldmkit.data.masked import MaskedItems
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.losses import diffusion_loss
@@ -215,4 +218,23 @@ def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path
         dataset = build_dataset(experiment.data, split="train")
         captions = dataset_captions(dataset) if experiment.conditioner.kind == "text" else None
     task = DiffusionTask(experiment, dataset, captions)
-    return train(task, experiment.train, dataset, experiment)
+    return train(task, experiment.train, training_dataset(experiment, dataset), experiment)
+
+
+def training_dataset(experiment: DiffusionExperiment, dataset: Any) -> Any:
+    """What the training loop iterates: ``dataset``, plus a training ``mask`` per item when the model learns
+    inpainting (concat kind masked_image, §4.5).
+
+    Masks of a map-style data set are drawn with each item, in the data-loader workers, from (train.seed,
+    epoch, item index) (:class:`~ldmkit.data.masked.MaskedItems`). A streamed (iterable) data set is returned
+    unchanged: its batches come without masks, and the conditioner draws them in the training process.
+    """
+    concat = experiment.conditioner.concat
+    if concat.kind != "masked_image":
+        return dataset
+    if isinstance(dataset, LatentDataset):
+        raise ConfigError("inpainting (conditioner.concat.kind=masked_image) trains on images, which a latent "
+                          "cache does not hold: set latents: null")
+    if isinstance(dataset, IterableDataset):
+        return dataset
+    return MaskedItems(dataset, concat.masks, seed=experiment.train.seed)
