@@ -21,12 +21,14 @@ from measure import synchronize
 
 # (group, pattern over the lower-cased kernel or operator name), first match wins
 GROUPS = (
-    ("attention", r"flash|fmha|attention|scaled_dot_product|cudnn_sdpa"),
-    ("convolution", r"conv|implicit|fprop|dgrad|wgrad|winograd|cudnn"),
-    ("matmul", r"gemm|nvjet|cutlass|xmma|\bmm\b|_mm_|addmm|bmm|matmul|linear|sm90_|triton_tem"),
+    ("attention", r"flash|fmha|attention|scaled_dot_product|sdpa"),
+    ("convolution", r"conv|implicit_gemm|fprop|dgrad|wgrad|winograd"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|\bmm\b|_mm_|addmm|bmm|matmul|linear|triton_tem"),
     ("normalization", r"norm|welford|moments|fusedparams"),
     ("optimizer", r"adam|multi_tensor|foreach"),
-    ("layout & copies", r"copy|cast|convert|transpose|permute|contiguous|nchw|nhwc|cat|clone|to_copy|memcpy|memset|fill"),
+    # at::native's copy kernels by their functor name ("gpu_kernel_impl_nocast" is in every elementwise kernel)
+    ("layout & copies", r"copy_kernel|catarray|\bcat\b|transpose|permute|contiguous|nchw|nhwc|memcpy|memset|"
+                        r"fill|to_copy|clone"),
     ("elementwise & reductions", r"elementwise|vectorized|reduce|triton|silu|gelu|mul|add|sum|mean|mse|sigmoid|exp"),
 )
 
@@ -79,6 +81,9 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int =
         "groups_ms": {g: us / 1e3 / steps for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
         "top": [{"name": name[:120], "group": group_of(name), "ms": us / 1e3 / steps, "calls": calls / steps}
                 for name, (us, calls) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
+        # every kernel, so the grouping can be redone from the JSON alone
+        "kernels": {name[:160]: [round(us / 1e3 / steps, 4), calls / steps] for name, (us, calls) in
+                    sorted(per_kernel.items(), key=lambda kv: -kv[1][0])},
     }
     if start is not None and wall is not None:
         out["wall_ms"] = start.elapsed_time(wall) / steps

@@ -1,7 +1,9 @@
 """The paper's tasks on one GPU in one call: super-resolution, inpainting (emoji and photos), semantic synthesis.
 
-``prepare --to DIR`` (here): LPIPS weights, the Fluent Emoji 3D renders and a few natural photos from
-scikit-image (short side 256 px; chelsea and coffee held out), all under 64 MiB.
+``prepare --to DIR`` (here): LPIPS weights, the Fluent Emoji 3D renders and natural photos: six from
+scikit-image (short side 256 px) and twelve KDE wallpaper photographs (short sides 320 and 640 px) to train on,
+scikit-image's chelsea and coffee held out; all under 64 MiB. ``--assets lpips`` packs what the photo
+inpainting run alone needs.
 
 ``run --carry DIR --out OUT`` (GPU), every step through ldmkit's own commands and pipelines:
 
@@ -31,17 +33,22 @@ import torch
 
 TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
 HELD_OUT_PHOTOS = ("chelsea", "coffee")
+# The real photographs among the KDE wallpapers (apt-get install plasma-workspace-wallpapers), for training
+# only: each at two scales, so the photo model sees more than six pictures.
+WALLPAPERS = Path("/usr/share/wallpapers")
+WALLPAPER_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                    "Kite", "OneStandsOut", "Path", "summer_1am", "Volna")
 WORK = Path(os.environ.get("TASKS_WORK", "/tmp/tasks"))
 LDM = "import sys; from ldmkit.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 # ------------------------------------------------------------------------------------------- prepare
-def prepare(to: Path) -> None:
+def prepare(to: Path, assets: list[str]) -> None:
     import skimage.data
     from device_assets import pack  # scripts/ is on sys.path when a script runs
     from PIL import Image
 
-    pack(["lpips", "fluent-emoji-3d"], to, ["alexnet.safetensors", "LICENSE"])
+    pack(assets, to, ["alexnet.safetensors", "LICENSE"])
     photos = to.parent / (to.name + "-photos")
     for split, names in (("train", TRAIN_PHOTOS), ("heldout", HELD_OUT_PHOTOS)):
         (photos / split).mkdir(parents=True, exist_ok=True)
@@ -52,6 +59,16 @@ def prepare(to: Path) -> None:
             scale = 256 / min(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
             image.save(photos / split / f"{name}.png")
+    if not WALLPAPERS.is_dir():
+        print(f"{WALLPAPERS} is missing: the photo model trains on {len(TRAIN_PHOTOS)} photos only "
+              "(apt-get install plasma-workspace-wallpapers adds 12)")
+    for name in WALLPAPER_PHOTOS if WALLPAPERS.is_dir() else ():
+        largest = max((WALLPAPERS / name / "contents" / "images").iterdir(), key=lambda p: p.stat().st_size)
+        image = Image.open(largest).convert("RGB")
+        for side in (320, 640):
+            scale = side / min(image.size)
+            scaled = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+            scaled.save(photos / "train" / f"wallpaper-{name}-{side}.jpg", quality=92)
     print(f"photos in {photos}")
 
 
@@ -93,7 +110,7 @@ def _photo_crops(photos: Path, split: str, count: int, seed: int) -> Path:
 
     folder = WORK / "photo-crops" / split
     folder.mkdir(parents=True, exist_ok=True)
-    images = [Image.open(p).convert("RGB") for p in sorted((photos / split).glob("*.png"))]
+    images = [Image.open(p).convert("RGB") for p in sorted((photos / split).glob("*.[pj][np]g"))]
     g = torch.Generator().manual_seed(seed)
     for i in range(count):
         image = images[int(torch.randint(len(images), (), generator=g))]
@@ -117,7 +134,7 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int,
 
     logs = WORK / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    train_crops = _photo_crops(photos, "train", 6000, seed=0)
+    train_crops = _photo_crops(photos, "train", 20000, seed=0)
     quiet = ["train.progress=false", "train.log_every=200", "train.image_every=0", f"train.num_workers={workers}"]
     photo_data = [f"data.source=folder", f"data.path={train_crops}", "data.label_source=none", "data.resize=false",
                   "data.val_fraction=0.0", "data.flip=true", "data.resolution=64"]
@@ -415,6 +432,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--to", type=Path, required=True)
+    p.add_argument("--assets", nargs="+", default=["lpips", "fluent-emoji-3d"],
+                   help="assets to pack (the photo inpainting run alone needs only lpips)")
     p = sub.add_parser("run")
     p.add_argument("--carry", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -429,7 +448,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=tuple(TASKS), help="which tasks to run")
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.to)
+        prepare(args.to, args.assets)
     else:
         run(args.carry, args.out, args.ae_minutes, args.ldm_minutes, args.steps, args.workers, args.semantic_count,
             args.limit, args.mosaic, args.skip_training, tuple(args.tasks))

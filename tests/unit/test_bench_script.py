@@ -111,6 +111,9 @@ def test_profile_groups_kernels_by_what_they_do():
     assert group_of("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>") == "normalization"
     assert group_of("void at::native::(anonymous namespace)::fused_adamw_kernel") == "optimizer"
     assert group_of("triton_poi_fused_add_silu_3") == "elementwise & reductions"
+    nocast = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::{}>"
+    assert group_of(nocast.format("CUDAFunctor_add<c10::BFloat16>")) == "elementwise & reductions"
+    assert group_of(nocast.format("direct_copy_kernel_cuda(at::TensorIteratorBase&)")) == "layout & copies"
     assert group_of("some_unknown_kernel") == "other"
 
 
