@@ -27,7 +27,10 @@ BENCH = ROOT / "bench"
 
 
 def bench_module(name: str):
-    """A module of bench/ (a scripts folder, not a package), imported from its file."""
+    """A module of bench/ (a scripts folder, not a package), imported from its file; its imports of sibling
+    modules resolve as they do when a script runs from bench/."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
