@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 import warnings
@@ -75,7 +76,7 @@ from models import (
     vae_decode_call,
     vae_decode_counts,
 )
-from profile_step import profile_steps
+from profile_step import drop_annotations, profile_steps
 from train_step import make_train_step
 
 SECTIONS = ("ceiling", "check", "sync", "infer", "train", "vae", "cost", "ddp")
@@ -568,6 +569,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ceiling-tflops", type=float, default=None,
                    help="MFU denominator when the ceiling section is not run")
     p.add_argument("--ddp-cpu", action="store_true", help="on CPU, run the DDP section with gloo (launch test)")
+    p.add_argument("--rewrite-report", action="store_true",
+                   help="measure nothing: take annotation ranges out of the stored profiles of the report in --out "
+                        "(counted twice before they were filtered) and rewrite its files")
     p.add_argument("--profile", action="store_true",
                    help="also profile each timed training step (kernel time by group, top kernels, GPU idle share)")
     return p.parse_args(argv)
@@ -593,8 +597,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
+def rewrite_report(out: Path) -> None:
+    """Take the annotation ranges out of a stored report's profiles and rewrite its JSON and markdown."""
+    path = out / f"{NAME}.json"
+    results = json.loads(path.read_text())
+    for impls in results.get("train", {}).values():
+        for modes in impls.values():
+            for r in modes.values():
+                if isinstance(r, dict) and "profile" in r:
+                    r["profile"] = drop_annotations(r["profile"])
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / f"{NAME}.md").write_text(markdown(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rewrite_report:
+        rewrite_report(Path(args.out))
+        return 0
     s = settings_from(args)
     if s.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -64,6 +64,8 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int =
         synchronize(device)
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # name -> [µs, calls]
     for event in prof.events():
+        if getattr(event, "is_user_annotation", False):
+            continue  # a range around kernels counted themselves (e.g. "Optimizer.step#AdamW.step" on the GPU)
         if cuda and event.device_type == DeviceType.CUDA:
             us = event.time_range.elapsed_us()
         elif not cuda and event.device_type == DeviceType.CPU:
@@ -72,20 +74,47 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int =
             continue
         per_kernel[event.name][0] += us
         per_kernel[event.name][1] += 1
-    groups: dict[str, float] = defaultdict(float)
-    for name, (us, _) in per_kernel.items():
-        groups[group_of(name)] += us
-    busy_ms = sum(groups.values()) / 1e3 / steps
-    out: dict[str, Any] = {
-        "steps": steps, "busy_ms": busy_ms,
-        "groups_ms": {g: us / 1e3 / steps for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
-        "top": [{"name": name[:120], "group": group_of(name), "ms": us / 1e3 / steps, "calls": calls / steps}
-                for name, (us, calls) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
-        # every kernel, so the grouping can be redone from the JSON alone
-        "kernels": {name[:160]: [round(us / 1e3 / steps, 4), calls / steps] for name, (us, calls) in
-                    sorted(per_kernel.items(), key=lambda kv: -kv[1][0])},
-    }
+    kernels = {name: (us / 1e3 / steps, calls / steps) for name, (us, calls) in per_kernel.items()}
+    out = summarize(kernels, top)
+    out["steps"] = steps
     if start is not None and wall is not None:
         out["wall_ms"] = start.elapsed_time(wall) / steps
-        out["idle_share"] = max(0.0, 1 - busy_ms / out["wall_ms"])
+        out["idle_share"] = max(0.0, 1 - out["busy_ms"] / out["wall_ms"])
+    return out
+
+
+def summarize(kernels: dict[str, tuple[float, float]], top: int = 10) -> dict[str, Any]:
+    """``{kernel name: (ms per step, calls per step)}`` → busy time, time per group, the ``top`` kernels, and
+    every kernel under its full name (templated names often differ only after a few hundred characters)."""
+    groups: dict[str, float] = defaultdict(float)
+    for name, (ms, _) in kernels.items():
+        groups[group_of(name)] += ms
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+    return {
+        "busy_ms": sum(groups.values()),
+        "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": name[:120], "group": group_of(name), "ms": ms, "calls": calls}
+                for name, (ms, calls) in ranked[:top]],
+        "kernels": {name: [round(ms, 4), calls] for name, (ms, calls) in ranked},
+    }
+
+
+#: GPU-side ranges that torch.profiler reports beside the kernels they contain (filtered by
+#: ``is_user_annotation`` now; profiles stored before the filter counted them twice).
+ANNOTATIONS = re.compile(r"^(Optimizer\.step#|Optimizer\.zero_grad#|ProfilerStep#)")
+
+
+def drop_annotations(profile: dict[str, Any]) -> dict[str, Any]:
+    """A stored profile without the time of annotation ranges it counted as kernels."""
+    out = {**profile, "groups_ms": dict(profile["groups_ms"]), "kernels": dict(profile["kernels"])}
+    for name in [n for n in out["kernels"] if ANNOTATIONS.match(n)]:
+        ms = out["kernels"].pop(name)[0]
+        group = group_of(name)
+        out["groups_ms"][group] -= ms
+        out["busy_ms"] -= ms
+    out["groups_ms"] = dict(sorted(((g, ms) for g, ms in out["groups_ms"].items() if ms > 1e-9),
+                                   key=lambda kv: -kv[1]))
+    out["top"] = [k for k in profile["top"] if not ANNOTATIONS.match(k["name"])]
+    if profile.get("wall_ms"):
+        out["idle_share"] = max(0.0, 1 - out["busy_ms"] / profile["wall_ms"])
     return out

@@ -120,6 +120,20 @@ def test_profile_groups_kernels_by_what_they_do():
     assert group_of("some_unknown_kernel") == "other"
 
 
+def test_stored_profiles_lose_the_annotation_ranges_they_counted_twice():
+    drop_annotations = bench_module("profile_step").drop_annotations
+    adam = "void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>, fused_adamw>"
+    conv = "sm90_xmma_fprop_implicit_gemm_bf16"
+    stored = {"busy_ms": 30.0, "wall_ms": 40.0, "groups_ms": {"optimizer": 18.0, "convolution": 12.0},
+              "top": [{"name": "Optimizer.step#AdamW.step"}, {"name": adam}, {"name": conv}],
+              "kernels": {"Optimizer.step#AdamW.step": [9.0, 1], adam: [9.0, 46], conv: [12.0, 10]}}
+    fixed = drop_annotations(stored)
+    assert fixed["busy_ms"] == 21.0 and fixed["groups_ms"] == {"convolution": 12.0, "optimizer": 9.0}
+    assert fixed["idle_share"] == pytest.approx(1 - 21 / 40)
+    assert [k["name"] for k in fixed["top"]] == [adam, conv] and "Optimizer.step#AdamW.step" not in fixed["kernels"]
+    assert stored["busy_ms"] == 30.0  # the stored report is not changed in place
+
+
 def test_count_check_tells_equal_from_different_networks():
     pytest.importorskip("diffusers")
     models = bench_module("models")
