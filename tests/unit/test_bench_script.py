@@ -95,6 +95,17 @@ def test_ddp_worker_errors_come_back_as_the_measurement_error():
         bench_module("ddp_scaling").measure_world(2, spec)
 
 
+def test_training_variants_script_times_each_variant(tmp_path):
+    run_script("train_variants", "--tiny", "--device", "cpu", "--compile-backend", "eager", "--size", "8",
+               "--batch", "2", "--profile", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "train_variants.json").read_text())
+    assert report["errors"] == []
+    for variant in ("default", "flash-first"):
+        assert report[variant]["img_s"] > 0 and report[variant]["profile"]["busy_ms"] > 0
+    assert [s["item"] for s in report["skipped"]] == ["cudagraphs"]  # CUDA only
+    assert "| flash-first |" in (tmp_path / "train_variants.md").read_text()
+
+
 def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
     Runner = bench_module("measure").Runner
     run = Runner(tmp_path, "r", budget_s=10.0, meta={})

@@ -1,0 +1,112 @@
+"""Variants of ldmkit's compiled training step, timed side by side in one call: what the profile suggested.
+
+The profile of the compiled SD-1.x training step (docs/results/performance.md) left ~95 copy kernels per step
+around the attention calls and ~6% of the step with the GPU idle. Variants, each compiled afresh:
+
+  default      torch.compile, the SDPA backend torch picks (cuDNN attention on H100)
+  flash-first  the same, with flash attention first in SDPA's priority list (it takes the [B, N, heads, d]
+               layout the projections produce, where cuDNN attention may want its inputs copied)
+  cudagraphs   torch.compile(mode="reduce-overhead"): forward and backward replayed as CUDA graphs
+
+Writes train_variants.json / .md to --out, with the same timing method as gpu_vs_diffusers.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from measure import Runner, environment, first_call_seconds, free_memory, md_table, median_seconds, peak_memory_gb, \
+    reset_peak_memory
+from models import build_unet, text_unet_config, unet_call
+from profile_step import profile_steps
+from train_step import make_train_step
+
+VARIANTS = ("default", "flash-first", "cudagraphs")
+NAME = "train_variants"
+
+
+def attention_priority(variant: str) -> contextlib.AbstractContextManager:
+    if variant != "flash-first":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    free_memory(device)
+    cfg = text_unet_config(args.tiny)
+    net = build_unet("ldmkit", cfg, device).train().to(memory_format=torch.channels_last)
+    mode = "reduce-overhead" if variant == "cudagraphs" else "default"
+    model = torch.compile(net, backend=args.compile_backend,
+                          mode=mode if args.compile_backend == "inductor" else None)
+    step = make_train_step(unet_call("ldmkit", model), net.parameters(), cfg, args.size, args.batch, args.tokens,
+                           device, channels_last=True)
+    out: dict[str, Any] = {"batch": args.batch}
+    with attention_priority(variant):
+        reset_peak_memory(device)
+        out["compile_s"] = first_call_seconds(step, device)
+        seconds = median_seconds(step, device, warmup=args.warmup, iters=args.iters)
+        out.update(img_s=args.batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
+        if args.profile:
+            profile = profile_steps(step, device, steps=1 if args.tiny else 3, warmup=1)
+            out["profile"] = {k: v for k, v in profile.items() if k != "kernels"}
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    rows, base = [], (results.get("default") or {}).get("img_s")
+    for variant in VARIANTS:
+        r = results.get(variant)
+        if not isinstance(r, dict):
+            continue
+        p = r.get("profile", {})
+        rows.append([variant, r.get("img_s"), None if not (base and r.get("img_s")) else r["img_s"] / base,
+                     r.get("compile_s"), r.get("peak_mem_gb"), p.get("groups_ms", {}).get("layout & copies"),
+                     p.get("groups_ms", {}).get("attention"), p.get("idle_share"), r.get("error")])
+    return (f"# ldmkit compiled training step, variants — {meta.get('card')}\n\ntorch {meta.get('torch')}; command: "
+            f"`{meta.get('command')}`; wall {meta.get('wall_s')} s.\n\n" + md_table(
+                ["variant", "img/s", "vs default", "compile s", "peak GB", "copies ms", "attention ms", "GPU idle",
+                 "error"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/results/train_variants")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--size", type=int, default=32, help="latent side")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny UNet, 2 iterations (smoke test on CPU)")
+    p.add_argument("--profile", action="store_true", help="also profile each variant's step")
+    p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--budget-s", type=float, default=560.0)
+    args = p.parse_args(argv)
+    args.tokens, args.warmup, args.iters = (8, 1, 2) if args.tiny else (77, 3, 10)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    meta = environment(device)
+    meta["command"] = " ".join(["python", "bench/train_variants.py", *(argv or sys.argv[1:])])
+    run = Runner(Path(args.out), NAME, args.budget_s, meta, markdown)
+    for variant in args.variants:
+        if variant == "cudagraphs" and device.type != "cuda":
+            run.skip(variant, "CUDA graphs need a CUDA device")
+            continue
+        run.item((variant,), 0 if args.tiny else 170, lambda variant=variant: measure(variant, args, device))
+    run.save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
