@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 # torch's CPU build lies on this machine's disk; pinned versions of everything else in constraints.txt.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,text
+EXTRAS ?= dev,text,ui
 # Assets the test suite needs (see `ldm assets list`).
 TEST_ASSETS ?= lpips efficientnet-lite0 minilm
 DEMO_ASSETS ?= lpips
