@@ -40,6 +40,14 @@ def attention_priority(variant: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(order, set_priority=True)
 
 
+def no_compile_caches() -> contextlib.AbstractContextManager:
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
+    with contextlib.suppress(AttributeError):  # the AOTAutograd cache exists in recent torch versions only
+        stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
+    return stack
+
+
 def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     free_memory(device)
     cfg = text_unet_config(args.tiny)
@@ -50,7 +58,9 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     step = make_train_step(unet_call("ldmkit", model), net.parameters(), cfg, args.size, args.batch, args.tokens,
                            device, channels_last=True)
     out: dict[str, Any] = {"batch": args.batch}
-    with attention_priority(variant):
+    # Each variant compiles from scratch: a cached graph would carry the previous variant's attention backend
+    # (the choice is made while tracing) and hide the compile time.
+    with attention_priority(variant), no_compile_caches():
         reset_peak_memory(device)
         out["compile_s"] = first_call_seconds(step, device)
         seconds = median_seconds(step, device, warmup=args.warmup, iters=args.iters)
