@@ -127,7 +127,7 @@ def test_training_dataset_adds_masks_only_where_it_can():
             return iter(())
 
     stream = Stream()
-    assert training_dataset(_experiment(), stream) is stream  # shards: masks are still drawn in the trainer
+    assert training_dataset(_experiment(), stream) is stream  # an unknown stream: masks are drawn in the trainer
     with pytest.raises(ConfigError, match="set latents: null"):
         training_dataset(_experiment(), LatentDataset.__new__(LatentDataset))
 
@@ -164,3 +164,42 @@ def test_inpaint_training_takes_the_masks_the_data_drew(tmp_path, monkeypatch, m
     expected = torch.stack([mask_from_seed(16, 16, config.conditioner.concat.masks, item_mask_seed(5, 0, i))
                             for i in order])[:, None]  # [8, 1, 16, 16]
     assert torch.equal(torch.cat(reached), expected)
+
+
+def test_streamed_shards_draw_the_same_masks_in_their_workers(tmp_path):
+    import io
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from ldmkit.data import DataConfig, ShardDataset, write_shards
+
+    def items():
+        for i in range(12):
+            buffer = io.BytesIO()
+            Image.new("RGB", (SIZE, SIZE), (i * 20, 0, 0)).save(buffer, format="PNG")
+            yield f"s{i:02d}", {"png": buffer.getvalue(), "cls": str(i).encode()}
+
+    write_shards(items(), tmp_path / "shards", per_shard=5)
+    cfg = DataConfig(source="shards", path=str(tmp_path / "shards"), resolution=SIZE, val_fraction=0.0)
+    experiment = _experiment()
+    experiment = replace(experiment, train=replace(experiment.train, seed=3))
+
+    def run(workers: int) -> dict[tuple[int, int], torch.Tensor]:
+        dataset = training_dataset(experiment, ShardDataset(cfg))
+        assert dataset.item_hook is not None
+        loader, _ = build_dataloader(cfg, dataset, batch_size=4, seed=1, num_workers=workers)
+        seen = {}
+        for _ in range(2):
+            epoch = loader.state_dict()["epoch"]
+            for batch in loader:
+                for label, mask in zip(batch["label"].tolist(), batch["mask"]):
+                    seen[epoch, label] = mask  # the label is the sample's stored-order index here
+        return seen
+
+    inline, workers = run(0), run(2)
+    assert inline.keys() == workers.keys() and len(inline) == 24
+    for (epoch, index), mask in inline.items():
+        assert torch.equal(mask, workers[epoch, index])
+        assert torch.equal(mask, _expected(3, epoch, index))
+    assert any(not torch.equal(inline[0, i], inline[1, i]) for i in range(12))

@@ -129,10 +129,10 @@ class ConcatEncoder(nn.Module):
 
     The batch supplies ``image`` (and ``latent`` when latents were cached, which fixes the grid); the
     masked_image route takes ``mask`` from the batch or draws one per sample (``config.masks``, see
-    :mod:`~ldmkit.conditioning.masks`). Diffusion training puts masks in the batches of map-style data sets
-    (drawn in the data-loader workers, :mod:`ldmkit.data.masked`), so it draws here only for streamed
-    shards; the low_res route takes ``low_res`` or degrades ``image``; the
-    semantic route needs ``segmentation``.
+    :mod:`~ldmkit.conditioning.masks`). Diffusion training puts masks in the batches of map-style data sets and
+    shards (drawn in the data-loader workers, :mod:`ldmkit.data.masked`), so it draws here only for other
+    data sets; the low_res route takes ``low_res`` or degrades ``image``; the semantic route needs
+    ``segmentation``.
     """
 
     def __init__(self, config: ConcatConfig, first_stage: ImageEncoder | None = None):

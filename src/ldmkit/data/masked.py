@@ -10,6 +10,8 @@ new mask. An item that already has a ``mask`` keeps it.
 The epoch travels with the index: the wrapper sets ``takes_epoch_keys``, for which
 :func:`~ldmkit.data.loader.build_dataloader` makes its sampler yield ``(epoch, index)`` keys. Workers persist
 across epochs, so an epoch attribute set in the training process after they started would not reach them.
+Streamed shards keep their epoch inside the data set (their workers start afresh each pass) and draw the same
+way through :class:`ItemMasks` as their ``item_hook``, indexed by the sample's place in the stored order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,29 @@ def item_mask_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([_MASK_STREAM, seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
+class ItemMasks:
+    """Adds a training ``mask`` ``[1, H, W]`` the size of its ``image`` to one item: ``masks(item, epoch, index)``.
+
+    Picklable, so the data-loader workers draw the masks; used by :class:`MaskedItems` and, for streamed shards,
+    as :attr:`~ldmkit.data.shards.ShardDataset.item_hook`. An item that already has a ``mask`` keeps it.
+    """
+
+    def __init__(self, config: MaskConfig = MaskConfig(), *, seed: int = 0):
+        self.config = config
+        self.seed = seed
+
+    def __call__(self, item: dict[str, Any], epoch: int, index: int) -> dict[str, Any]:
+        if item.get("mask") is not None:  # a data set that supplies masks keeps its own
+            return item
+        image = item.get("image")
+        if image is None:
+            raise DataError(f"item {index} has no 'image' to draw an inpainting mask for; inpainting trains on "
+                            "images (set latents: null)")
+        height, width = image.shape[-2:]
+        mask = mask_from_seed(height, width, self.config, item_mask_seed(self.seed, epoch, index))  # [H, W]
+        return {**item, "mask": mask[None]}  # [1, H, W]
+
+
 class MaskedItems(Dataset):
     """``dataset``'s items with a training ``mask`` ``[1, H, W]`` the size of their ``image``.
 
@@ -44,25 +69,22 @@ class MaskedItems(Dataset):
 
     def __init__(self, dataset: Dataset, config: MaskConfig = MaskConfig(), *, seed: int = 0):
         self.dataset = dataset
-        self.config = config
-        self.seed = seed
+        self.masks = ItemMasks(config, seed=seed)
+
+    @property
+    def config(self) -> MaskConfig:
+        return self.masks.config
+
+    @property
+    def seed(self) -> int:
+        return self.masks.seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        item = dict(self.dataset[index])
-        if item.get("mask") is not None:  # a data set that supplies masks keeps its own
-            return item
-        image = item.get("image")
-        if image is None:
-            raise DataError(f"item {index} has no 'image' to draw an inpainting mask for; inpainting trains on "
-                            "images (set latents: null)")
-        height, width = image.shape[-2:]
-        mask = mask_from_seed(height, width, self.config, item_mask_seed(self.seed, epoch, index))  # [H, W]
-        item["mask"] = mask[None]  # [1, H, W]
-        return item
+        return self.masks(dict(self.dataset[index]), epoch, index)
 
 
-__all__ = ["MaskedItems", "item_mask_seed"]
+__all__ = ["ItemMasks", "MaskedItems", "item_mask_seed"]

@@ -31,7 +31,7 @@ import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -171,6 +171,11 @@ class ShardDataset(IterableDataset):
             raise DataError(f"shards at {cfg.path} hold no images for split '{split}'")
         self.configure(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, block=block)
         self.epoch, self.offset = 0, 0
+        # first stored-order index of each shard: a sample's index whatever the epoch's order
+        self._starts = np.cumsum([0] + [len(entries) for entries in self.index[:-1]]).tolist()
+        #: ``hook(item, epoch, index)`` -> item, run where the item is read (in the data-loader workers), e.g.
+        #: :class:`~ldmkit.data.masked.ItemMasks`; must be picklable.
+        self.item_hook: Callable[[dict, int, int], dict] | None = None
 
     def configure(self, *, shuffle: bool, seed: int, rank: int, world_size: int, block: int = 1) -> None:
         """Set order and rank (done by :func:`~ldmkit.data.loader.build_dataloader`)."""
@@ -242,7 +247,8 @@ class ShardDataset(IterableDataset):
         if isinstance(raw.image, BadImage):
             self.bad.add(raw.name, str(raw.image))
             return None
-        return {"image": self.transform(raw.image), "label": raw.label, "caption": raw.caption}
+        item = {"image": self.transform(raw.image), "label": raw.label, "caption": raw.caption}
+        return item if self.item_hook is None else self.item_hook(item, self.epoch, self._starts[s] + i)
 
     def read_raw(self, s: int, i: int, handles: dict) -> RawSample:
         """Sample ``i`` of shard ``s`` before transforms; ``handles`` keeps the open shard file."""

@@ -21,7 +21,7 @@ from ldmkit.conditioning import ConditionerConfig, build_conditioner
 from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import LatentDataset, read_latent_index
-from ldmkit.data.masked import MaskedItems
+from ldmkit.data.masked import ItemMasks, MaskedItems
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.losses import diffusion_loss
@@ -225,9 +225,10 @@ def training_dataset(experiment: DiffusionExperiment, dataset: Any) -> Any:
     """What the training loop iterates: ``dataset``, plus a training ``mask`` per item when the model learns
     inpainting (concat kind masked_image, §4.5).
 
-    Masks of a map-style data set are drawn with each item, in the data-loader workers, from (train.seed,
-    epoch, item index) (:class:`~ldmkit.data.masked.MaskedItems`). A streamed (iterable) data set is returned
-    unchanged: its batches come without masks, and the conditioner draws them in the training process.
+    Masks are drawn with each item, in the data-loader workers, from (train.seed, epoch, item index): a map-style
+    data set is wrapped (:class:`~ldmkit.data.masked.MaskedItems`); streamed shards get the same drawer as their
+    ``item_hook``. Another iterable data set is returned unchanged: its batches come without masks, and the
+    conditioner draws them in the training process.
     """
     concat = experiment.conditioner.concat
     if concat.kind != "masked_image":
@@ -236,5 +237,7 @@ def training_dataset(experiment: DiffusionExperiment, dataset: Any) -> Any:
         raise ConfigError("inpainting (conditioner.concat.kind=masked_image) trains on images, which a latent "
                           "cache does not hold: set latents: null")
     if isinstance(dataset, IterableDataset):
+        if hasattr(dataset, "item_hook"):
+            dataset.item_hook = ItemMasks(concat.masks, seed=experiment.train.seed)
         return dataset
     return MaskedItems(dataset, concat.masks, seed=experiment.train.seed)
