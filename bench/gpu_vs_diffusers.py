@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import (
     Runner,
     environment,
+    fast_cuda_settings,
     first_call_seconds,
     free_memory,
     get,
@@ -76,8 +77,8 @@ from models import (
     vae_decode_call,
     vae_decode_counts,
 )
-from profile_step import drop_annotations, profile_steps
-from train_step import make_train_step
+from profile_step import drop_annotations
+from train_step import make_train_step, time_train_step
 
 SECTIONS = ("ceiling", "check", "sync", "infer", "train", "vae", "cost", "ddp")
 MODES = ("eager", "compiled", "cudagraphs")
@@ -238,16 +239,9 @@ def section_train(run: Runner, s: Settings) -> None:
                     batch = s.train_batch[size]
                     step = make_train_step(unet_call(impl, model), net.parameters(), cfg, size, batch, s.tokens,
                                            s.device, channels_last=s.channels_last)
-                    out: dict[str, Any] = {"batch": batch}
-                    reset_peak_memory(s.device)
-                    if mode == "compiled":
-                        out["compile_s"] = first_call_seconds(step, s.device)
-                    seconds = median_seconds(step, s.device, warmup=s.warmup, iters=s.iters)
-                    flops = unet_flops(s, impl, size)["fwd_flops"] * batch
-                    out.update(img_s=batch / seconds, step_ms=seconds * 1e3, mfu=mfu(s, 3 * flops / seconds),
-                               peak_mem_gb=peak_memory_gb(s.device))
-                    if s.profile:  # the same warm (compiled) step: costs a few steps, no compile
-                        out["profile"] = profile_steps(step, s.device, steps=1 if s.tiny else 3, warmup=1)
+                    out = time_train_step(step, batch, s.device, compiled=mode == "compiled", warmup=s.warmup,
+                                          iters=s.iters, profile=s.profile, profile_steps_n=1 if s.tiny else 3)
+                    out["mfu"] = mfu(s, 3 * unet_flops(s, impl, size)["fwd_flops"] * out["img_s"])  # fwd + 2 × bwd
                     return out
 
                 run.item(("train", f"lat{size}", impl, mode), estimate, measure)
@@ -616,10 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         rewrite_report(Path(args.out))
         return 0
     s = settings_from(args)
-    if s.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    fast_cuda_settings(s.device)
     meta = environment(s.device)
     meta.update(command=" ".join(["python", "bench/gpu_vs_diffusers.py", *(argv or sys.argv[1:])]), tiny=s.tiny,
                 quick=s.quick, channels_last=s.channels_last, compile_backend=s.backend)

@@ -7,11 +7,14 @@ paper's eq. 1 objective ``‖ε − ε_θ(z_t, t, c)‖²`` with z_t, ε, t and 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ldmkit.denoisers.unet_config import UNetConfig
+from measure import first_call_seconds, median_seconds, peak_memory_gb, reset_peak_memory
+from profile_step import profile_steps
 
 UNetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,3 +47,18 @@ def make_train_step(call: UNetCall, params: Iterable[torch.nn.Parameter], cfg: U
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def time_train_step(step: Callable[[], None], batch: int, device: torch.device, *, compiled: bool, warmup: int,
+                    iters: int, profile: bool = False, profile_steps_n: int = 3) -> dict[str, Any]:
+    """Compile time (first call, when ``compiled``), median step time, img/s and peak memory of ``step``; with
+    ``profile``, the kernel profile of ``profile_steps_n`` more (warm) steps."""
+    out: dict[str, Any] = {"batch": batch}
+    reset_peak_memory(device)
+    if compiled:
+        out["compile_s"] = first_call_seconds(step, device)
+    seconds = median_seconds(step, device, warmup=warmup, iters=iters)
+    out.update(img_s=batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
+    if profile:  # the same warm (compiled) step: costs a few steps, no compile
+        out["profile"] = profile_steps(step, device, steps=profile_steps_n, warmup=1)
+    return out

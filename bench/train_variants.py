@@ -21,11 +21,9 @@ from typing import Any
 
 import torch
 
-from measure import Runner, environment, first_call_seconds, free_memory, md_table, median_seconds, peak_memory_gb, \
-    reset_peak_memory
+from measure import Runner, environment, fast_cuda_settings, free_memory, md_table
 from models import build_unet, text_unet_config, unet_call
-from profile_step import profile_steps
-from train_step import make_train_step
+from train_step import make_train_step, time_train_step
 
 VARIANTS = ("default", "flash-first", "cudagraphs")
 NAME = "train_variants"
@@ -57,17 +55,13 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
                           mode=mode if args.compile_backend == "inductor" else None)
     step = make_train_step(unet_call("ldmkit", model), net.parameters(), cfg, args.size, args.batch, args.tokens,
                            device, channels_last=True)
-    out: dict[str, Any] = {"batch": args.batch}
     # Each variant compiles from scratch: a cached graph would carry the previous variant's attention backend
     # (the choice is made while tracing) and hide the compile time.
     with attention_priority(variant), no_compile_caches():
-        reset_peak_memory(device)
-        out["compile_s"] = first_call_seconds(step, device)
-        seconds = median_seconds(step, device, warmup=args.warmup, iters=args.iters)
-        out.update(img_s=args.batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
-        if args.profile:
-            profile = profile_steps(step, device, steps=1 if args.tiny else 3, warmup=1)
-            out["profile"] = {k: v for k, v in profile.items() if k != "kernels"}
+        out = time_train_step(step, args.batch, device, compiled=True, warmup=args.warmup, iters=args.iters,
+                              profile=args.profile, profile_steps_n=1 if args.tiny else 3)
+    if "profile" in out:
+        out["profile"].pop("kernels")  # the groups and top kernels are enough here
     return out
 
 
@@ -102,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.tokens, args.warmup, args.iters = (8, 1, 2) if args.tiny else (77, 3, 10)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    fast_cuda_settings(device)
     meta = environment(device)
     meta["command"] = " ".join(["python", "bench/train_variants.py", *(argv or sys.argv[1:])])
     run = Runner(Path(args.out), NAME, args.budget_s, meta, markdown)
