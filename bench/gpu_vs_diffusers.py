@@ -419,7 +419,7 @@ def section_ddp(run: Runner, s: Settings) -> None:
         return
     spec = {"device": s.device.type, "tiny": s.tiny, "size": s.ddp_size, "batch": s.ddp_batch, "tokens": s.tokens,
             "channels_last": s.channels_last, "warmup": s.warmup, "iters": s.iters,
-            "timeout_s": 120 if s.tiny else 240}  # a multi-process run that hangs fails instead
+            "timeout_s": 600 if s.tiny else 240}  # a multi-process run that hangs fails instead (tiny: CPU tests on busy cores)
     free_memory(s.device)  # the workers are fresh processes; give them the memory earlier sections cached
     for world in worlds:
         run.item(("ddp", f"world{world}"), s.estimate("ddp"), lambda world=world: measure_world(world, spec))

@@ -32,7 +32,11 @@ TINY_UNET = ["unet.model_channels=16", "unet.channel_mult=[1, 2]", "unet.attenti
              "unet.num_head_channels=8", "unet.num_res_blocks=1"]
 
 
-def _torchrun(args: list[str], digest_dir, timeout: float = 90) -> subprocess.CompletedProcess:
+# Seconds after which a run that has not finished is a hang, not a slow machine.
+HANG = 600
+
+
+def _torchrun(args: list[str], digest_dir, timeout: float = HANG) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LDMKIT_DEBUG_DIGEST_DIR": str(digest_dir)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -125,12 +129,13 @@ def test_sigterm_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
                f"train.out={out}", "train.steps=100000", "train.checkpoint_every=5"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list((out / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        deadline = time.monotonic() + HANG  # the run has 100000 steps: only a hang keeps it from a checkpoint
+        while not list((out / "checkpoints").glob("step-*")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.2)
         assert process.poll() is None, process.communicate()[0][-3000:]
         process.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=HANG)
     finally:
         if process.poll() is None:
             process.kill()
