@@ -173,7 +173,14 @@ def test_resuming_with_a_changed_model_says_which_weights_differ(tmp_path, capsy
             "loss.perceptual_weight=0", "model.base_channels=8", "train.steps=1", "scale_samples=8"]
     assert ldm(args) == 0
     capsys.readouterr()
-    code = ldm([*args[:-2], "model.base_channels=16", "train.steps=2", "scale_samples=8"])
+    changed = [*args[:-2], "model.base_channels=16", "train.steps=2", "scale_samples=8"]
+    code = ldm(changed)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "model.base_channels 8 -> 16" in err and "step 1" in err and "train.steps" not in err.split(";")[0]
+    # Without the run's config.yaml to compare with, the weights themselves say what no longer fits.
+    (tmp_path / "config.yaml").unlink()
+    code = ldm(changed)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "do not fit the model: mis-shaped" in err and "step-00000001" in err

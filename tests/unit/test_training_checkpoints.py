@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from ldmkit.cli.main import main as ldm_main
 from ldmkit.errors import CheckpointError, LdmkitError
+from ldmkit.io import save_model_dir
 from ldmkit.training import checkpoint as checkpoint_module
 from ldmkit.training.checkpoint import MANIFEST, STATE, CheckpointManager
 from ldmkit.training.config import TrainConfig
@@ -124,9 +126,12 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["files"][STATE] = checkpoint_module.sha256_file(path / STATE)
     (path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=rf"{STATE} cannot be loaded safely"):
+    with pytest.raises(CheckpointError, match=rf"{STATE} is not a checkpoint this program wrote") as refused:
         manager.load_state(path)
     assert not target.exists()
+    message = str(refused.value)
+    assert "weights_only" not in message and "will likely succeed" not in message  # never advise running it
+    assert len(message.splitlines()) == 1 and f"delete {path}" in message
 
 
 # --- storage faults -----------------------------------------------------------------------------------------------
@@ -156,6 +161,76 @@ def test_failed_save_never_damages_the_previous_checkpoint(tmp_path, monkeypatch
     assert after == before  # nothing written or removed, no staging directory left
     assert names(tmp_path) == ["step-00000001"]
     assert manager.load_state(manager.latest())["step"] == 1
+
+
+def _torch_disk_full(*args, **kwargs):  # what torch.save says on a full disk
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+def _safetensors_disk_full(*args, **kwargs):  # what safetensors says on a full disk
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                          'left on device" })')
+
+
+@pytest.mark.parametrize("failure", ["torch", "safetensors"])
+def test_full_disk_as_torch_and_safetensors_report_it_is_a_checkpoint_error(tmp_path, monkeypatch, failure):
+    from ldmkit.io import model_dir
+
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    save_steps(manager, [1])
+    if failure == "torch":
+        monkeypatch.setattr(checkpoint_module.torch, "save", _torch_disk_full)
+    else:
+        monkeypatch.setattr(model_dir, "save_file", _safetensors_disk_full)
+
+    def weights(directory: Path) -> None:
+        save_model_dir(directory, kind="x", config={}, weights={"m": {"w": torch.zeros(2)}})
+
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*step-00000002.*intact") as raised:
+        manager.save(2, state(2), weights)
+    assert len(str(raised.value).splitlines()) == 1
+    monkeypatch.undo()
+    assert names(tmp_path) == ["step-00000001"] and manager.load_state(manager.latest())["step"] == 1
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs, where the machine lets this process mount one (root, no container restriction)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk_keeps_the_earlier_checkpoint(small_tmpfs):
+    manager = CheckpointManager(small_tmpfs / "ckpt", keep_last=1)
+    small = {"step": 1, "modules": {"m": {"w": torch.zeros(1000)}}}
+    manager.save(1, small, write_weights)
+    big = {"step": 2, "modules": {"m": {"w": torch.zeros(1_000_000)}}}  # 4 MB of weights in a 2 MiB file system
+
+    def weights(directory: Path) -> None:
+        save_model_dir(directory, kind="x", config={}, weights={"m": big["modules"]["m"]})
+
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*no space left on device|No space left"):
+        manager.save(2, big, weights)
+    assert names(small_tmpfs / "ckpt") == ["step-00000001"]
+    assert torch.equal(manager.load_state(manager.latest())["modules"]["m"]["w"], small["modules"]["m"]["w"])
+
+
+def test_non_finite_weights_never_make_a_complete_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager.save(1, {"step": 1, "modules": {"generator": {"w": torch.ones(3)}}}, write_weights)
+    for bad in (float("nan"), float("inf")):
+        broken = {"step": 2, "modules": {"generator": {"w": torch.tensor([1.0, bad]), "n": torch.tensor(3)}}}
+        with pytest.raises(CheckpointError, match=r"not finite at step 2 \(NaN/inf in generator.w\).*intact"):
+            manager.save(2, broken, write_weights)
+    assert names(tmp_path) == ["step-00000001"]
 
 
 def test_unwritable_or_non_directory_output_fails_before_training(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Preemption and crash survival of `ldm train autoencoder`, run as a real process.
 
 - SIGTERM after a checkpoint: exit status 143, a complete checkpoint at the step reached, and a rerun that
-  finishes with the same final weights as an uninterrupted run.
+  finishes with the same final weights as an uninterrupted run. Ctrl-C (SIGINT) saves the same way and exits
+  with status 130.
 - SIGKILL at random moments (during start-up, training steps, checkpoint writes and pruning), 20 times in
   a row on one run directory: each rerun resumes from the last complete checkpoint, and the run ends with
   weights bitwise equal to an uninterrupted run.
@@ -127,14 +128,15 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = HANG, poll: 
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_143_and_rerun_matches(reference_run, tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_and_rerun_matches(reference_run, tmp_path, sig, status):
     reference_run(STEPS)  # the likely comparison run, started while this one is interrupted
     out = tmp_path / "run"
     process = start(out)
     assert wait_for(lambda: len(complete_steps(out)) >= 1, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     code, output = finish(process)
-    assert code == 143, output
+    assert code == status, output
     stopped = int(re.search(r"stopped by signal at step (\d+)", output).group(1))
     assert stopped >= 1
     manager = CheckpointManager(out / "checkpoints")

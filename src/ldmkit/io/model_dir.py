@@ -28,6 +28,9 @@ from ldmkit.errors import CheckpointError
 FORMAT = "ldmkit"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+#: Sides of the ``latent_size`` an LDM's config.json may give (2048 latent cells = 16384 px at f = 8); a larger
+#: one comes from a damaged or hand-edited file and would make the default sample size impossible to allocate.
+MAX_LATENT_SIDE = 2048
 
 
 @dataclass
@@ -64,6 +67,24 @@ def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def storage_failure(exc: BaseException) -> str | None:
+    """The reason, in words, when ``exc`` is a failure to write files (full disk, quota, read-only or vanished
+    directory) as torch, safetensors or the OS report it; None for any other error."""
+    if isinstance(exc, CheckpointError) and exc.__cause__ is not None:  # already reported by save_model_dir
+        return storage_failure(exc.__cause__)
+    text = str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or text
+    storage_words = ("PytorchStreamWriter", "file write failed", "inline_container", "os error", "IoError")
+    if isinstance(exc, (RuntimeError, SafetensorError)) and any(w in text for w in storage_words):
+        if "No space left" in text or "os error 28" in text or "StorageFull" in text:
+            return "no space left on device"
+        if "Read-only" in text or "os error 30" in text:
+            return "read-only file system"
+        return "a file could not be written"
+    return None
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file or a directory entry to disk; file systems that cannot are skipped silently."""
     try:
@@ -95,6 +116,8 @@ def save_model_dir(
 ) -> Path:
     """Write a model directory atomically. ``weights`` maps a component name to a module or state dict."""
     path = Path(path)
+    if path.exists():
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -127,16 +150,55 @@ def save_model_dir(
         else:
             os.replace(staging, path)
         fsync_path(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        reason = storage_failure(exc)
+        if reason is not None:
+            raise CheckpointError(f"could not write model directory {path} ({reason}); free space or choose "
+                                  "another place, then run the command again") from exc
         raise
     return path
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of an existing directory that are not part of an ldmkit model directory (all of them when it
+    has no readable ldmkit ``config.json``); a nested ``autoencoder/`` copy is checked the same way."""
+    try:
+        record = json.loads((path / CONFIG_NAME).read_text())
+        named = {CONFIG_NAME, *(f"{name}.safetensors" for name in record["files"])} if record["format"] == FORMAT \
+            else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        named = set()
+    foreign = []
+    for child in sorted(path.iterdir()) if path.is_dir() else []:
+        if child.name in named and child.is_file() and not child.is_symlink():
+            continue
+        if named and child.name == "autoencoder" and child.is_dir() and not child.is_symlink() \
+                and not foreign_entries(child):
+            continue
+        foreign.append(child.name)
+    return foreign
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is an ldmkit model directory holding nothing else: replacing a
+    directory deletes it, and a file ldmkit did not write must never go with it."""
+    if not path.is_dir() or path.is_symlink():
+        raise CheckpointError(f"{path} exists and is not a model directory; move it away or choose another output")
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CheckpointError(f"{path} holds files that are not part of an ldmkit model ({shown}); it would be "
+                              "replaced: move them away or choose another output")
 
 
 def read_model_dir(path: str | Path, kind: str | tuple[str, ...] | None = None) -> ModelDirInfo:
     """Read and check ``config.json``; ``kind`` restricts which kinds of model are accepted."""
     path = Path(path)
     config_path = path / CONFIG_NAME
+    if path.is_file():
+        hint = f"give its folder {path.parent}" if path.name == CONFIG_NAME else "give the folder that holds config.json"
+        raise CheckpointError(f"{path} is a file, not a model directory; {hint}")
     if not path.is_dir():
         raise CheckpointError(f"model directory {path} does not exist")
     if not config_path.is_file():
@@ -156,14 +218,29 @@ def read_model_dir(path: str | Path, kind: str | tuple[str, ...] | None = None) 
     allowed = (kind,) if isinstance(kind, str) else kind
     if allowed is not None and found not in allowed:
         raise CheckpointError(f"{path} holds a '{found}' model, expected {' or '.join(repr(k) for k in allowed)}")
+    extra = record.get("extra", {})
+    if isinstance(extra, dict) and "latent_size" in extra:
+        _check_latent_size(extra["latent_size"], config_path)
     return ModelDirInfo(
         path=path,
         kind=found,
         config=record.get("config", {}),
         files=record.get("files", {}),
-        extra=record.get("extra", {}),
+        extra=extra,
         format_version=version,
     )
+
+
+def _check_latent_size(size: Any, config_path: Path) -> None:
+    """``latent_size`` must be [height, width] in whole latent cells, each in 1..MAX_LATENT_SIDE."""
+
+    def whole_side(side: Any) -> bool:
+        number = isinstance(side, (int, float)) and not isinstance(side, bool)
+        return number and 1 <= side <= MAX_LATENT_SIDE and float(side).is_integer()
+
+    if not (isinstance(size, list) and len(size) == 2 and all(whole_side(side) for side in size)):
+        raise CheckpointError(f"{config_path} gives latent_size {size!r}; it must be [height, width] in latent cells, "
+                              f"each 1..{MAX_LATENT_SIDE}: the file is damaged or was edited, restore it")
 
 
 def load_weights(info: ModelDirInfo, name: str = "model", verify: bool = True) -> dict[str, torch.Tensor]:

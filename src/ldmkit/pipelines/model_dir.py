@@ -68,13 +68,27 @@ def save_ldm(directory: str | Path, *, unet: torch.nn.Module, unet_config: UNetC
     target = directory / "autoencoder"
     staging = Path(tempfile.mkdtemp(prefix=".autoencoder.", dir=directory))
     try:
-        shutil.copytree(autoencoder_dir, staging / "copy")
+        copy_model_files(ae_info, staging / "copy")
         if target.exists():
             shutil.rmtree(target)
         (staging / "copy").rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def copy_model_files(info, destination: Path) -> None:
+    """Copy the files the model format names (``config.json`` and each component's safetensors) and nothing
+    else; a named file that is a link leading out of the model directory is refused, never followed."""
+    source = info.path.resolve()
+    destination.mkdir(parents=True)
+    for name in (CONFIG_NAME, *(f"{component}.safetensors" for component in info.files)):
+        path = info.path / name
+        real = path.resolve()
+        if not real.is_relative_to(source) or not real.is_file():
+            raise CheckpointError(f"{path} is a link out of {info.path} or not a file; a model directory holds "
+                                  "its own files: replace the link by the file it points to")
+        shutil.copyfile(real, destination / name)
 
 
 def _autoencoder_dir(info) -> Path:

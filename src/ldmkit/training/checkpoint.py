@@ -9,6 +9,8 @@ A checkpoint is a directory ``checkpoints/step-00001000/`` holding
 
 It is written into a temporary directory, fsynced and renamed into place; only directories with a
 valid manifest are candidates for resume. Old checkpoints are deleted only after a new one is complete.
+Weights that are not finite are never written: a NaN checkpoint would look complete and every later run
+would resume from it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ldmkit.errors import CheckpointError
-from ldmkit.io.model_dir import fsync_path, fsync_tree, sha256_file
+from ldmkit.io.model_dir import fsync_path, fsync_tree, sha256_file, storage_failure
 
 MANIFEST = "MANIFEST.json"
 STATE = "state.pt"
@@ -43,6 +45,12 @@ class CheckpointManager:
     def save(self, step: int, state: dict[str, Any], write_weights: Callable[[Path], None]) -> Path:
         """Write checkpoint ``step`` atomically; ``write_weights(dir)`` writes the inference model directory."""
         final = self.directory / f"step-{step:08d}"
+        bad = nonfinite_tensors(state.get("modules", {}))
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise CheckpointError(f"the weights are not finite at step {step} (NaN/inf in {shown}); checkpoint "
+                                  "not written, earlier checkpoints are intact: lower train.lr or check the data, "
+                                  "then rerun the same command to resume")
         staging: Path | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -67,8 +75,8 @@ class CheckpointManager:
         except BaseException as exc:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, OSError):
-                reason = exc.strerror or str(exc)
+            reason = storage_failure(exc)
+            if reason is not None:
                 raise CheckpointError(
                     f"could not write checkpoint {final} ({reason}); earlier checkpoints are intact: free space "
                     "or fix the run directory, then rerun the same command to resume"
@@ -113,9 +121,9 @@ class CheckpointManager:
         self.verify(path)
         try:
             return torch.load(path / STATE, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 — any unpickling refusal or corruption is reported the same way
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path / STATE} cannot be loaded safely: {first}") from None
+        except Exception as exc:  # noqa: BLE001 — any unpickling refusal or corruption is reported
+            raise CheckpointError(f"{path / STATE} {_refusal(exc)}; delete {path} to resume from an earlier "
+                                  "checkpoint") from None
 
     def prune(self) -> None:
         """Delete complete checkpoints beyond ``keep_last`` (except multiples of ``keep_every``) and stale temp dirs."""
@@ -137,3 +145,32 @@ class CheckpointManager:
         os.replace(path, trash / path.name)
         fsync_path(self.directory)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested state that hold a NaN or an infinity."""
+    return [name for name, tensor in _tensors(tree, prefix)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def _tensors(tree: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(tree, torch.Tensor):
+        yield prefix.rstrip("."), tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}{key}.")
+
+
+_FOREIGN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _refusal(exc: Exception) -> str:
+    """Why a ``state.pt`` was refused, in words that never suggest unpickling it with code execution."""
+    text = str(exc)
+    if "Weights only load failed" in text or "Unsupported" in text:
+        found = _FOREIGN_GLOBAL.search(text)
+        what = f" (it refers to {found.group(1)})" if found else ""
+        return (f"is not a checkpoint this program wrote: it holds pickled objects ldmkit never saves{what}, "
+                "and none of it was run")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"is damaged and cannot be read ({first})"

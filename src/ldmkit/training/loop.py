@@ -2,8 +2,11 @@
 
 The loop owns what every trainer needs: the run directory, resume from the latest complete
 checkpoint, data position, learning-rate warm-up, precision, the non-finite guard, progress bar,
-TensorBoard, periodic image grids, checkpoints, preemption (SIGTERM / SIGUSR1 → save and exit 143)
-and the final model directory. A task owns its networks and losses: ``train_step`` computes losses
+TensorBoard, periodic image grids, checkpoints, preemption (SIGTERM / SIGUSR1 → save and exit 143;
+Ctrl-C / SIGINT → save and exit 130)
+and the final model directory. It locks the run directory for its whole life, refuses a directory that holds
+other files, and on resume refuses a config the checkpoint cannot continue under (``run_dir``,
+``run_config``). A task owns its networks and losses: ``train_step`` computes losses
 and hands each to ``StepContext.step(name, loss)``, which does backward, clipping and the update.
 """
 
@@ -18,7 +21,6 @@ from typing import Any, Iterator
 
 import torch
 
-from ldmkit.config import dump_yaml
 from ldmkit.errors import CheckpointError, LdmkitError
 from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything, world_size
 from ldmkit.training.checkpoint import CheckpointManager
@@ -38,10 +40,13 @@ from ldmkit.training.distributed import (
     same_on_all_ranks,
     write_digest,
 )
+from ldmkit.progress import progress_bar
 from ldmkit.training.rng import rng_state, set_rng_state
-from ldmkit.training.run_dir import check_writable
+from ldmkit.training.run_config import check_resume_config, describe_changes, record_config
+from ldmkit.training.run_dir import RunLock, check_run_contents, check_run_path, check_writable
 
 PREEMPTED_EXIT_CODE = 143
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C, as shells report it
 
 
 class NonFiniteError(LdmkitError):
@@ -49,10 +54,10 @@ class NonFiniteError(LdmkitError):
 
 
 class Preempted(SystemExit):
-    """Raised after a SIGTERM/SIGUSR1 once the current step is saved; exits with status 143."""
+    """Raised after a SIGTERM/SIGUSR1 (status 143) or SIGINT (status 130) once the current step is saved."""
 
-    def __init__(self) -> None:
-        super().__init__(PREEMPTED_EXIT_CODE)
+    def __init__(self, code: int = PREEMPTED_EXIT_CODE) -> None:
+        super().__init__(code)
 
 
 class Task:
@@ -199,14 +204,16 @@ def _warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> torch.op
 
 
 class _PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; the loop saves after the current step and exits 143."""
+    """SIGTERM / SIGUSR1 / SIGINT set a flag; the loop saves after the current step and exits 143 (130 for
+    SIGINT). A second Ctrl-C does not wait for the save: it interrupts at once."""
 
     def __init__(self) -> None:
         self.raised = False
+        self.exit_code = PREEMPTED_EXIT_CODE
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_PreemptionFlag":
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -214,6 +221,11 @@ class _PreemptionFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.raised:
+                raise KeyboardInterrupt
+            self.exit_code = INTERRUPTED_EXIT_CODE
+            print("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)", flush=True)
         self.raised = True
 
     def __exit__(self, *exc: Any) -> None:
@@ -236,15 +248,18 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
     task's networks in DistributedDataParallel; rank 0 alone logs and writes checkpoints and the model.
     """
     device = local_device(pick_device(train_cfg.device))
-    with process_group(device):
-        return _train(task, train_cfg, dataset, resolved_config, device)
+    run_dir = check_run_path(train_cfg.out)
+    with process_group(device), contextlib.ExitStack() as held:
+        if is_main_process():  # rank 0 alone writes the run directory, so it alone holds the lock
+            check_writable(run_dir)
+            held.enter_context(RunLock(run_dir))
+            check_run_contents(run_dir)
+        return _train(task, train_cfg, dataset, resolved_config, device, run_dir)
 
 
-def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any, device: torch.device) -> Path:
-    run_dir = Path(train_cfg.out)
+def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any, device: torch.device,
+           run_dir: Path) -> Path:
     main = is_main_process()
-    if main:
-        check_writable(run_dir)
     # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrapping).
     seed_everything(train_cfg.seed)
     task.setup(device, train_cfg)
@@ -263,15 +278,18 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
         raise CheckpointError(f"the processes found different checkpoints in {run_dir / 'checkpoints'} "
                               f"(this one: step {found}); put train.out on a file system every node shares")
     if latest is not None:
+        changes = check_resume_config(run_dir, resolved_config, found)
         state = checkpoints.load_state(latest)
         step = _restore(state, task, optimizers, schedulers, ctx, stream, latest)
         if main:
             print(f"resuming {run_dir} from step {step} ({latest.name})")
+            if changes:
+                print(f"config changed since the last start: {describe_changes(changes)}")
     if is_distributed():
         # Distinct noise, timesteps and dropout per rank (rank 0's saved generator state is not reused).
         seed_everything(rank_seed(train_cfg.seed, step))
     if main:
-        dump_yaml(resolved_config, run_dir / "config.yaml")
+        record_config(run_dir, resolved_config, step)
 
     def save(at_step: int) -> None:
         # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.
@@ -294,16 +312,23 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     writer = _tensorboard(run_dir / "tb") if main else None
     progress = None
     if main and train_cfg.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=train_cfg.steps, initial=step, desc=f"train {task.name}", dynamic_ncols=True)
+        progress = progress_bar(total=train_cfg.steps, initial=step, desc=f"train {task.name}")
     batches: Iterator[dict[str, Any]] = iter(stream)
     run_start = window_start = time.perf_counter()
     window_images = 0
     processes = world_size()
     with _PreemptionFlag() as preempt:
         while step < train_cfg.steps:
-            batch = _to_device(next(batches), device)
+            try:
+                batch = _to_device(next(batches), device)
+            except Exception:
+                # Ctrl-C reaches data-loader workers too, which then end: the signal, not the loader, is the news.
+                # (Several processes stop together at the end of a step instead: a save here would be one-sided.)
+                if not preempt.raised or is_distributed():
+                    raise
+                save(step)
+                print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
+                raise Preempted(preempt.exit_code) from None
             ctx.step_index, ctx.batch_index = step, stream.batches_consumed
             logs = task.train_step(batch, step, ctx)
             step += 1
@@ -336,7 +361,7 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
                 if progress is not None:
                     progress.close()
                 print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
-                raise Preempted()
+                raise Preempted(preempt.exit_code)
             if out_of_time:
                 print(f"time budget of {train_cfg.max_minutes:g} min reached at step {step}; finishing the run")
                 break
