@@ -85,9 +85,9 @@ def write_prompt_states(path: str | Path, prompts: Iterable[str], conditioner: "
     offsets = [0]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ldmkit.progress import progress_bar
 
-        bar = tqdm(total=len(unique), desc="encode prompts", unit="prompt", dynamic_ncols=True)
+        bar = progress_bar(total=len(unique), desc="encode prompts", unit="prompt")
     for lo in range(0, len(unique), batch_size):
         for states in conditioner.encode_network(unique[lo: lo + batch_size]):
             chunks.append(states.to(device="cpu", dtype=torch.float16))

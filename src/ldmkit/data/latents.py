@@ -58,9 +58,9 @@ def write_latent_cache(
     count = 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ldmkit.progress import progress_bar
 
-        bar = tqdm(total=total, desc="encode", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=total, desc="encode", unit="img")
 
     def flush() -> None:
         name = f"shard-{len(shards):05d}"

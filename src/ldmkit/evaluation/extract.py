@@ -92,9 +92,9 @@ def extract_features(extractor: FeatureExtractor, images: ImageSource, *, batch_
     sizes: set[tuple[int, int]] = set()
     bar = None
     if progress and runtime.is_main_process():
-        from tqdm import tqdm
+        from ldmkit.progress import progress_bar
 
-        bar = tqdm(desc=f"features ({extractor.name})", unit="img")
+        bar = progress_bar(desc=f"features ({extractor.name})", unit="img")
     for batch, batch_labels in iterate_batches(images, batch_size):
         sizes.add((int(batch.shape[-2]), int(batch.shape[-1])))
         if with_logits:

@@ -126,9 +126,9 @@ def _batches(pipeline: Any, indices: range, prompts: list[str] | None, labels: l
     """Sampled images [B, 3, H, W] in [-1, 1] of ``indices``, batch by batch; adds sampling time to ``timer``."""
     bar = None
     if progress and runtime.is_main_process():
-        from tqdm.auto import tqdm
+        from ldmkit.progress import progress_bar
 
-        bar = tqdm(total=len(indices), desc="sample", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=len(indices), desc="sample", unit="img")
     try:
         for lo in range(indices.start, indices.stop, batch_size):
             hi = min(lo + batch_size, indices.stop)

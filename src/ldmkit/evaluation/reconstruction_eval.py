@@ -197,9 +197,9 @@ def evaluate_reconstruction(
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ldmkit.progress import progress_bar
 
-        bar = tqdm(total=total, desc="reconstruction", unit="img")
+        bar = progress_bar(total=total, desc="reconstruction", unit="img")
     start = time.perf_counter()
     count = 0
     for batch in batches:
