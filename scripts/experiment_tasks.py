@@ -388,7 +388,7 @@ def upscale_2048(steps: int, out: Path, mosaic: int) -> dict:
 def run(carry: Path, out: Path, ae_minutes: float, ldm_minutes: float, steps: int, workers: int,
         semantic_count: int, limit: int | None, mosaic: int, skip_training: bool, tasks: tuple[str, ...]) -> None:
     SELECTED.update(run for task in tasks for run in TASKS[task])
-    from ldmkit.evaluation.lpips import LPIPS
+    from ldmkit.autoencoders.lpips import LPIPS
 
     out.mkdir(parents=True, exist_ok=True)
     photos = carry.parent / (carry.name + "-photos")

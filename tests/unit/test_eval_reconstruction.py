@@ -12,7 +12,7 @@ from ldmkit.assets import is_fetched
 from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 from ldmkit.cli.main import main
 from ldmkit.evaluation.extractor import build_feature_extractor
-from ldmkit.evaluation.lpips import LPIPS
+from ldmkit.autoencoders.lpips import LPIPS
 from ldmkit.evaluation.reconstruction import psnr
 from ldmkit.evaluation.reconstruction_eval import (
     bicubic_factor,

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from ldmkit.assets import require
 from ldmkit.errors import AssetMissingError, ConfigError, DataError
-from ldmkit.evaluation.lpips import LPIPS
+from ldmkit.autoencoders.lpips import LPIPS
 
 # The LPIPS authors' example triplet and its published distances (see the fixture's README).
 _FIXTURE_DIRS = (Path(__file__).resolve().parents[1] / "fixtures" / "lpips", Path("/work/shared/fixtures/lpips"))

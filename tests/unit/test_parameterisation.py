@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ldmkit.denoisers import parameterisation as p
+from ldmkit.diffusion import parameterisation as p
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 
 from ldmkit import samplers
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.parameterisation import target
+from ldmkit.diffusion.parameterisation import target
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError

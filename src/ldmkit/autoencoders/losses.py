@@ -241,7 +241,7 @@ def build_autoencoder_loss(cfg: AutoencoderLossConfig, image_channels: int = 3,
     Raises :class:`ldmkit.errors.AssetMissingError` when the LPIPS weights have not been fetched.
     """
     if perceptual is None and cfg.perceptual_weight > 0:
-        from ldmkit.evaluation.lpips import LPIPS
+        from ldmkit.autoencoders.lpips import LPIPS
 
         perceptual = LPIPS.from_assets(cfg.perceptual_net)
     return AutoencoderLoss(cfg, perceptual, image_channels)

@@ -102,7 +102,7 @@ def _reconstruction(args: argparse.Namespace) -> int:
         source = {"data": to_dict(config), "split": args.split}
     lpips = None
     if not args.no_lpips:
-        from ldmkit.evaluation.lpips import LPIPS
+        from ldmkit.autoencoders.lpips import LPIPS
 
         lpips = LPIPS.from_assets(args.lpips_net)  # AssetMissingError names `ldm assets fetch lpips`
     features, fd_note = None, None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.parameterisation import to_x0_eps
+from ldmkit.diffusion.parameterisation import to_x0_eps
 from ldmkit.diffusion.schedules import NoiseSchedule
 
 

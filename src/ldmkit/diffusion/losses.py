@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.parameterisation import target as prediction_target
+from ldmkit.diffusion.parameterisation import target as prediction_target
 from ldmkit.diffusion.noise import randint, randn
-from ldmkit.diffusion.schedules import NoiseSchedule, _per_sample
+from ldmkit.diffusion.schedules import NoiseSchedule, broadcast_per_sample
 from ldmkit.errors import ConfigError
 
 WEIGHTINGS = ("simple", "min_snr")
@@ -80,7 +80,7 @@ def diffusion_loss(network: Any, x0: torch.Tensor, cond: Conditioning | None, sc
     if noise is None:
         noise = randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = schedule.add_noise(x0, noise, t)  # [B, C, h, w]
-    alpha_bar = _per_sample(schedule.alpha_bar(t, dtype=torch.float32), x0)
+    alpha_bar = broadcast_per_sample(schedule.alpha_bar(t, dtype=torch.float32), x0)
     goal = prediction_target(schedule.prediction, x0.float(), noise.float(), alpha_bar)
     output = network(x_t, t, cond)  # [B, C, h, w]
     per_sample = (output.float() - goal).pow(2).flatten(1).mean(dim=1)  # [B]

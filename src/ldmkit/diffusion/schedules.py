@@ -205,7 +205,7 @@ class NoiseSchedule:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I) (Ho et al. eq. 4); ``t`` is [B] or a scalar."""
         alpha_bar = self.alpha_bar(t.to(x0.device), dtype=_compute_dtype(x0.dtype))
-        alpha_bar = _per_sample(alpha_bar, x0)
+        alpha_bar = broadcast_per_sample(alpha_bar, x0)
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # [B, C, h, w]
         return x_t.to(x0.dtype)
 
@@ -252,6 +252,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def broadcast_per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] or [] → broadcastable against ``like`` [B, ...]."""
     return values.reshape(values.shape + (1,) * (like.dim() - values.dim())) if values.dim() else values

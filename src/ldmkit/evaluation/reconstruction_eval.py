@@ -4,7 +4,7 @@ For every image the autoencoder's reconstruction (posterior mode for KL, quantis
 [-1, 1] as a saved image would be) is scored against the original with
 
 - PSNR and SSIM (:mod:`ldmkit.evaluation.reconstruction`; on 8-bit levels unless ``quantize=False``),
-- LPIPS (VGG16, v0.1) when an :class:`~ldmkit.evaluation.lpips.LPIPS` is given,
+- LPIPS (VGG16, v0.1) when an :class:`~ldmkit.autoencoders.lpips.LPIPS` is given,
 - the Fréchet distance between feature statistics of the reconstructions and of the originals when a feature
   network is given: ``rFD-EffLite0`` with EfficientNet-Lite0 (only the standard Inception network earns the name
   ``rFID``),

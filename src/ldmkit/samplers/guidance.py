@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.parameterisation import eps_from_x0
+from ldmkit.diffusion.parameterisation import eps_from_x0
 from ldmkit.denoisers.wrapper import Denoiser, Prediction
 from ldmkit.errors import ConfigError
 
