@@ -10,59 +10,18 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
-from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
-from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.cli.main import main
-from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
-from ldmkit.conditioning.config import TextEncoderConfig
-from ldmkit.config import to_dict
-from ldmkit.data.config import DataConfig
-from ldmkit.denoisers import UNet, UNetConfig
-from ldmkit.diffusion.schedules import ScheduleConfig
 from ldmkit.errors import ConfigError
-from ldmkit.pipelines.model_dir import save_ldm
 from ldmkit.serve import ServedModel, build_app
 from ldmkit.serve.images import editor_layers, fit_box, fit_image
+from tests.serve_models import SYNTHETIC_CLASSES, save_models
 
 FAST = {"steps": 2, "sampler": "ddim"}
-SYNTHETIC_CLASSES = 16  # shapes × colours of the default synthetic data set
-
-
-def _save_model(root, name, cond_cfg, captions=None, experiment=None):
-    """A tiny untrained LDM directory (identity first stage, 16x16) like `ldm train diffusion` writes."""
-    torch.manual_seed(0)
-    conditioner = build_conditioner(cond_cfg, captions=captions)
-    unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                           attention_resolutions=(), num_heads=2, vector_dim=cond_cfg.vector_dim,
-                           context_dim=cond_cfg.context_dim, concat_channels=conditioner.concat_channels))
-    with torch.no_grad():  # a fresh UNet outputs zeros: give it something to say so seeds matter
-        for parameter in unet.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return save_ldm(root / name / "model", unet=unet, unet_config=unet.config, schedule_config=ScheduleConfig(),
-                    conditioner=conditioner, autoencoder_dir=root / "ae", latent_size=(16, 16),
-                    experiment=experiment)
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    ae_cfg = AutoencoderConfig(kind="identity")
-    save_autoencoder(root / "ae", build_autoencoder(ae_cfg), ae_cfg)
-    text = ConditionerConfig(kind="text", embed_dim=16, text=TextEncoderConfig(width=16, depth=1, heads=2))
-    synthetic = {"data": to_dict(DataConfig(source="synthetic"))}
-    return {
-        "text": _save_model(root, "text", text, captions=["a red circle", "a blue square"]),
-        "class": _save_model(root, "class", ConditionerConfig(kind="class", num_classes=SYNTHETIC_CLASSES,
-                                                              embed_dim=16), experiment=synthetic),
-        "uncond": _save_model(root, "uncond", ConditionerConfig(kind="none")),
-        "inpaint": _save_model(root, "inpaint", ConditionerConfig(
-            kind="class", num_classes=3, embed_dim=16, drop_prob=0.0,
-            concat=ConcatConfig(kind="masked_image", downsample_factor=1, latent_channels=3))),
-        "upscale": _save_model(root, "upscale", ConditionerConfig(concat=ConcatConfig(
-            kind="low_res", downsample_factor=1, latent_channels=3, low_res_factor=2))),
-        "semantic": _save_model(root, "semantic", ConditionerConfig(concat=ConcatConfig(
-            kind="semantic", downsample_factor=1, semantic_classes=5)), experiment=synthetic),
-    }
+    return save_models(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -212,19 +171,125 @@ def test_editor_and_fitting_helpers():
     assert fit_image(_photo(20, 24), fit_box((20, 24), None, 8)).size == (16, 24)
 
 
-# --- the app's event functions (as gradio calls them, without a browser) ----------------------------------------------
+# --- the app's event functions and widgets (as gradio calls them, without a browser) ---------------------------------
 
-def test_wired_generate_event_returns_images_and_shows_mistakes_as_gradio_errors(models):
+def _event(demo, api_name):
+    [event] = [fn for fn in demo.fns.values() if fn.api_name == api_name]
+    return event
+
+
+def _widget(demo, elem_id):
+    [component] = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == elem_id]
+    return component
+
+
+def _refusal(component, payload) -> str:
+    """The message of the page's error toast when ``component`` is sent ``payload``."""
+    with pytest.raises(gr.Error) as info:
+        component.preprocess(payload)
+    assert info.value.print_exception is False  # no traceback in the server log
+    return info.value.message
+
+
+def test_wired_generate_event_takes_values_by_name_and_shows_mistakes_as_one_line_errors(models, caplog):
     demo = build_app(models["text"])
-    [event] = [fn for fn in demo.fns.values() if fn.api_name == "generate"]
-    widgets = {component.label: component for component in event.inputs}
-    values = {component: component.value for component in event.inputs}
-    values.update({widgets["Prompt"]: "a blue square", widgets["Steps"]: 2, widgets["Number of images"]: 2})
-    images = event.fn(values)
+    event = _event(demo, "generate")
+    values = {name: component.value for name, component in zip(event.input_keyword_names, event.inputs)}
+    values.update(prompt="a blue square", steps=2, n=2)
+    images, caption = event.fn(**values)
     assert len(images) == 2 and images[0].size == (16, 16)
-    values[widgets["Prompt"]] = ""
-    with pytest.raises(gr.Error, match="give a prompt"):
-        event.fn(values)
+    assert caption == "**Generate**: 2 images of 16x16 px, seeds 0–1, dpm++2m with 2 steps"
+    values["prompt"] = ""
+    with caplog.at_level("WARNING", logger="ldmkit.serve"), pytest.raises(gr.Error) as info:
+        event.fn(**values)
+    assert info.value.message == "this is a text-conditional model: give a prompt"
+    assert info.value.print_exception is False
+    [record] = caplog.records
+    assert record.getMessage() == "error: this is a text-conditional model: give a prompt" and record.exc_info is None
+
+
+def test_api_parameters_are_named_like_the_handler_arguments(models):
+    endpoints = build_app(models["text"]).get_api_info()["named_endpoints"]
+    assert set(endpoints) == {"/generate", "/img2img", "/inpaint"}  # the upload checks stay private
+    names = [parameter["parameter_name"] for parameter in endpoints["/generate"]["parameters"]]
+    assert names == ["height", "width", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "n"]
+    inpaint = [parameter["parameter_name"] for parameter in endpoints["/inpaint"]["parameters"]]
+    assert inpaint[:3] == ["image", "mask", "resize"]
+    assert all(endpoint["description"] for endpoint in endpoints.values())
+    assert [value["label"] for value in endpoints["/generate"]["returns"]] == ["Images", "Caption"]
+
+
+def test_numbers_outside_a_widgets_bounds_are_refused_in_one_line_naming_it(models):
+    demo = build_app(models["text"])
+    steps, seed, sampler = (_widget(demo, f"ldm-{name}") for name in ("steps", "seed", "sampler"))
+    assert _refusal(steps, 100000) == "Steps must be a number from 1 to 200; got 100000"
+    assert _refusal(seed, 2**70) == f"Seed must be a number from 0 to {2**53 - 1}; got {2**70}"
+    assert _refusal(seed, float(2**70)) == f"Seed must be a number from 0 to {2**53 - 1}; got {2**70}"
+    assert _refusal(seed, float("nan")).endswith("got nan")
+    assert _refusal(seed, None).endswith("got None")
+    assert _refusal(_widget(demo, "ldm-guidance"), True).endswith("got True")
+    assert _refusal(sampler, "nope").startswith("Sampler: Value: nope is not in the list of choices")
+    assert steps.preprocess(7) == 7 and seed.preprocess(5.0) == 5
+
+
+def test_an_upload_that_is_not_an_image_is_refused_in_one_line(models, tmp_path):
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData, ImageData
+
+    demo = build_app(models["text"])
+    text = tmp_path / "photo.png"
+    text.write_text("a text file, renamed\n")
+    truncated = tmp_path / "truncated.png"
+    _photo(16, 16).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    expected = ("Image: the uploaded file is not a readable image (not an image (unknown format)); "
+                "upload a PNG or JPEG image")
+    assert _refusal(_widget(demo, "ldm-img2img-image"), ImageData(path=str(text), orig_name="photo.png")) == expected
+    broken = _refusal(_widget(demo, "ldm-img2img-image"), ImageData(path=str(truncated)))
+    assert broken.startswith("Image: the uploaded file is not a readable image (") and "\n" not in broken
+    editor = EditorData(background=FileData(path=str(text)), layers=[], composite=None)
+    assert _refusal(_widget(demo, "ldm-inpaint-image"), editor).startswith("Image: paint the region to fill in: the "
+                                                                          "uploaded file is not a readable image")
+    semantic = build_app(models["semantic"])
+    assert _refusal(_widget(semantic, "ldm-synthesize-segmentation-map"), FileData(path=str(text))).startswith(
+        "Map PNG: the uploaded file is not a readable image")
+    [check] = [fn for fn in demo.fns.values() if fn.inputs == [_widget(demo, "ldm-img2img-image")] and not fn.outputs]
+    assert check.api_visibility == "private"  # checked on upload, before the button is pressed
+
+
+def test_a_failed_request_leaves_the_gallery_as_it_was(models):
+    demo = build_app(models["text"])
+    for task in models["text"].tasks:
+        event = _event(demo, task)
+        gallery, caption = event.outputs
+        assert isinstance(gallery, gr.Gallery) and caption.elem_id == "ldm-caption"
+        assert event.show_progress_on == [caption]  # progress and the error mark go on the caption, not the images
+
+
+def test_uploads_are_previewed_tall_with_small_images_scaled_up(models):
+    from ldmkit.serve.app import CSS, PREVIEW_HEIGHT
+
+    demo = build_app(models["text"])
+    for elem_id in ("ldm-img2img-image", "ldm-inpaint-mask"):
+        image = _widget(demo, elem_id)
+        assert image.height == PREVIEW_HEIGHT and "ldm-preview" in image.elem_classes
+    assert ".ldm-preview img" in CSS and "object-fit: contain" in CSS  # aspect kept
+
+
+def test_the_brush_is_a_see_through_colour_sized_to_the_image(models):
+    from PIL import ImageColor
+
+    demo = build_app(models["text"])
+    editor = _widget(demo, "ldm-inpaint-image")
+    [colour] = editor.brush.colors
+    red, green, blue = ImageColor.getrgb(colour.replace("rgba", "rgb").rsplit(",", 1)[0] + ")")
+    alpha = float(colour.rsplit(",", 1)[1].rstrip(")"))
+    assert 0 < alpha < 1 and max(red, green, blue) - min(red, green, blue) == 255  # saturated, not white or grey
+    [fit] = [fn for fn in demo.fns.values() if fn.inputs == [editor] and fn.outputs == [editor]]
+    for size, radius in (((64, 48), 4), ((512, 768), 43)):
+        update = fit.fn({"background": Image.new("RGBA", size), "layers": [], "composite": None})
+        assert update.brush.default_size == radius and update.eraser.default_size == radius
+        assert update.brush.colors == [colour]
 
 
 # --- the command ------------------------------------------------------------------------------------------------------
@@ -252,6 +317,8 @@ def test_without_gradio_the_error_names_the_extra(model_dirs, monkeypatch, capsy
 def test_serve_launches_locally_without_a_share_link(model_dirs, monkeypatch, capsys):
     import functools
 
+    from ldmkit.serve.app import CSS
+
     calls = []
 
     @functools.wraps(gr.Blocks.launch)  # keeps the signature the app reads its accepted arguments from
@@ -262,6 +329,7 @@ def test_serve_launches_locally_without_a_share_link(model_dirs, monkeypatch, ca
     assert main(["serve", "--model", str(model_dirs["class"]), "--device", "cpu", "--port", "7999"]) == 0
     [kwargs] = calls
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["server_port"] == 7999 and kwargs["share"] is False
+    assert kwargs["css"] == CSS
     assert "class: class-conditional (16 classes)" in capsys.readouterr().out
 
 

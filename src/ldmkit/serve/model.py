@@ -48,6 +48,7 @@ TASKS_BY_CONCAT: dict[str, tuple[str, ...]] = {"none": ("generate", "img2img", "
                                                "masked_image": ("inpaint",), "low_res": ("upscale",),
                                                "semantic": ("synthesize",)}
 MAX_IMAGES = 16  # images per request (one sampling batch)
+MAX_STEPS = 200  # sampler steps the page offers: past this these models only get slower
 
 Progress = Callable[[float, str], None]
 
@@ -281,4 +282,4 @@ class ServedModel:
         return self.pipeline("synthesize")(ids, batch_size=MAX_IMAGES, **kwargs)
 
 
-__all__ = ["MAX_IMAGES", "TASKS_BY_CONCAT", "TASK_LABELS", "ServedModel"]
+__all__ = ["MAX_IMAGES", "MAX_STEPS", "TASKS_BY_CONCAT", "TASK_LABELS", "ServedModel"]
