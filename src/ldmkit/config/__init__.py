@@ -1,5 +1,6 @@
 """Typed configuration: dataclass schemas, YAML presets, overrides and registries."""
 
+from ldmkit.config.checks import MAX_SEED, check_count, check_finite, check_seed, is_finite_number
 from ldmkit.config.loading import (
     apply_overrides,
     dump_yaml,
@@ -13,11 +14,16 @@ from ldmkit.config.registry import Registry
 from ldmkit.config.schema import describe_fields, from_dict, option, to_dict
 
 __all__ = [
+    "MAX_SEED",
     "Registry",
     "apply_overrides",
+    "check_count",
+    "check_finite",
+    "check_seed",
     "describe_fields",
     "dump_yaml",
     "from_dict",
+    "is_finite_number",
     "list_presets",
     "load_config",
     "option",

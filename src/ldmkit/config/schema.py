@@ -6,6 +6,7 @@ rejects, in one line naming the key, the value and what is allowed:
 
 - an unknown key (suggesting the closest valid one),
 - a value of the wrong type,
+- a NaN or infinite number (unless the field is declared with ``allow_nonfinite=True``),
 - a value outside its range or choices.
 
 :func:`to_dict` turns a config back into plain data, so ``from_dict(C, to_dict(c)) == c``.
@@ -19,6 +20,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from ldmkit.config.checks import is_finite_number
 from ldmkit.errors import ConfigError
 
 C = TypeVar("C")
@@ -32,13 +34,16 @@ def option(
     choices: typing.Sequence[Any] | None = None,
     min: float | None = None,
     max: float | None = None,
+    allow_nonfinite: bool = False,
     default_factory: Any = _MISSING,
 ) -> Any:
     """A config field with documentation and allowed values.
 
     Mutable defaults (lists, nested configs) go through ``default_factory``; tuples may be plain defaults.
+    Numbers must be finite unless ``allow_nonfinite`` (NaN and inf poison training and sampling silently).
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+                "allow_nonfinite": allow_nonfinite}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -73,8 +78,11 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config key '{key}': got {shown}, expected {allowed}")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the type hint ``tp`` and convert lists to tuples where declared."""
+def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
+    """Check ``value`` against the type hint ``tp`` and convert lists to tuples where declared.
+
+    With ``finite``, a number must not be NaN or infinite.
+    """
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -93,7 +101,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, finite)
             except ConfigError as exc:
                 errors.append(exc)
         if len(errors) == 1:
@@ -106,17 +114,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise _fail(key, value, _describe(tp))
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [_coerce(v, a, f"{key}[{i}]", finite) for i, (v, a) in enumerate(zip(value, args))]
         else:
             item_tp = args[0] if args else Any
-            items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+            items = [_coerce(v, item_tp, f"{key}[{i}]", finite) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise _fail(key, value, "a mapping")
         args = get_args(tp)
         value_tp = args[1] if args else Any
-        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}", finite) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise _fail(key, value, "true or false")
@@ -126,15 +134,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise _fail(key, value, "an integer")
         return value
     if tp is float:
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "3e-4" as a string; accept any string Python reads as a number.
-            try:
-                return float(value)
-            except ValueError:
-                raise _fail(key, value, "a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(key, value, "a number")
-        return float(value)
+        return _coerce_float(value, key, finite)
     if tp is str:
         if not isinstance(value, str):
             raise _fail(key, value, "a string")
@@ -142,6 +142,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise _fail(key, value, _describe(tp))
     return value
+
+
+def _coerce_float(value: Any, key: str, finite: bool) -> float:
+    if isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "3e-4" as a string; accept any string Python reads as a number.
+        try:
+            number = float(value)
+        except ValueError:
+            raise _fail(key, value, "a number") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, value, "a number")
+    else:
+        number = value
+    if finite and not is_finite_number(number):
+        raise _fail(key, value, "a finite number (not NaN or infinite)")
+    try:
+        return float(number)
+    except OverflowError:  # an integer beyond the float range
+        raise _fail(key, value, "a number within the float range") from None
 
 
 def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
@@ -190,7 +209,7 @@ def from_dict(cls: type[C], data: Any, prefix: str = "") -> C:
             if f.default is _MISSING and f.default_factory is _MISSING:
                 raise ConfigError(f"config key '{full}' is required ({f.metadata.get('help', '')})")
             continue
-        value = _coerce(data[name], hints[name], full)
+        value = _coerce(data[name], hints[name], full, finite=not f.metadata.get("allow_nonfinite", False))
         _check_limits(value, f.metadata, full)
         kwargs[name] = value
     try:
