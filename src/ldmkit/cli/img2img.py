@@ -48,7 +48,7 @@ def write_outputs(images, out: Path, settings: dict[str, Any], seconds: float, d
         save_grid(to_unit(image), out / f"{i:04d}.png")
     save_grid(make_grid(to_unit(images)), out / "grid.png")
     record = dict(settings, n=int(images.shape[0]), seconds=round(seconds, 3), device=device)
-    (out / "settings.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "settings.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")  # valid JSON only
     print(f"{images.shape[0]} images in {seconds:.1f}s → {out / 'grid.png'}")
 
 

@@ -55,7 +55,7 @@ def _sample(args: argparse.Namespace) -> int:
                   negative_prompt=args.negative_prompt, n=int(images.shape[0]), seed=args.seed,
                   interpolate=args.interpolate, optimizations=list(pipe.optimizations), seconds=round(seconds, 3),
                   images_per_second=round(images.shape[0] / seconds, 3), device=str(pipe.device), **settings)
-    (out / "settings.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "settings.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")  # valid JSON only
     print(f"{images.shape[0]} images in {seconds:.1f}s → {out / name}")
     return 0
 

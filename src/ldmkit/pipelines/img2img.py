@@ -21,6 +21,7 @@ from PIL import Image
 
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.pipelines.checks import check_request
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
 MAX_PIXELS = 64 * 1024 * 1024  # refuse "decompression bombs" larger than this
@@ -110,13 +111,6 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
         return torch.cat(images)
 
     @staticmethod
-    def _check_common(steps: int, batch_size: int) -> None:
-        if steps < 1:
-            raise ConfigError(f"steps must be at least 1; got {steps}")
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1; got {batch_size}")
-
-    @staticmethod
     def _output(images: torch.Tensor, output: str) -> list[Image.Image] | torch.Tensor:
         return images if output == "tensor" else [to_pil(to_unit(image)) for image in images]
 
@@ -131,9 +125,12 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Images of the input's size that keep its layout more the smaller ``strength`` is."""
         strength = check_strength(strength)
-        self._check_common(steps, batch_size)
+        count = self._image_count(prompt, class_label, n)
+        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
+                      guidance_rescale=guidance_rescale, eta=eta)
         self.check_plain_model("img2img")
         pixels = self.prepare_image(image)
+        self.check_memory(pixels.shape[-2], pixels.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
         known = self.encode_image(pixels)
         images = self._generate(known, cond, uncond, count, strength=strength, seed=seed, batch_size=batch_size,

@@ -35,6 +35,7 @@ from PIL import Image
 from ldmkit.conditioning import masked_image_concat, merge_conditionings
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
+from ldmkit.pipelines.checks import check_request
 from ldmkit.pipelines.img2img import ImageToImagePipeline, check_strength, read_image_file
 from ldmkit.samplers import make_ladder
 
@@ -114,11 +115,14 @@ class InpaintPipeline(ImageToImagePipeline):
         ``callback`` runs after each step (in the zero-shot route, after that step's blend).
         """
         strength = check_strength(strength)
-        self._check_common(steps, batch_size)
+        count = self._image_count(prompt, class_label, n)
+        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
+                      guidance_rescale=guidance_rescale, eta=eta)
         trained = self.trained_for_inpainting
         if not trained:
             self.check_plain_model("zero-shot inpainting")
         pixels = self.prepare_image(image)  # [1, C, H, W]
+        self.check_memory(pixels.shape[-2], pixels.shape[-1], batch=batch_size, count=count)
         pixel_mask = self.prepare_mask(mask, pixels)  # [1, 1, H, W]
         if trained and prompt is None and self.kind in ("text", "pretrained_text"):
             prompt = ""  # the prompt is optional: the empty caption is the model's unconditional input

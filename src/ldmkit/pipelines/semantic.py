@@ -26,6 +26,7 @@ from ldmkit.conditioning import merge_conditionings, semantic_concat
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.pipelines.checks import check_request
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
 
@@ -145,11 +146,11 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """``n`` images of the map's size (image i from seed ``seed + i``). ``prompt`` / ``class_label`` and
         ``guidance`` apply to models that also have a text or class condition."""
-        if steps < 1:
-            raise ConfigError(f"steps must be at least 1; got {steps}")
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1; got {batch_size}")
+        count = self._image_count(prompt, class_label, n)
+        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
+                      guidance_rescale=guidance_rescale, eta=eta)
         ids = self.prepare_map(segmentation_map)  # [1, H, W]
+        self.check_memory(ids.shape[-2], ids.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
         concat = self.semantic_condition(ids).repeat(count)  # concat [N, K, h, w]
         cond, uncond = merge_conditionings(cond, concat), merge_conditionings(uncond, concat)

@@ -22,10 +22,14 @@ from ldmkit import samplers
 from ldmkit.autoencoders.base import FirstStage
 from ldmkit.conditioning.base import Conditioner
 from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.config.checks import check_count, check_seed
+from ldmkit.pipelines.checks import check_request, check_sampling, seed_generator
+from ldmkit.pipelines.memory import check_fits, sampling_bytes
 from ldmkit.runtime import autocast_dtype, pick_device
 
 #: ``torch.compile`` modes :meth:`LatentDiffusionPipeline.optimize` accepts ("reduce-overhead" and
@@ -35,7 +39,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def seeded_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """[N, c, h, w] standard normal noise, sample i drawn from a CPU generator seeded with seeds[i]."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    return torch.stack([torch.randn(shape, generator=seed_generator(s)) for s in seeds])
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -160,6 +164,31 @@ class LatentDiffusionPipeline:
         f = self.autoencoder.downsample_factor
         return self.latent_size[0] * f, self.latent_size[1] * f
 
+    # ----- checks before sampling --------------------------------------------------------------------
+    @staticmethod
+    def _image_count(prompt, class_label, n: int | None) -> int:
+        """How many images a call gives: ``n``, else one per prompt or class label, else one."""
+        if n is not None:
+            return n
+        for given in (prompt, class_label):
+            if given is not None and not isinstance(given, (str, int)):
+                return len(given)
+        return 1
+
+    def check_memory(self, height: int, width: int, *, batch: int, count: int, tile: tuple[int, int] | None = None,
+                     tile_batch: int = 1, advice: str = "ask for a smaller size or a smaller batch size") -> None:
+        """A one-line ConfigError when sampling ``count`` images of ``height × width`` pixels, ``batch`` at a
+        time, would need more memory than the device has (see :mod:`ldmkit.pipelines.memory`)."""
+        weight = next(self.autoencoder.parameters(), None)
+        unet_dtype = autocast_dtype(self.device, self.precision) or torch.float32
+        unet_config = getattr(self.unet, "config", None)
+        needed = sampling_bytes(unet_config if isinstance(unet_config, UNetConfig) else None, self.autoencoder.config,
+                                height, width, batch=min(batch, count), count=count, tile=tile, tile_batch=tile_batch,
+                                unet_itemsize=unet_dtype.itemsize,
+                                first_stage_itemsize=weight.element_size() if weight is not None else 4)
+        images = "image" if count == 1 else "images"
+        check_fits(needed, self.device, f"{count} {images} of {width}x{height} pixels", advice)
+
     # ----- conditions -------------------------------------------------------------------------------
     def _conditions(self, prompt, class_label, negative_prompt, n) -> tuple[Conditioning, Conditioning, int]:
         kind = self.kind
@@ -213,15 +242,16 @@ class LatentDiffusionPipeline:
                        start: torch.Tensor | None = None, strength: float = 1.0,
                        callback: Callable | None = None, progress: bool = False, seed: int = 0) -> torch.Tensor:
         """Sample latents; ``seed`` drives the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
+        check_sampling(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         sample = samplers.get(sampler)
         if self.kind == "none":
             guidance = 1.0  # nothing to guide: the null condition is the only condition
         dtype = autocast_dtype(self.device, self.precision)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from ldmkit.progress import progress_bar
 
-            bar = tqdm(total=steps, desc=f"sample {sampler}", leave=False, dynamic_ncols=True)
+            bar = progress_bar(total=steps, desc=f"sample {sampler}", leave=False)
 
         def step_callback(i, total, x, x0):
             if bar is not None:
@@ -231,8 +261,7 @@ class LatentDiffusionPipeline:
 
         kwargs: dict[str, Any] = dict(steps=steps, uncond=uncond if guidance != 1.0 else None, guidance=guidance,
                                       guidance_rescale=guidance_rescale, spacing=spacing, start=start,
-                                      strength=strength, callback=step_callback,
-                                      generator=torch.Generator().manual_seed(seed))
+                                      strength=strength, callback=step_callback, generator=seed_generator(seed))
         if eta:
             kwargs["eta"] = eta
         try:
@@ -258,10 +287,13 @@ class LatentDiffusionPipeline:
                  batch_size: int = 16, callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Generate images; ``n`` repeats each prompt/class that many times in total (cycled)."""
-        if steps < 1:
-            raise ConfigError(f"steps must be at least 1; got {steps}")
-        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        count = self._image_count(prompt, class_label, n)
+        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
+                      guidance_rescale=guidance_rescale, eta=eta)
         shape = self._latent_shape(height, width)
+        f = self.autoencoder.downsample_factor
+        self.check_memory(shape[1] * f, shape[2] * f, batch=batch_size, count=count)
+        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
         noise = seeded_noise([seed + i for i in range(count)], shape)
         images = []
         for lo in range(0, count, batch_size):
@@ -280,7 +312,12 @@ class LatentDiffusionPipeline:
                     **sample_kwargs: Any) -> list[Image.Image] | torch.Tensor:
         """A strip from seed A to seed B (spherical interpolation of noise) and/or prompt A to prompt B
         (linear interpolation of the conditioning)."""
+        check_count("frames", frames)
+        for seed in seeds:
+            check_seed(seed)
         shape = self._latent_shape(sample_kwargs.pop("height", None), sample_kwargs.pop("width", None))
+        f = self.autoencoder.downsample_factor
+        self.check_memory(shape[1] * f, shape[2] * f, batch=frames, count=frames)
         noise_a, noise_b = seeded_noise(list(seeds), shape)
         weights = [i / max(frames - 1, 1) for i in range(frames)]
         noise = torch.stack([slerp(noise_a, noise_b, w) for w in weights])

@@ -40,6 +40,8 @@ from ldmkit.data.degradations import resize_image
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.config.checks import check_count
+from ldmkit.pipelines.checks import check_request
 from ldmkit.pipelines.img2img import image_to_tensor
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
 
@@ -258,13 +260,16 @@ class UpscalePipeline(LatentDiffusionPipeline):
         ``guidance`` steers the main (text/class) condition only and is ignored by unconditional models.
         Returns PIL images, or with ``output="tensor"`` a CPU tensor [n, C, H·factor, W·factor] in [-1, 1].
         """
-        if steps < 1:
-            raise ConfigError(f"steps must be at least 1; got {steps}")
-        if n < 1 or tile_batch < 1:
-            raise ConfigError(f"n and tile_batch must be at least 1; got n={n}, tile_batch={tile_batch}")
+        check_request(count=n, batch_size=1, seed=seed, steps=steps, guidance=guidance,
+                      guidance_rescale=guidance_rescale, eta=eta)
+        check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)
         low_res = self.prepare_image(image)  # [1, C, h, w]
         grid = self.latent_grid(low_res.shape[-2], low_res.shape[-1], tile_size)
+        f = self.autoencoder.downsample_factor
+        advice = "give a smaller image" + ("" if tile_size is not None else " or upscale in tiles (--tile auto)")
+        self.check_memory(grid[0] * f, grid[1] * f, batch=1, count=n, tile=tile_size, tile_batch=tile_batch,
+                          advice=advice)
         tiles = None
         if tile_size is not None:
             overlap = min(tile_size) // 4 if overlap is None else overlap
