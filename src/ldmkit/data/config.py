@@ -25,6 +25,10 @@ BACKGROUNDS = ("white", "cream", "light gray", "pale blue", "pale green", "pale 
 SIZES = ("small", "medium", "large")
 EMOJI_SETS = ("fluent-emoji-3d", "twemoji")
 SOURCES = ("synthetic", "folder", "shards", "fashion_mnist", "emoji")
+#: Largest training image side (the paper trains at up to 1024 px; a 4096² batch of 16 is already ~3 GB of pixels).
+MAX_RESOLUTION = 4096
+#: Largest canvas side the synthetic source draws on (resolution × supersample).
+MAX_SYNTHETIC_CANVAS = 16384
 
 
 def _unique(name: str, values: tuple[str, ...]) -> None:
@@ -74,7 +78,7 @@ class DataConfig:
                               "default place under $LDMKIT_HOME)")
     emoji_set: str = option("fluent-emoji-3d", help="which emoji set when source=emoji and path is null",
                             choices=EMOJI_SETS)
-    resolution: int = option(32, help="side of the square images, in pixels", min=1)
+    resolution: int = option(32, help="side of the square images, in pixels", min=1, max=MAX_RESOLUTION)
     channels: int = option(3, help="3 = RGB (gray sources repeated), 1 = gray", choices=(1, 3))
     resize: bool = option(True, help="resize the shorter side to `resolution` (false: crop, or pad small images)")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box"] = option(
@@ -82,7 +86,7 @@ class DataConfig:
     crop: Literal["center", "random"] = option("center", help="where to take the square crop")
     flip: bool = option(False, help="random horizontal flips (keep off for text, emoji, left/right captions)")
     pad: int = option(0, help="pixels of background added on every side before resizing (Fashion-MNIST 28 -> 32: 2)",
-                      min=0)
+                      min=0, max=MAX_RESOLUTION)
     background: str = option("white", help="colour behind transparent pixels and padding: a name or #rrggbb")
     label_source: Literal["subfolder", "manifest", "none"] = option(
         "subfolder", help="folder labels: first sub-folder name, a CSV/JSONL manifest, or none")
@@ -102,6 +106,11 @@ class DataConfig:
         except ValueError:
             raise ConfigError(f"config key 'background': got {self.background!r}, expected a colour name such as "
                               "'white' or a hex colour such as '#808080'") from None
+        canvas = self.resolution * self.synthetic.supersample
+        if self.source == "synthetic" and canvas > MAX_SYNTHETIC_CANVAS:
+            raise ConfigError(f"config key 'synthetic.supersample': resolution {self.resolution} x supersample "
+                              f"{self.synthetic.supersample} = a {canvas}-pixel canvas, more than "
+                              f"{MAX_SYNTHETIC_CANVAS}; lower synthetic.supersample")
         if self.source == "synthetic" and self.flip:
             raise ConfigError("config key 'flip': synthetic captions say left and right, so flipping would make "
                               "them wrong; set flip=false")

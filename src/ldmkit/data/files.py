@@ -8,6 +8,7 @@ one. Both are logged with the file's name and counted in :attr:`FileImages.bad`,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,12 +30,31 @@ class FileEntry:
     caption_path: Path | None = None
 
 
-def read_caption(path: Path) -> str:
-    """A caption file's text on one line (whitespace collapsed); "" if it cannot be read."""
+def read_utf8(path: Path, what: str) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped; a one-line DataError naming the file when
+    its bytes are not UTF-8 (OSError passes through)."""
+    data = path.read_bytes()
     try:
-        return " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        "save it with UTF-8 encoding") from None
+
+
+def read_caption(path: Path) -> str:
+    """A caption file's text on one line (whitespace collapsed); "" if it cannot be read, a DataError if it
+    is not UTF-8."""
+    try:
+        return " ".join(read_utf8(path, "caption file").split())
     except OSError:
         return ""
+
+
+def _with_caption_text(entry: FileEntry) -> FileEntry:
+    """``entry`` with its caption file read now, so a file that cannot be decoded stops the run before training."""
+    if entry.caption is not None or entry.caption_path is None:
+        return entry
+    return dataclasses.replace(entry, caption=read_caption(entry.caption_path), caption_path=None)
 
 
 class FileImages(Dataset):
@@ -54,11 +74,12 @@ class FileImages(Dataset):
         for entry in entries:
             if probe:
                 try:
-                    probe_image(entry.path, cfg.max_pixels)
+                    width, height, _, _ = probe_image(entry.path, cfg.max_pixels)
+                    self.transform.check_size(width, height)
                 except BadImage as exc:
                     self.bad.add(str(entry.path), str(exc))
                     continue
-            good.append(entry)
+            good.append(_with_caption_text(entry))
         if not good:
             raise DataError(f"{what} holds no readable images"
                             + (f" ({len(self.bad.bad)} bad files)" if self.bad.bad else ""))
@@ -81,9 +102,9 @@ class FileImages(Dataset):
             j = (i + step) % len(self.entries)
             entry = self.entries[j]
             try:
-                image = load_image(entry.path, self.cfg.max_pixels)
+                pixels = self.transform(load_image(entry.path, self.cfg.max_pixels))
             except BadImage as exc:
                 self.bad.add(str(entry.path), str(exc))  # raises past max_bad_fraction
                 continue
-            return {"image": self.transform(image), "label": entry.label, "caption": self.caption(j)}
+            return {"image": pixels, "label": entry.label, "caption": self.caption(j)}
         raise DataError(f"{self.what} holds no readable images")

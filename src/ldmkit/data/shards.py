@@ -247,7 +247,12 @@ class ShardDataset(IterableDataset):
         if isinstance(raw.image, BadImage):
             self.bad.add(raw.name, str(raw.image))
             return None
-        item = {"image": self.transform(raw.image), "label": raw.label, "caption": raw.caption}
+        try:
+            pixels = self.transform(raw.image)
+        except BadImage as exc:  # e.g. too long and thin to resize
+            self.bad.add(raw.name, str(exc))
+            return None
+        item = {"image": pixels, "label": raw.label, "caption": raw.caption}
         return item if self.item_hook is None else self.item_hook(item, self.epoch, self._starts[s] + i)
 
     def read_raw(self, s: int, i: int, handles: dict) -> RawSample:

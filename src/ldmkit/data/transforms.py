@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ldmkit.data.config import DataConfig
+from ldmkit.data.images import BadImage
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -74,8 +75,26 @@ class ImageTransform:
             return round(0.299 * r + 0.587 * g + 0.114 * b)
         return self.background
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of a ``width × height`` image after padding and resizing, before the square crop."""
+        cfg, size = self.cfg, self.cfg.resolution
+        w, h = width + 2 * cfg.pad, height + 2 * cfg.pad
+        if cfg.resize and min(w, h) != size:
+            scale = size / min(w, h)
+            return max(size, round(w * scale)), max(size, round(h * scale))
+        return max(w, size), max(h, size)
+
+    def check_size(self, width: int, height: int) -> None:
+        """:class:`BadImage` when resizing would make more than ``max_pixels`` pixels (a very long, thin image
+        becomes huge when its short side is scaled up to the resolution)."""
+        w, h = self.resized_size(width, height)
+        if w * h > self.cfg.max_pixels:
+            raise BadImage(f"{width}x{height} would be resized to {w}x{h}, more than max_pixels={self.cfg.max_pixels} "
+                           f"(aspect ratio {max(width, height) / max(min(width, height), 1):.0f}:1); crop it")
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         cfg = self.cfg
+        self.check_size(*image.size)  # before any copy: the resize is where such an image would blow up
         image = flatten_alpha(image, self.background)
         image = image.convert("L") if cfg.channels == 1 else image.convert("RGB")
         if cfg.pad:
