@@ -20,15 +20,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ldmkit.data.config import DataConfig
-from ldmkit.data.files import FileEntry, FileImages
+from ldmkit.data.files import FileEntry, FileImages, read_utf8
 from ldmkit.data.images import IMAGE_SUFFIXES
 from ldmkit.data.paths import given_path
 from ldmkit.data.splits import select_split
 from ldmkit.errors import ConfigError, DataError
 
+#: Most classes a manifest may define (ImageNet-21k has 21,841); integer labels must lie below it.
+MAX_CLASSES = 100_000
 FILE_COLUMNS = ("file", "path", "image", "filename")
 LABEL_COLUMNS = ("label", "class")
 CAPTION_COLUMNS = ("caption", "text")
@@ -70,9 +72,9 @@ def find_manifest(root: Path, cfg: DataConfig) -> Path | None:
 def read_manifest(path: Path) -> list[dict]:
     """Rows of a CSV (with a header) or JSONL manifest, as dicts."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"manifest {path} cannot be read: {exc}") from None
+        text = read_utf8(path, "manifest")
+    except OSError as exc:
+        raise DataError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -88,8 +90,27 @@ def read_manifest(path: Path) -> list[dict]:
         return rows
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise DataError(f"manifest {path} must be .csv or .jsonl")
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    return [dict(row) for row in csv.DictReader(text.splitlines(), dialect=dialect)]
+    return _csv_rows(text, path, "excel-tab" if path.suffix.lower() == ".tsv" else "excel")
+
+
+def _csv_rows(text: str, path: Path, dialect: str) -> list[dict]:
+    """Rows of a CSV manifest with a header. A field may not run past its line: a quote left open would
+    otherwise swallow the rows after it silently."""
+    reader = csv.DictReader(text.splitlines(), dialect=dialect, strict=True)
+    rows = []
+    try:
+        reader.fieldnames  # reads the header, so line_num counts from the first row
+        while True:
+            line = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return rows
+            if any(isinstance(v, str) and "\n" in v for v in row.values()):
+                raise csv.Error("a quoted field runs past the end of the line")
+            rows.append(dict(row))
+    except csv.Error as exc:
+        raise DataError(f"manifest {path} line {line}: {exc}; close the quote on that line, or double a quote "
+                        'inside a quoted field ("")') from None
 
 
 def _column(row: dict, names: tuple[str, ...]) -> object:
@@ -109,16 +130,41 @@ def _as_int(value: object) -> int | None:
     return None
 
 
-def _number_labels(raw: list[object]) -> tuple[list[int], list[str]]:
-    """Manifest labels -> (indices, class names): integers stay, names are numbered in sorted order."""
+def _inside(root: Path, name: str, where: str) -> Path:
+    """``root / name`` for a relative ``name`` that stays inside ``root``; a DataError otherwise."""
+    relative = PurePath(name)
+    if relative.is_absolute() or relative.anchor or ".." in relative.parts:
+        raise DataError(f"{where}: file '{name}' is outside the data folder {root}; give paths relative to it, "
+                        "without '..'")
+    return root / relative
+
+
+def _number_labels(raw: list[object], rows: list[int], manifest: Path) -> tuple[list[int], list[str]]:
+    """Manifest labels (of manifest ``rows``) -> (indices, class names): integers stay, names are numbered in
+    sorted order."""
     present = [v for v in raw if v is not None]
     ints = [_as_int(v) for v in present]
     if present and all(i is not None for i in ints):
+        _check_label_range(raw, rows, manifest)
         top = max(ints)
         return [(-1 if v is None else _as_int(v)) for v in raw], [str(i) for i in range(top + 1)]
+    if len(set(map(str, present))) > MAX_CLASSES:
+        raise DataError(f"manifest {manifest} names more than {MAX_CLASSES} classes; merge classes or use "
+                        "label_source=none")
     names = sorted({str(v) for v in present})
     index = {n: i for i, n in enumerate(names)}
     return [(-1 if v is None else index[str(v)]) for v in raw], names
+
+
+def _check_label_range(raw: list[object], rows: list[int], manifest: Path) -> None:
+    """Integer labels are class indices 0..MAX_CLASSES-1 (the class count is the largest label + 1), or -1 for
+    an image without a label."""
+    for n, value in zip(rows, raw):
+        label = _as_int(value)
+        if label is not None and not -1 <= label < MAX_CLASSES:
+            raise DataError(f"manifest {manifest} row {n} has label {label}; integer labels are class indices "
+                            f"0..{MAX_CLASSES - 1} (-1: no label) and the class count is the largest one + 1, "
+                            "so number the classes from 0 or give class names")
 
 
 def folder_entries(cfg: DataConfig) -> tuple[Path, list[FileEntry], list[str], list[tuple[str, str]]]:
@@ -140,20 +186,20 @@ def folder_entries(cfg: DataConfig) -> tuple[Path, list[FileEntry], list[str], l
             name = _column(row, FILE_COLUMNS)
             if name is None:
                 raise DataError(f"manifest {manifest} row {n} has no file column ({', '.join(FILE_COLUMNS)})")
-            path = root / str(name)
+            path = _inside(root, str(name), f"manifest {manifest} row {n}")
             if not path.is_file():
                 bad.append((str(path), "listed in the manifest but missing"))
                 continue
             caption = _column(row, CAPTION_COLUMNS)
-            entries_raw.append((path, _column(row, LABEL_COLUMNS), None if caption is None else str(caption)))
+            entries_raw.append((path, _column(row, LABEL_COLUMNS), None if caption is None else str(caption), n))
         if cfg.label_source == "manifest":
-            labels, class_names = _number_labels([r[1] for r in entries_raw])
+            labels, class_names = _number_labels([r[1] for r in entries_raw], [r[3] for r in entries_raw], manifest)
         else:
             labels, class_names = _subfolder_labels(root, [r[0] for r in entries_raw], cfg)
         entries = [FileEntry(path, path.relative_to(root).as_posix(), label,
                              " ".join(caption.split()) if caption is not None else None,
                              _caption_file(path, texts))
-                   for (path, _, caption), label in zip(entries_raw, labels)]
+                   for (path, _, caption, _), label in zip(entries_raw, labels)]
     else:
         if not images:
             raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
