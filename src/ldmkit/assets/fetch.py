@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ldmkit.assets.clients import AssetFetchError, FetchContext, human_size
 from ldmkit.assets.registry import Asset, get_asset
-from ldmkit.assets.store import asset_dir, build_manifest, dir_size, home, install, is_fetched, write_manifest
+from ldmkit.assets.store import (asset_dir, build_manifest, dir_size, home, install, is_fetched, write_manifest,
+                                 writable_home)
 from ldmkit.errors import LdmkitError
 
 
@@ -54,7 +55,7 @@ def _fetch_one(asset: Asset, force: bool, log: Callable[[str], None]) -> Path:
     if not force and is_fetched(asset.name):
         log(f"[{asset.name}] already fetched: {target} (use --force to fetch again)")
         return target
-    home().mkdir(parents=True, exist_ok=True)
+    writable_home()
     started = time.monotonic()
     with _lock(asset.name):
         work = Path(tempfile.mkdtemp(prefix=f".fetch-{asset.name}.", dir=home()))

@@ -11,11 +11,12 @@ import datetime as _dt
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ldmkit.errors import AssetMissingError, CheckpointError
+from ldmkit.errors import AssetMissingError, CheckpointError, ConfigError
 from ldmkit.io.model_dir import sha256_file
 
 MANIFEST = "manifest.json"
@@ -28,9 +29,32 @@ def home() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "ldmkit"
 
 
+def checked_home() -> Path:
+    """:func:`home`, refused in one line when it names a file instead of a directory."""
+    root = home()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"LDMKIT_HOME={root} is a file, not a directory; set LDMKIT_HOME to a directory "
+                          "(unset, it is ~/.cache/ldmkit)")
+    return root
+
+
+def writable_home() -> Path:
+    """:func:`checked_home`, created if missing, after checking that files can be written in it."""
+    root = checked_home()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write to LDMKIT_HOME={root} ({reason}); set LDMKIT_HOME to a writable "
+                          "directory") from None
+    return root
+
+
 def asset_dir(name: str) -> Path:
     """Where asset ``name`` lives (whether or not it has been fetched)."""
-    return home() / name
+    return checked_home() / name
 
 
 def fetch_command(name: str) -> str:
@@ -68,7 +92,7 @@ def read_manifest(name: str) -> dict[str, Any] | None:
     path = asset_dir(name) / MANIFEST
     try:
         record = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file where a folder should be
         return None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is unreadable ({exc}); run: {fetch_command(name)} --force") from None

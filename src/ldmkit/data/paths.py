@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.assets.store import home
+from ldmkit.assets.store import checked_home
 from ldmkit.errors import AssetMissingError, DataError
 
 
@@ -18,7 +18,7 @@ def given_path(path: str, what: str) -> Path:
 
 def asset_dir(asset: str, candidates: list[Path] | None = None) -> Path:
     """The first existing of ``$LDMKIT_HOME/<asset>`` and ``candidates``, else :class:`AssetMissingError`."""
-    places = [home() / asset, *(candidates or [])]
+    places = [checked_home() / asset, *(candidates or [])]
     for place in places:
         if place.is_dir():
             return place
