@@ -42,7 +42,7 @@ from ldmkit.training.distributed import (
 )
 from ldmkit.progress import progress_bar
 from ldmkit.training.rng import rng_state, set_rng_state
-from ldmkit.training.run_config import check_resume_config, describe_changes, record_config
+from ldmkit.training.run_config import check_resume_config, describe_changes, record_config, record_start
 from ldmkit.training.run_dir import RunLock, check_run_contents, check_run_path, check_writable
 
 PREEMPTED_EXIT_CODE = 143
@@ -290,6 +290,7 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
         seed_everything(rank_seed(train_cfg.seed, step))
     if main:
         record_config(run_dir, resolved_config, step)
+        record_start(run_dir, step, device, world_size())
 
     def save(at_step: int) -> None:
         # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.

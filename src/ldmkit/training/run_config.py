@@ -13,9 +13,14 @@ config describes, and is refused with the keys named.
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ldmkit.config import dump_yaml, to_dict
@@ -23,6 +28,7 @@ from ldmkit.training.run_dir import RunDirectoryError
 
 CONFIG_NAME = "config.yaml"
 HISTORY_DIR = "config-history"
+STARTS_NAME = "starts.jsonl"  # one line per start: when, at which step, on what hardware
 
 # Keys (or key prefixes ending in ".") a resumed run may change.
 RESUMABLE_CHANGES = (
@@ -96,4 +102,19 @@ def record_config(run_dir: Path, config: Any, step: int) -> Path:
     return target
 
 
-__all__ = ["RESUMABLE_CHANGES", "changed_keys", "check_resume_config", "describe_changes", "record_config"]
+def record_start(run_dir: Path, step: int, device: torch.device, world_size: int) -> None:
+    """Append this start (time, step, hardware, versions) to ``RUN/starts.jsonl`` for reports."""
+    from ldmkit import __version__
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "step": step,
+             "device": name, "world_size": world_size, "host": platform.node(), "torch": torch.__version__,
+             "ldmkit": __version__, "python": platform.python_version()}
+    with open(run_dir / STARTS_NAME, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+__all__ = ["RESUMABLE_CHANGES", "record_start", "changed_keys", "check_resume_config", "describe_changes", "record_config"]

@@ -15,7 +15,8 @@ from ldmkit.io.model_dir import check_replaceable
 
 LOCK_NAME = ".lock"
 # What a training writes into its run directory; anything else there means the directory belongs to someone else.
-RUN_ENTRIES = frozenset({"config.yaml", "config-history", "checkpoints", "model", "tb", "images", LOCK_NAME})
+RUN_ENTRIES = frozenset({"config.yaml", "config-history", "starts.jsonl", "checkpoints", "model", "tb", "images",
+                         "report.html", "report", LOCK_NAME})
 
 
 class RunDirectoryError(LdmkitError):
