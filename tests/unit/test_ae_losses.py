@@ -197,3 +197,23 @@ def test_patchgan_shapes_and_init(norm):
     assert weights.mean().abs() < 2e-3 and weights.std().item() == pytest.approx(0.02, rel=0.05)
     norms = [m for m in d.modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))]
     assert len(norms) == 3 and all(isinstance(m, nn.GroupNorm) == (norm == "group") for m in norms)
+
+
+@pytest.mark.parametrize("side,layers", [(16, 1), (16, 2), (32, 3), (70, 3), (64, 4)])
+def test_discriminator_output_side_is_what_the_network_gives(side, layers):
+    from ldmkit.autoencoders.discriminator import NLayerDiscriminator
+
+    net = NLayerDiscriminator(3, 8, layers)
+    assert net(torch.zeros(1, 3, side, side)).shape[-1] == NLayerDiscriminator.output_side(side, layers)
+
+
+def test_a_discriminator_too_deep_for_the_images_is_a_config_error():
+    from ldmkit.config import load_config
+    from ldmkit.errors import ConfigError
+    from ldmkit.training.autoencoder_task import AutoencoderExperiment
+
+    with pytest.raises(ConfigError, match=r"loss.disc_layers=3 is too deep for data.resolution=16"):
+        load_config(AutoencoderExperiment, "synthetic-kl-f4", ["data.resolution=16", "loss.disc_layers=3"],
+                    group="autoencoder")
+    load_config(AutoencoderExperiment, "synthetic-kl-f4", ["data.resolution=16", "loss.disc_layers=2"],
+                group="autoencoder")

@@ -67,3 +67,11 @@ class NLayerDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)  # [B, 1, h', w']
+
+    @staticmethod
+    def output_side(side: int, n_layers: int) -> int:
+        """The side of the logit map for an input side: each stride-2 convolution (4x4, padding 1) halves it,
+        each stride-1 one (the last two) takes one away. Below 1 the network cannot run."""
+        for _ in range(n_layers):  # the first convolution and n_layers - 1 strided ones
+            side //= 2
+        return side - 2

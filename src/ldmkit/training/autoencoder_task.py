@@ -16,6 +16,7 @@ import torch
 
 from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 from ldmkit.autoencoders.build import latent_statistics, set_latent_scale
+from ldmkit.autoencoders.discriminator import NLayerDiscriminator
 from ldmkit.autoencoders.losses import AutoencoderLossConfig, build_autoencoder_loss
 from ldmkit.config import option, to_dict
 from ldmkit.data import DataConfig
@@ -36,6 +37,13 @@ class AutoencoderExperiment:
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
     scale_samples: int = option(512, help="training images encoded to measure the latent scale 1/std (0 keeps 1)",
                                 min=0)
+
+    def __post_init__(self) -> None:
+        side = NLayerDiscriminator.output_side(self.data.resolution, self.loss.disc_layers)
+        if self.loss.disc_weight > 0 and side < 1:
+            raise ConfigError(
+                f"loss.disc_layers={self.loss.disc_layers} is too deep for data.resolution={self.data.resolution}: "
+                "the PatchGAN would shrink the images to nothing; lower loss.disc_layers or raise the resolution")
 
 
 class AutoencoderTask(Task):
