@@ -126,6 +126,23 @@ def test_sample_counts_and_seeds_are_checked(tmp_path, capsys, model_dir, args, 
     assert message in _one_line_error(capsys, code)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["encode", "--autoencoder", "ae", "--out", "o", "--batch-size", "0"], "--batch-size must be a whole number"),
+    (["encode", "--autoencoder", "ae", "--out", "o", "--num-workers", "-1"], "--num-workers must be"),
+    (["eval", "stats", "--data", "synthetic", "--out", "s.npz", "--batch-size", "0"], "--batch-size must be"),
+    (["eval", "images", "folder", "--limit", "0"], "--limit must be"),
+    (["eval", "generation", "--model", "m", "--reference", "r", "--n", "0"], "--n must be"),
+    (["eval", "reconstruction", "--autoencoder", "ae", "--data", "synthetic", "--out", "o", "--examples", "-1"],
+     "--examples must be"),
+    (["data", "preview", "synthetic", "--count", "-1"], "--count must be"),
+    (["data", "preview", "synthetic", "--cell", "100000"], "--cell must be at most 1024"),
+])
+def test_count_flags_of_other_commands_are_checked_first(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in _one_line_error(capsys, ldm(args))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interpolation_frames_must_be_at_least_one(pipe):
     with pytest.raises(ConfigError, match="frames must be"):
         pipe.interpolate(class_label=1, frames=0, **FAST)

@@ -20,6 +20,17 @@ def add_verb(verbs: argparse._SubParsersAction, name: str, help: str,
     return parser
 
 
+def check_counts(args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
+    """Refuse, in one line naming the flag, a count option (``batch_size`` → ``--batch-size``) below ``minimum``;
+    options left unset (None) are skipped."""
+    from ldmkit.config.checks import check_count
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            check_count("--" + name.replace("_", "-"), value, minimum)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, group: str) -> None:
     """``--config PRESET|FILE`` and trailing ``key.sub=value`` overrides."""
     parser.add_argument("--config", default=None,

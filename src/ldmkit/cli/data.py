@@ -43,9 +43,10 @@ def _check(args: argparse.Namespace) -> int:
 def _preview(args: argparse.Namespace) -> int:
     from ldmkit.config import load_config
     from ldmkit.data import DataConfig, build_dataset
-    from ldmkit.data.preview import first_samples, save_preview
+    from ldmkit.data.preview import check_preview_size, first_samples, save_preview
     from ldmkit.errors import ConfigError
 
+    check_preview_size(args.count, args.columns, args.cell)
     items = list(args.source)
     preset = None if "=" in items[0] else items.pop(0)
     for item in items:

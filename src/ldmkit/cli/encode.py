@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldmkit.cli.common import check_counts
+
 
 def _encode_text(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -44,6 +46,7 @@ def _encode_text(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     if args.text:
+        check_counts(args, "batch_size")
         return _encode_text(args)
     import dataclasses
     from pathlib import Path
@@ -62,6 +65,8 @@ def _encode(args: argparse.Namespace) -> int:
 
     if args.autoencoder is None:
         raise ConfigError("--autoencoder DIR is required to encode latents (or pass --text to encode captions)")
+    check_counts(args, "batch_size", "shard_size")
+    check_counts(args, "num_workers", minimum=0)
     if args.shard_size % args.batch_size:
         raise ConfigError(f"--shard-size {args.shard_size} must be a multiple of --batch-size {args.batch_size}")
     device = pick_device(args.device)

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.cli.common import add_group, add_verb
+from ldmkit.cli.common import add_group, add_verb, check_counts
 
 METRIC_CHOICES = ("fd", "kd", "pr", "is")  # accuracy needs labels: see evaluate_images
 
@@ -27,12 +27,19 @@ def _metrics(text: str) -> tuple[str, ...]:
     return names
 
 
+def _check_loading_counts(args: argparse.Namespace) -> None:
+    """The image-loading options every scoring command shares."""
+    check_counts(args, "batch_size", "limit")
+    check_counts(args, "num_workers", minimum=0)
+
+
 def _stats(args: argparse.Namespace) -> int:
     from ldmkit import runtime
     from ldmkit.evaluation.distributed import init_distributed_if_launched
     from ldmkit.evaluation.evaluate import compute_reference_stats
     from ldmkit.evaluation.sources import reference_source
 
+    _check_loading_counts(args)
     init_distributed_if_launched()
     batches, source = reference_source(args.data, args.overrides, split=args.split, batch_size=args.batch_size,
                                        limit=args.limit, num_workers=args.num_workers)
@@ -54,6 +61,8 @@ def _images(args: argparse.Namespace) -> int:
     from ldmkit.evaluation.images import folder_batches
     from ldmkit.evaluation.stats import load_stats
 
+    _check_loading_counts(args)
+    check_counts(args, "kid_subsets", "kid_subset_size", "pr_k")
     init_distributed_if_launched()
     reference = load_stats(args.reference) if args.reference else None
     feature = args.feature or (reference.feature if reference is not None else "efflite0")
@@ -85,6 +94,8 @@ def _reconstruction(args: argparse.Namespace) -> int:
     from ldmkit.evaluation.reconstruction_eval import evaluate_reconstruction, write_reconstruction_report
     from ldmkit.evaluation.sources import dataset_batches, reference_source
 
+    _check_loading_counts(args)
+    check_counts(args, "examples", minimum=0)
     device = runtime.pick_device(args.device)
     autoencoder = load_autoencoder(args.autoencoder, device=device)
     if Path(args.data).is_dir():
@@ -183,6 +194,7 @@ def _generation(args: argparse.Namespace) -> int:
     from ldmkit.evaluation.stats import load_stats
     from ldmkit.pipelines import load_pipeline
 
+    check_counts(args, "n", "batch_size", "eval_batch_size", "kid_subsets", "kid_subset_size", "pr_k")
     if sum(map(bool, (args.prompt, args.class_label, args.prompts_from_data))) > 1:
         raise ConfigError("give one of --prompt, --class and --prompts-from-data")
     if (args.data or args.overrides) and not args.prompts_from_data:

@@ -10,7 +10,19 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldmkit.errors import DataError
+from ldmkit.config.checks import check_count
+from ldmkit.errors import ConfigError, DataError
+
+MAX_SAMPLES = 1024  # samples in one preview grid
+MAX_CELL = 1024  # pixels per sample
+
+
+def check_preview_size(count: int, columns: int, cell: int) -> None:
+    """Refuse a preview that is empty or would be an enormous image, before any sample is read."""
+    for name, value, most in (("count", count, MAX_SAMPLES), ("columns", columns, MAX_SAMPLES),
+                              ("cell", cell, MAX_CELL)):
+        if check_count(f"--{name}", value) > most:
+            raise ConfigError(f"--{name} must be at most {most}; got {value}")
 
 
 def tensor_to_image(image: torch.Tensor) -> Image.Image:
@@ -42,6 +54,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width
 def preview_grid(samples: Iterable[dict], class_names: Sequence[str] = (), *, count: int = 16, columns: int = 4,
                  cell: int = 128, text_lines: int = 3) -> Image.Image:
     """The first ``count`` samples, ``cell`` pixels wide, with up to ``text_lines`` lines of text under each."""
+    check_preview_size(count, columns, cell)
     taken = list(itertools.islice(samples, count))
     if not taken:
         raise DataError("the data set yielded no samples to preview")
