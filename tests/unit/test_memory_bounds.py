@@ -13,8 +13,10 @@ from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.cli.main import main as ldm
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
 from ldmkit.config import from_dict
+from ldmkit.data.check import check_data
 from ldmkit.data.config import DataConfig
 from ldmkit.data.folder import MAX_CLASSES, folder_dataset
+from ldmkit.data.images import BadImage
 from ldmkit.data.transforms import ImageTransform
 from ldmkit.denoisers import UNet, UNetConfig
 from ldmkit.diffusion.schedules import ScheduleConfig
@@ -147,8 +149,10 @@ def test_a_long_thin_image_is_a_bad_file_before_it_is_resized(tmp_path):
     reason = dataset.bad.bad[str(tmp_path / "thin.png")]
     assert "would be resized to 96000000x32, more than max_pixels" in reason
     transform = ImageTransform(cfg)
-    with pytest.raises(Exception, match="more than max_pixels"):
+    with pytest.raises(BadImage, match="more than max_pixels"):
         transform(Image.new("L", (3_000_000, 1)))  # the transform refuses it on its own too (shards)
+    report = check_data(tmp_path)  # ldm data check lists it with the files training would skip
+    assert "would be resized to 96000000x32" in report.bad[str(tmp_path / "thin.png")]
 
 
 @pytest.mark.parametrize("override, key", [({"resolution": 100000}, "resolution"), ({"pad": 10**6}, "pad"),

@@ -12,6 +12,7 @@ from ldmkit.config import apply_overrides, from_dict
 from ldmkit.data.config import DataConfig
 from ldmkit.data.files import read_caption
 from ldmkit.data.images import IMAGE_SUFFIXES, BadImage, load_image
+from ldmkit.data.transforms import ImageTransform
 from ldmkit.errors import DataError
 
 
@@ -97,15 +98,26 @@ def check_data(path: str | Path, overrides: Iterable[str] = ()) -> CheckReport:
     return report
 
 
+def _oversized(transform: ImageTransform, image) -> BadImage | None:
+    """Why training would skip ``image`` as too large once resized, or None."""
+    try:
+        transform.check_size(*image.size)
+    except BadImage as exc:
+        return exc
+    return None
+
+
 def _check_folder(cfg: DataConfig, report: CheckReport) -> None:
     from ldmkit.data.folder import folder_entries
 
     _, entries, class_names, bad = folder_entries(cfg)
     report.class_names = class_names
     report.bad.update(bad)
+    transform = ImageTransform(cfg)
     for entry in entries:
         try:
             image = load_image(entry.path, cfg.max_pixels)
+            transform.check_size(*image.size)  # what training would skip
         except BadImage as exc:
             report.bad[str(entry.path)] = str(exc)
             continue
@@ -124,8 +136,9 @@ def _check_shards(cfg: DataConfig, report: CheckReport) -> None:
         for s, samples in enumerate(dataset.index):
             for i in range(len(samples)):
                 raw = dataset.read_raw(s, i, handles)
-                if isinstance(raw.image, BadImage):
-                    report.bad[raw.name] = str(raw.image)
+                problem = raw.image if isinstance(raw.image, BadImage) else _oversized(dataset.transform, raw.image)
+                if problem is not None:
+                    report.bad[raw.name] = str(problem)
                 else:
                     report.add(raw.image, raw.label, raw.caption)
     finally:
