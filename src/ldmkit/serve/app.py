@@ -140,7 +140,8 @@ def _condition_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
     """Prompt / class widgets of the model's condition (none for an unconditional model)."""
     if model.condition == "text":
         return {"prompt": gr.Textbox("", label="Prompt", lines=2, placeholder="a red circle"),
-                "negative_prompt": gr.Textbox("", label="Negative prompt", placeholder="optional: steer away from this")}
+                "negative_prompt": gr.Textbox("", label="Negative prompt",
+                                              placeholder="optional: steer away from this")}
     if model.condition == "class":
         choices = [(f"{i}: {name}", i) for i, name in enumerate(model.class_names)]
         return {"class_label": gr.Dropdown(choices=choices, value=0, label="Class")}
