@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   set up .venv, fetch what the demo needs, run the main job, print where outputs are
-#   make test   set up .venv with the dev extras and the test assets, run the whole suite
+#   make test   set up .venv with the dev extras, the test assets and a headless browser, run the whole suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,8 +13,12 @@ EXTRAS ?= dev,text,ui
 TEST_ASSETS ?= lpips efficientnet-lite0 minilm
 DEMO_ASSETS ?= lpips
 DEMO_OUT ?= outputs/demo
+# The web demo's browser test drives Debian's chromium through its chromedriver (selenium comes with the dev extra).
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +31,19 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 
-test: install
+# apt only when one of the two is missing, so a second `make test` installs nothing.
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then \
+		echo "browser: $(CHROMIUM) and $(CHROMEDRIVER) are installed"; \
+	else \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
+
+# LDMKIT_REQUIRE_BROWSER=1: a missing browser fails the browser test instead of skipping it.
+test: install browser
 	$(if $(strip $(TEST_ASSETS)),$(VENV)/bin/ldm assets fetch $(TEST_ASSETS))
-	$(VENV)/bin/pytest
+	LDMKIT_REQUIRE_BROWSER=1 $(VENV)/bin/pytest
 
 demo: install
 	$(if $(strip $(DEMO_ASSETS)),$(VENV)/bin/ldm assets fetch $(DEMO_ASSETS))
