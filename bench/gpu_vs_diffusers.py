@@ -307,8 +307,8 @@ def section_sync(run: Runner, s: Settings) -> None:
                 torch.cuda.set_sync_debug_mode("warn")
                 try:
                     with torch.no_grad():
-                        samplers.get(name)(denoiser, noise, cond, steps=steps, uncond=uncond, guidance=3.0,
-                                           generator=torch.Generator().manual_seed(0))
+                        samplers.sample(samplers.SamplerOptions(sampler=name, steps=steps, guidance=3.0), denoiser,
+                                        noise, cond, uncond, generator=torch.Generator().manual_seed(0))
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             return sum("synchroniz" in str(w.message) for w in caught)

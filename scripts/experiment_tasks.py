@@ -194,11 +194,13 @@ def _images(dataset, limit: int | None = None) -> torch.Tensor:
 def _sample(pipe, cond, seed: int, steps: int) -> torch.Tensor:
     """Latents for a batch of concat conditions (no main condition, so no guidance), decoded to [-1, 1]."""
     from ldmkit.pipelines.text2img import seeded_noise
+    from ldmkit.samplers import SamplerOptions
 
     count = cond.batch_size
     grid = tuple(cond.concat.shape[-2:])
     noise = seeded_noise([seed + i for i in range(count)], (pipe.autoencoder.latent_channels, *grid))
-    latents = pipe.sample_latents(cond.to(pipe.device), None, noise, steps=steps, guidance=1.0, seed=seed)
+    options = SamplerOptions(steps=steps, guidance=1.0, seed=seed)
+    latents = pipe.sample_latents(cond.to(pipe.device), None, noise, options)
     return pipe.decode(latents).cpu()
 
 
@@ -252,7 +254,7 @@ def _nearest(low: torch.Tensor) -> torch.Tensor:
 
 def evaluate_inpainting(name: str, pipe_dir: Path, images: torch.Tensor, lpips, steps: int, out: Path) -> dict:
     from ldmkit.conditioning.concat import masked_image_concat
-    from ldmkit.conditioning.masks import random_masks
+    from ldmkit.data.masks import random_masks
     from ldmkit.io.images import make_grid, save_grid, to_unit
     from ldmkit.pipelines import load_pipeline
 

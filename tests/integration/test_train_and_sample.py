@@ -155,6 +155,34 @@ def test_encode_command_resumes_and_diffusion_trains_on_the_cache(tmp_path, auto
     assert pipe(prompt="a red circle", steps=1, output="tensor", progress=False).shape == (1, 3, 16, 16)
 
 
+def test_a_cache_from_another_autoencoder_or_scale_is_refused(tmp_path, autoencoder, capsys):
+    import shutil
+
+    from ldmkit.autoencoders import load_autoencoder, save_autoencoder, set_latent_scale
+
+    out = tmp_path / "latents"
+    assert ldm(["encode", "--autoencoder", str(autoencoder), "--data", "synthetic-easy", "resolution=16",
+                "synthetic.count=8", "--out", str(out), "--batch-size", "8", "--device", "cpu"]) == 0
+    rescaled = tmp_path / "rescaled"  # the same weights with another latent scale: latents would not match
+    model = load_autoencoder(autoencoder)
+    set_latent_scale(model, std=2.0 / model.scale_factor)
+    save_autoencoder(rescaled, model)
+    other = tmp_path / "other"  # different weights
+    shutil.copytree(autoencoder, other)
+    model = load_autoencoder(other)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_autoencoder(other, model)
+    capsys.readouterr()
+    for wrong, what in ((rescaled, "latent scale"), (other, "weights")):
+        code = ldm(["train", "diffusion", "--config", "synthetic-text", f"autoencoder={wrong}", f"latents={out}",
+                    *TRAIN, *TINY_UNET, f"train.out={tmp_path / 'run'}", "train.steps=1"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"was encoded by another autoencoder ({what} differ" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_too_little_free_space_is_reported_before_training(tmp_path, monkeypatch, capsys):
     import shutil
     from collections import namedtuple

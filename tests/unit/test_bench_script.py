@@ -304,23 +304,22 @@ def test_sampling_steps_never_read_tensors_on_the_host(name, monkeypatch):
 
     for method_name in HOST_READS:
         forbid(method_name)
-    module = sys.modules[samplers.get(name).__module__]
-    prepare = module.prepare
+    from ldmkit.samplers import run as sampling_run
 
-    def prepare_then_guard(*args, **kwargs):
-        run = prepare(*args, **kwargs)
-        guard["on"] = True  # everything after this is the sampling loop
-        return run
+    class GuardAfterPreparation(sampling_run.LadderModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            guard["on"] = True  # the ladder and the guided model are ready: what follows is the sampling loop
 
-    monkeypatch.setattr(module, "prepare", prepare_then_guard)
+    monkeypatch.setattr(sampling_run, "LadderModel", GuardAfterPreparation)
     net = tiny_unet()
     x, _, cond = tiny_inputs()
     uncond = Conditioning(context=torch.zeros_like(cond.context), vector=torch.zeros_like(cond.vector),
                           concat=cond.concat)
-    extra = {"eta": 1.0} if name == "ddim" else {}
-    with torch.no_grad():
-        out = samplers.get(name)(Denoiser(net, NoiseSchedule()), x, cond, steps=3, uncond=uncond, guidance=2.0,
-                                 guidance_rescale=0.5, generator=torch.Generator().manual_seed(0), **extra)
+    options = samplers.SamplerOptions(sampler=name, steps=3, guidance=2.0, guidance_rescale=0.5,
+                                      eta=1.0 if samplers.get(name).eta else 0.0)
+    out = samplers.sample(options, Denoiser(net, NoiseSchedule()), x, cond, uncond,
+                          generator=torch.Generator().manual_seed(0))
     guard["on"] = False
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert guard["reads"] == []

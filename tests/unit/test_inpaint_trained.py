@@ -16,7 +16,7 @@ from ldmkit.conditioning import (
     build_conditioner,
     masked_image_concat,
 )
-from ldmkit.conditioning.masks import MASK_KINDS, MaskConfig, random_masks, sample_mask
+from ldmkit.data.masks import MASK_KINDS, MaskConfig, random_masks, sample_mask
 from ldmkit.config import from_dict
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
@@ -164,7 +164,7 @@ def test_masked_image_and_mask_reach_the_unet_and_sampling_starts_from_noise(pip
     # No blending: the known latent cells end where the model takes them, not pinned to the encoded input
     # (as the zero-shot route would).
     steps: list[torch.Tensor] = []
-    pipe(image, mask, seed=4, callback=lambda i, n, x, x0: steps.append(x), **FAST)
+    pipe(image, mask, seed=4, callback=lambda step: steps.append(step.x), **FAST)
     keep = (F.max_pool2d(mask[None, None], 2) == 0).expand(1, 3, 8, 8)
     assert not torch.allclose(steps[-1][keep], pipe.encode_image(image)[keep], atol=1e-2)
     # What lies under the mask does not reach the model.

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset, IterableDataset
 from ldmkit.cli.main import main as ldm
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig
 from ldmkit.conditioning import concat as concat_module
-from ldmkit.conditioning.masks import MaskConfig, mask_from_seed, sample_mask
+from ldmkit.data.masks import MaskConfig, mask_from_seed, sample_mask
 from ldmkit.config import load_config
 from ldmkit.data import ResumableSampler, build_dataloader
 from ldmkit.data.latents import LatentDataset

@@ -13,6 +13,7 @@ from ldmkit.diffusion.parameterisation import target
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError
+from ldmkit.samplers import SamplerOptions
 from ldmkit.samplers.common import SamplingCancelled
 
 MU = torch.tensor([1.0, -0.5], dtype=torch.float64).view(1, 2, 1, 1)
@@ -54,6 +55,13 @@ def make(prediction="eps", **kw):
     return Denoiser(GaussianPosterior(sched), sched)
 
 
+def run(name, denoiser, noise, cond=None, *, uncond=None, start=None, callback=None, generator=None, **options):
+    """One sampling call through the public entry point; guidance defaults to 1 (most tests check the solver)."""
+    options.setdefault("guidance", 1.0)
+    return samplers.sample(SamplerOptions(sampler=name, **options), denoiser, noise, cond, uncond, start=start,
+                           callback=callback, generator=generator)
+
+
 def probes():
     """Noise values -1, 0, 1 in each channel: the (affine) map of a deterministic sampler on them."""
     return torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64).view(3, 1, 1, 1).expand(3, 2, 1, 1).contiguous()
@@ -80,9 +88,12 @@ def exact_ode_map(denoiser, t0=999):
 
 def test_registry_and_one_signature():
     assert samplers.names() == sorted(["ddim", "ddpm", "dpm++2m", "euler", "heun", "plms"])
-    signatures = {name: inspect.signature(samplers.get(name)) for name in samplers.names()}
-    first = signatures["ddim"]
-    assert all(sig == first for sig in signatures.values())
+    shared = ["model", "x", "ladder", "callback", "generator"]
+    for name in samplers.names():
+        spec = samplers.get(name)
+        parameters = list(inspect.signature(spec.function).parameters)
+        assert parameters == shared[:3] + (["eta"] if spec.eta else []) + shared[3:], name
+        assert spec.default_spacing in ("trailing", "karras")
     with pytest.raises(ConfigError, match="did you mean 'dpm\\+\\+2m'"):
         samplers.get("dmp++2m")
 
@@ -91,7 +102,7 @@ def test_registry_and_one_signature():
                                                    ("dpm++2m", 100, 0.01), ("plms", 100, 0.01)])
 def test_deterministic_samplers_reproduce_the_data_distribution(name, steps, tolerance):
     denoiser = make()
-    out = samplers.get(name)(denoiser, probes(), steps=steps)  # the sampler's default spacing
+    out = run(name, denoiser, probes(), steps=steps)  # the sampler's default spacing
     assert w2(out, MU[0], STD[0]) < tolerance + 0.01  # ᾱ_T > 0 leaves a small bias
     assert w2(out, *exact_ode_map(denoiser)) < tolerance
 
@@ -101,7 +112,7 @@ def test_stochastic_samplers_reproduce_mean_and_variance(name, kwargs):
     denoiser = make()
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4000, 2, 1, 1, generator=g, dtype=torch.float64)
-    out = samplers.get(name)(denoiser, noise, steps=250, generator=g, **kwargs)
+    out = run(name, denoiser, noise, steps=250, generator=g, **kwargs)
     mean, std = out.mean(dim=(0, 2, 3)), out.std(dim=(0, 2, 3))
     assert torch.allclose(mean, MU.flatten(), atol=0.1)
     assert torch.allclose(std, STD.flatten(), rtol=0.05)
@@ -110,8 +121,8 @@ def test_stochastic_samplers_reproduce_mean_and_variance(name, kwargs):
 def test_dpm_solver_beats_ddim_at_20_steps():
     denoiser = make()
     for spacing in ("trailing", "karras"):
-        err_dpm = w2(samplers.get("dpm++2m")(denoiser, probes(), steps=20, spacing=spacing), *exact_ode_map(denoiser))
-        err_ddim = w2(samplers.get("ddim")(denoiser, probes(), steps=20, spacing=spacing), *exact_ode_map(denoiser))
+        err_dpm = w2(run("dpm++2m", denoiser, probes(), steps=20, spacing=spacing), *exact_ode_map(denoiser))
+        err_ddim = w2(run("ddim", denoiser, probes(), steps=20, spacing=spacing), *exact_ode_map(denoiser))
         assert err_dpm < 0.5 * err_ddim
 
 
@@ -119,29 +130,29 @@ def test_higher_order_samplers_converge_faster():
     denoiser = make()
     target_map = exact_ode_map(denoiser)
     for name in ("heun", "dpm++2m", "plms"):
-        coarse = w2(samplers.get(name)(denoiser, probes(), steps=10, spacing="karras"), *target_map)
-        fine = w2(samplers.get(name)(denoiser, probes(), steps=40, spacing="karras"), *target_map)
+        coarse = w2(run(name, denoiser, probes(), steps=10, spacing="karras"), *target_map)
+        fine = w2(run(name, denoiser, probes(), steps=40, spacing="karras"), *target_map)
         assert fine < coarse / 10, name  # 2nd order or more: ~16x for 4x the steps
-    coarse = w2(samplers.get("ddim")(denoiser, probes(), steps=10, spacing="karras"), *target_map)
-    fine = w2(samplers.get("ddim")(denoiser, probes(), steps=40, spacing="karras"), *target_map)
+    coarse = w2(run("ddim", denoiser, probes(), steps=10, spacing="karras"), *target_map)
+    fine = w2(run("ddim", denoiser, probes(), steps=40, spacing="karras"), *target_map)
     assert coarse / 5 < fine < coarse / 3  # 1st order: ~4x
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_every_parameterisation_gives_the_same_samples(name):
-    outs = [samplers.get(name)(make(p), probes(), steps=8) for p in ("eps", "x0", "v")]
+    outs = [run(name, make(p), probes(), steps=8) for p in ("eps", "x0", "v")]
     assert torch.allclose(outs[0], outs[1], atol=1e-9) and torch.allclose(outs[0], outs[2], atol=1e-9)
 
 
 def test_euler_is_ddim_and_ddpm_is_ddim_eta_one():
     denoiser = make()
     for spacing in ("trailing", "karras"):
-        a = samplers.get("euler")(denoiser, probes(), steps=12, spacing=spacing)
-        b = samplers.get("ddim")(denoiser, probes(), steps=12, spacing=spacing)
+        a = run("euler", denoiser, probes(), steps=12, spacing=spacing)
+        b = run("ddim", denoiser, probes(), steps=12, spacing=spacing)
         assert torch.allclose(a, b, atol=1e-10)
     noise = torch.randn(16, 2, 1, 1, dtype=torch.float64)
-    a = samplers.get("ddpm")(denoiser, noise, steps=12, generator=torch.Generator().manual_seed(1))
-    b = samplers.get("ddim")(denoiser, noise, steps=12, eta=1.0, generator=torch.Generator().manual_seed(1))
+    a = run("ddpm", denoiser, noise, steps=12, generator=torch.Generator().manual_seed(1))
+    b = run("ddim", denoiser, noise, steps=12, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a, b, atol=1e-10)
 
 
@@ -150,11 +161,11 @@ def test_zero_terminal_snr_with_v_prediction(name):
     denoiser = make("v", kind="scaled_linear", zero_terminal_snr=True)
     if name == "ddpm":
         noise = torch.randn(4000, 2, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        out = samplers.get(name)(denoiser, noise, steps=250, generator=torch.Generator().manual_seed(1))
+        out = run(name, denoiser, noise, steps=250, generator=torch.Generator().manual_seed(1))
         assert torch.allclose(out.mean(dim=(0, 2, 3)), MU.flatten(), atol=0.1)
         assert torch.allclose(out.std(dim=(0, 2, 3)), STD.flatten(), rtol=0.05)
         return
-    out = samplers.get(name)(denoiser, probes(), steps=60, spacing="trailing")
+    out = run(name, denoiser, probes(), steps=60, spacing="trailing")
     assert torch.isfinite(out).all()
     assert w2(out, MU[0], STD[0]) < 0.06  # ᾱ_T = 0: pure noise maps exactly onto the data
 
@@ -163,11 +174,11 @@ def test_zero_terminal_snr_with_v_prediction(name):
 def test_same_seed_same_samples(name):
     denoiser = make()
     noise = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    a = samplers.get(name)(denoiser, noise, steps=5, generator=torch.Generator().manual_seed(7))
-    b = samplers.get(name)(denoiser, noise, steps=5, generator=torch.Generator().manual_seed(7))
+    a = run(name, denoiser, noise, steps=5, generator=torch.Generator().manual_seed(7))
+    b = run(name, denoiser, noise, steps=5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.dtype == noise.dtype and a.shape == noise.shape
     if name == "ddpm":
-        c = samplers.get(name)(denoiser, noise, steps=5, generator=torch.Generator().manual_seed(8))
+        c = run(name, denoiser, noise, steps=5, generator=torch.Generator().manual_seed(8))
         assert not torch.equal(a, c)
 
 
@@ -178,8 +189,8 @@ def test_img2img_starts_at_the_right_timestep(name):
     start = torch.full((2, 2, 1, 1), 3.0, dtype=torch.float64)
     noise = torch.randn(2, 2, 1, 1, dtype=torch.float64)
     seen = []
-    samplers.get(name)(denoiser, noise, steps=10, spacing="trailing", start=start, strength=0.5,
-                       callback=lambda i, n, x, x0: seen.append((i, n)) or None)
+    run(name, denoiser, noise, steps=10, spacing="trailing", start=start, strength=0.5,
+                       callback=lambda step: seen.append((step.index, step.total)) or None)
     first_t = net.calls[0]
     assert first_t.tolist() == [499, 499]  # trailing ladder 999, 899, …, 99; the last 5 steps begin at 499
     assert seen == [(i, 5) for i in range(5)]
@@ -188,7 +199,7 @@ def test_img2img_starts_at_the_right_timestep(name):
     inputs = []
     net_forward = net.forward
     net.forward = lambda x, t, c: (inputs.append(x.clone()), net_forward(x, t, c))[1]
-    samplers.get(name)(denoiser, noise, steps=10, spacing="trailing", start=start, strength=0.5)
+    run(name, denoiser, noise, steps=10, spacing="trailing", start=start, strength=0.5)
     assert torch.allclose(inputs[0], denoiser.schedule.add_noise(start, noise, torch.tensor([499, 499])))
 
 
@@ -196,15 +207,15 @@ def test_strength_one_and_small_strength():
     denoiser = make()
     start = torch.zeros(1, 2, 1, 1, dtype=torch.float64)
     noise = torch.randn(1, 2, 1, 1, dtype=torch.float64)
-    samplers.get("ddim")(denoiser, noise, steps=10, start=start, strength=1.0)
+    run("ddim", denoiser, noise, steps=10, start=start, strength=1.0)
     assert denoiser.network.calls[0].item() == 999 and len(denoiser.network.calls) == 10
     denoiser.network.calls.clear()
-    samplers.get("ddim")(denoiser, noise, steps=10, start=start, strength=0.01)  # at least one step
+    run("ddim", denoiser, noise, steps=10, start=start, strength=0.01)  # at least one step
     assert [t.item() for t in denoiser.network.calls] == [99]
     with pytest.raises(ConfigError, match="strength"):
-        samplers.get("ddim")(denoiser, noise, steps=10, start=start, strength=0.0)
+        run("ddim", denoiser, noise, steps=10, start=start, strength=0.0)
     with pytest.raises(ConfigError, match="img2img"):
-        samplers.get("ddim")(denoiser, noise, steps=10, strength=0.5)
+        run("ddim", denoiser, noise, steps=10, strength=0.5)
 
 
 @pytest.mark.parametrize("name", samplers.names())
@@ -213,19 +224,19 @@ def test_callback_can_replace_x_and_cancel(name):
     noise = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     known = torch.full_like(noise, 7.0)
 
-    def pin_last(i, total, x, x0):
-        assert x.shape == x0.shape == noise.shape
-        return known if i == total - 1 else None
+    def pin_last(step):
+        assert step.x.shape == step.x0.shape == noise.shape
+        return known if step.index == step.total - 1 else None
 
-    out = samplers.get(name)(denoiser, noise, steps=4, callback=pin_last)
+    out = run(name, denoiser, noise, steps=4, callback=pin_last)
     assert torch.equal(out, known)
 
-    def cancel(i, total, x, x0):
-        if i == 1:
+    def cancel(step):
+        if step.index == 1:
             raise SamplingCancelled("stopped")
 
     with pytest.raises(SamplingCancelled):
-        samplers.get(name)(denoiser, noise, steps=4, callback=cancel)
+        run(name, denoiser, noise, steps=4, callback=cancel)
 
 
 def test_callback_replacement_feeds_the_next_step():
@@ -235,13 +246,36 @@ def test_callback_replacement_feeds_the_next_step():
     net_forward = denoiser.network.forward
     denoiser.network.forward = lambda x, t, c: (inputs.append(x.clone()), net_forward(x, t, c))[1]
     marker = torch.full_like(noise, 0.123)
-    samplers.get("ddim")(denoiser, noise, steps=3, callback=lambda i, n, x, x0: marker if i == 0 else None)
+    run("ddim", denoiser, noise, steps=3, callback=lambda step: marker if step.index == 0 else None)
     assert torch.equal(inputs[1], marker)
+
+
+@pytest.mark.parametrize("name", samplers.names())
+def test_the_callback_is_told_the_level_x_is_at(name):
+    denoiser = make()
+    options = SamplerOptions(sampler=name, steps=6, guidance=1.0, strength=0.5)
+    ladder = options.ladder(denoiser.schedule)
+    levels = []
+    samplers.sample(options, denoiser, probes(), start=torch.zeros_like(probes()),
+                    callback=lambda step: levels.append((step.index, step.total, step.alpha_bar)) or None)
+    assert levels == [(i, len(ladder), ladder.alpha_bars[i + 1]) for i in range(len(ladder))]
+    assert levels[-1][2] == 1.0  # the last step lands on clean data
+
+
+def test_options_are_checked_once_where_they_are_made():
+    for bad, match in [({"sampler": "dmp"}, "did you mean"), ({"steps": 0}, "steps"), ({"steps": 10**6}, "at most"),
+                       ({"guidance": float("nan")}, "finite"), ({"guidance_rescale": 1.5}, r"\[0, 1\]"),
+                       ({"sampler": "heun", "eta": 0.3}, "has no eta"), ({"eta": -1.0, "sampler": "ddim"}, "at least 0"),
+                       ({"spacing": "cosine"}, "spacing"), ({"strength": 0.0}, "strength"), ({"seed": -1}, "seed")]:
+        with pytest.raises(ConfigError, match=match):
+            SamplerOptions(**bad)
+    options = SamplerOptions(sampler="euler")
+    assert options.resolved_spacing == "karras" and options.replace(spacing="trailing").resolved_spacing == "trailing"
 
 
 def test_karras_ladder_passes_fractional_timesteps():
     denoiser = make()
-    samplers.get("euler")(denoiser, probes(), steps=6)
+    run("euler", denoiser, probes(), steps=6)
     ts = [t[0].item() for t in denoiser.network.calls]
     assert ts[0] == 999 and ts[-1] == 0 and any(t != int(t) for t in ts)
     assert all(a > b for a, b in zip(ts, ts[1:]))
@@ -252,11 +286,11 @@ def test_conditioning_and_guidance_reach_the_network():
     cond = Conditioning(vector=torch.tensor([[3.0, -2.0]]))
     uncond = Conditioning(vector=torch.tensor([[0.0, 0.0]]))
     noise = probes()
-    out = samplers.get("dpm++2m")(denoiser, noise, cond, steps=40)
+    out = run("dpm++2m", denoiser, noise, cond, steps=40)
     offset, _ = affine_map(out)
     assert torch.allclose(offset.flatten(), torch.tensor([3.0, -2.0], dtype=torch.float64), atol=0.05)
     denoiser.network.calls.clear()
-    guided = samplers.get("dpm++2m")(denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=40)
+    guided = run("dpm++2m", denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=40)
     assert all(t.shape == (6,) for t in denoiser.network.calls)  # one batched forward per evaluation
     g_offset, _ = affine_map(guided)
     assert (g_offset.flatten() - offset.flatten()).abs().min() > 1.0  # pushed further from the null condition
@@ -266,12 +300,12 @@ def test_argument_errors():
     denoiser = make()
     noise = torch.randn(1, 2, 1, 1)
     with pytest.raises(ConfigError, match="eta"):
-        samplers.get("euler")(denoiser, noise, steps=3, eta=0.5)
+        run("euler", denoiser, noise, steps=3, eta=0.5)
     with pytest.raises(ConfigError, match="eta"):
-        samplers.get("ddim")(denoiser, noise, steps=3, eta=-1.0)
+        run("ddim", denoiser, noise, steps=3, eta=-1.0)
     with pytest.raises(ConfigError, match="uncond"):
-        samplers.get("ddim")(denoiser, noise, Conditioning(vector=torch.zeros(1, 2)), steps=3, guidance=3.0)
+        run("ddim", denoiser, noise, Conditioning(vector=torch.zeros(1, 2)), steps=3, guidance=3.0)
     with pytest.raises(ConfigError, match="shape"):
-        samplers.get("ddim")(denoiser, noise, steps=3, start=torch.zeros(2, 2, 1, 1))
+        run("ddim", denoiser, noise, steps=3, start=torch.zeros(2, 2, 1, 1))
     with pytest.raises(ConfigError, match="spacing"):
-        samplers.get("ddim")(denoiser, noise, steps=3, spacing="cosine")
+        run("ddim", denoiser, noise, steps=3, spacing="cosine")

@@ -18,7 +18,7 @@ from ldmkit.autoencoders import AutoencoderConfig
 from ldmkit.autoencoders.identity import IdentityAutoencoder
 from ldmkit.cli.main import main as ldm_main
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
-from ldmkit.conditioning.config import BlindDegradationConfig
+from ldmkit.data.degradations import BlindDegradationConfig
 from ldmkit.config import from_dict
 from ldmkit.data.degradations import degrade, degrade_blind, gaussian_blur, jpeg_roundtrip, resize_image
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
@@ -201,6 +201,22 @@ def test_tiled_equals_untiled_and_stays_within_the_tile(mode):
     assert len(pipe.unet.sizes) == 3 * 16 // 2  # 3 steps × 16 tiles in batches of 2
     whole = _pipeline(mode=mode)  # a tile as large as the image: one pass, the untiled computation
     assert torch.equal(_upscale(whole, low, tile=32), untiled) and whole.unet.sizes == [(20, 20)] * 3
+
+
+def test_an_optimized_upscaler_still_tiles(monkeypatch):
+    """optimize() puts the fast network inside the tiling wrapper, not in its place."""
+    from ldmkit.pipelines import text2img
+    from ldmkit.pipelines.upscale import TiledNetwork
+
+    monkeypatch.setattr(text2img, "_has_fast_path", lambda device: True)  # the GPU path, run on the CPU
+    low = _image(1, 10)[0]
+    pipe = _pipeline()
+    tiled = _upscale(pipe, low, tile=8, overlap=3, tile_batch=2)
+    pipe.optimize(compile=False, bf16_weights=False, channels_last=False)
+    assert isinstance(pipe.denoiser.network, TiledNetwork) and pipe.denoiser.network.network is pipe.unet
+    pipe.unet.sizes.clear()
+    assert torch.allclose(_upscale(pipe, low, tile=8, overlap=3, tile_batch=2), tiled, atol=1e-6)
+    assert max(max(s) for s in pipe.unet.sizes) == 8  # still one tile at a time
 
 
 def test_constant_image_upscales_to_a_constant_image_without_seams():

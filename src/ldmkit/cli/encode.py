@@ -57,7 +57,7 @@ def _encode(args: argparse.Namespace) -> int:
     from ldmkit.autoencoders import load_autoencoder
     from ldmkit.config import load_config
     from ldmkit.data import DataConfig, build_dataset
-    from ldmkit.data.latents import write_latent_cache
+    from ldmkit.data.latents import autoencoder_record, write_latent_cache
     from ldmkit.errors import ConfigError
     from ldmkit.io import read_model_dir
     from ldmkit.runtime import autocast_dtype, pick_device
@@ -87,8 +87,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     from ldmkit.config import to_dict
 
-    meta = {"autoencoder": {"path": str(info.path.resolve()), "sha256": info.files.get("model")},
-            "data": to_dict(data_cfg), "split": args.split}
+    meta = {"autoencoder": autoencoder_record(info), "data": to_dict(data_cfg), "split": args.split}
     out = write_latent_cache(args.out, loader, encode, total=len(dataset), shard_size=args.shard_size, meta=meta)
     print(f"latents of {len(dataset)} images written to {out}")
     return 0

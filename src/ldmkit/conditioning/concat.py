@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.conditioning.config import ConcatConfig
-from ldmkit.conditioning.masks import random_masks
+from ldmkit.data.masks import random_masks
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.data.degradations import degrade, degrade_bicubic, resize_image  # noqa: F401 (re-exported)
 from ldmkit.errors import ConfigError, DataError
@@ -129,7 +129,7 @@ class ConcatEncoder(nn.Module):
 
     The batch supplies ``image`` (and ``latent`` when latents were cached, which fixes the grid); the
     masked_image route takes ``mask`` from the batch or draws one per sample (``config.masks``, see
-    :mod:`~ldmkit.conditioning.masks`). Diffusion training puts masks in the batches of map-style data sets and
+    :mod:`~ldmkit.data.masks`). Diffusion training puts masks in the batches of map-style data sets and
     shards (drawn in the data-loader workers, :mod:`ldmkit.data.masked`), so it draws here only for other
     data sets; the low_res route takes ``low_res`` or degrades ``image``; the semantic route needs
     ``segmentation``.

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ldmkit.conditioning.masks import MaskConfig
+from ldmkit.data.degradations import BlindDegradationConfig
+from ldmkit.data.masks import MaskConfig
 from ldmkit.config import option
 from ldmkit.errors import ConfigError
 
@@ -61,35 +62,6 @@ class PretrainedTextConfig:
 
 
 @dataclass(frozen=True)
-class BlindDegradationConfig:
-    """Ranges of the randomised degradation chain of blind super-resolution (``low_res_degradation: blind``).
-
-    In the spirit of BSR-degradation / Real-ESRGAN: blur → downsample → noise → JPEG, each step drawn per
-    image (see :mod:`ldmkit.data.degradations`).
-    """
-
-    blur_prob: float = option(0.7, help="probability of a Gaussian blur before downsampling", min=0.0, max=1.0)
-    blur_sigma: tuple[float, float] = option((0.2, 2.0), help="range [low, high] of the blur's standard deviation, "
-                                                             "in high-resolution pixels", min=0.0)
-    resize_modes: tuple[str, ...] = option(("bicubic", "bilinear", "area"),
-                                           help="downsampling kernels, one drawn uniformly per image",
-                                           choices=("bicubic", "bilinear", "area"))
-    noise_prob: float = option(0.7, help="probability of adding Gaussian noise after downsampling", min=0.0, max=1.0)
-    noise_sigma: tuple[float, float] = option((1.0, 20.0), help="range [low, high] of the noise's standard "
-                                                               "deviation on the 0-255 scale", min=0.0)
-    jpeg_prob: float = option(0.7, help="probability of a JPEG round trip at the end", min=0.0, max=1.0)
-    jpeg_quality: tuple[int, int] = option((30, 95), help="range [low, high] of the JPEG quality", min=1, max=100)
-
-    def __post_init__(self) -> None:
-        for name in ("blur_sigma", "noise_sigma", "jpeg_quality"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise ConfigError(f"concat.blind.{name} must be [low, high] with low <= high; got [{low}, {high}]")
-        if not self.resize_modes:
-            raise ConfigError("concat.blind.resize_modes is empty; give at least one of bicubic, bilinear, area")
-
-
-@dataclass(frozen=True)
 class ConcatConfig:
     """An image-like condition concatenated to the UNet input on the latent grid (paper §3.3, §4.4-4.5)."""
 
@@ -118,6 +90,26 @@ class ConcatConfig:
     def __post_init__(self) -> None:
         if self.kind == "semantic" and self.semantic_classes < 2:
             raise ConfigError("concat.semantic_classes must be at least 2 for concat.kind 'semantic'")
+
+    # What the route carries, for code outside this package (which never compares kind strings).
+    @property
+    def present(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def inpainting(self) -> bool:
+        """The masked image and its mask (paper §4.5)."""
+        return self.kind == "masked_image"
+
+    @property
+    def super_resolution(self) -> bool:
+        """A low-resolution image (paper §4.4)."""
+        return self.kind == "low_res"
+
+    @property
+    def semantic_map(self) -> bool:
+        """A segmentation map (paper §4.3.2)."""
+        return self.kind == "semantic"
 
     @property
     def channels(self) -> int:
@@ -151,6 +143,31 @@ class ConditionerConfig:
     def __post_init__(self) -> None:
         if self.kind == "class" and self.num_classes < 1:
             raise ConfigError("num_classes must be at least 1 for conditioning kind 'class'")
+
+    # The main condition, for code outside this package (which never compares kind strings).
+    @property
+    def takes_text(self) -> bool:
+        """Prompts: a text encoder trained with the model or a frozen pretrained one."""
+        return self.kind in ("text", "pretrained_text")
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        """A text encoder trained from scratch with the model, whose vocabulary comes from the captions."""
+        return self.kind == "text"
+
+    @property
+    def takes_labels(self) -> bool:
+        return self.kind == "class"
+
+    @property
+    def unconditional(self) -> bool:
+        """No main condition (an image-like concat condition may still be present)."""
+        return self.kind == "none"
+
+    @property
+    def condition_name(self) -> str:
+        """"text", "class" or "none": what a user gives the model besides images."""
+        return "text" if self.takes_text else self.kind
 
     @property
     def context_dim(self) -> int | None:

@@ -9,27 +9,54 @@
   reproduces a batch exactly.
 
 Images are ``[B, C, H, W]`` in ``[-1, 1]``; outputs are ``[B, C, H/factor, W/factor]`` in ``[-1, 1]``.
-The ranges of the blind chain are :class:`~ldmkit.conditioning.config.BlindDegradationConfig`.
+The ranges of the blind chain are :class:`BlindDegradationConfig`.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ldmkit.config import option
 from ldmkit.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # the config module imports this package's siblings; only the type is needed here
-    from ldmkit.conditioning.config import BlindDegradationConfig
 
 #: Downsampling kernels the blind chain may draw from.
 RESIZE_MODES = ("bicubic", "bilinear", "area")
+
+
+@dataclass(frozen=True)
+class BlindDegradationConfig:
+    """Ranges of the randomised degradation chain of blind super-resolution (``low_res_degradation: blind``).
+
+    In the spirit of BSR-degradation / Real-ESRGAN: blur → downsample → noise → JPEG, each step drawn per
+    image (see :mod:`ldmkit.data.degradations`).
+    """
+
+    blur_prob: float = option(0.7, help="probability of a Gaussian blur before downsampling", min=0.0, max=1.0)
+    blur_sigma: tuple[float, float] = option((0.2, 2.0), help="range [low, high] of the blur's standard deviation, "
+                                                             "in high-resolution pixels", min=0.0)
+    resize_modes: tuple[str, ...] = option(("bicubic", "bilinear", "area"),
+                                           help="downsampling kernels, one drawn uniformly per image",
+                                           choices=("bicubic", "bilinear", "area"))
+    noise_prob: float = option(0.7, help="probability of adding Gaussian noise after downsampling", min=0.0, max=1.0)
+    noise_sigma: tuple[float, float] = option((1.0, 20.0), help="range [low, high] of the noise's standard "
+                                                               "deviation on the 0-255 scale", min=0.0)
+    jpeg_prob: float = option(0.7, help="probability of a JPEG round trip at the end", min=0.0, max=1.0)
+    jpeg_quality: tuple[int, int] = option((30, 95), help="range [low, high] of the JPEG quality", min=1, max=100)
+
+    def __post_init__(self) -> None:
+        for name in ("blur_sigma", "noise_sigma", "jpeg_quality"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"concat.blind.{name} must be [low, high] with low <= high; got [{low}, {high}]")
+        if not self.resize_modes:
+            raise ConfigError("concat.blind.resize_modes is empty; give at least one of bicubic, bilinear, area")
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -128,8 +155,6 @@ def degrade(image: torch.Tensor, factor: int, kind: str = "bicubic", blind: Blin
         return degrade_bicubic(image, factor)
     if kind == "blind":
         if blind is None:
-            from ldmkit.conditioning.config import BlindDegradationConfig
-
             blind = BlindDegradationConfig()
         return degrade_blind(image, factor, blind, generator)
     raise ConfigError(f"low-resolution degradation '{kind}' is not one of bicubic, blind")

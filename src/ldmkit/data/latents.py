@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ldmkit.errors import DataError
+from ldmkit.io.model_dir import ModelDirInfo, read_model_dir
 
 INDEX = "index.json"
 
@@ -117,6 +118,25 @@ def write_latent_cache(
                  load_file(str(out / f"{shards[0]}.safetensors")))
     _atomic_write_text(out / INDEX, json.dumps(index, indent=2))
     return out
+
+
+def autoencoder_record(info: ModelDirInfo) -> dict[str, Any]:
+    """What a cache keeps of the autoencoder that made it: where it was, its weights' SHA-256 and the latent
+    scale and shift its latents were multiplied with (those live in config.json, not in the weights)."""
+    return {"path": str(info.path.resolve()), "sha256": info.files.get("model"),
+            "scale_factor": info.config.get("scale_factor"), "shift_factor": info.config.get("shift_factor")}
+
+
+def check_cache_autoencoder(path: str | Path, index: dict[str, Any], autoencoder: str | Path) -> None:
+    """Refuse to train on a cache made by another autoencoder (weights or latent scale): the model would be
+    saved with a decoder that does not read its latents."""
+    made = index.get("autoencoder") or {}
+    now = autoencoder_record(read_model_dir(autoencoder, kind="autoencoder"))
+    for key, what in (("sha256", "weights"), ("scale_factor", "latent scale"), ("shift_factor", "latent shift")):
+        if made.get(key) is not None and now[key] is not None and made[key] != now[key]:
+            raise DataError(f"the latent cache {path} was encoded by another autoencoder ({what} differ from "
+                            f"{autoencoder}, made from {made.get('path')}): encode it again with this autoencoder "
+                            "(ldm encode) or train with the one that made it")
 
 
 def read_latent_index(path: str | Path) -> dict[str, Any]:

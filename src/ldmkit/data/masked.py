@@ -1,7 +1,7 @@
 """Inpainting training masks drawn with each item, in the data-loader workers (paper §4.5).
 
 :class:`MaskedItems` wraps a map-style data set: item ``index`` of epoch ``epoch`` gets a ``mask``
-``[1, H, W]`` float in {0, 1} (1 = fill in) drawn by :func:`~ldmkit.conditioning.masks.mask_from_seed`
+``[1, H, W]`` float in {0, 1} (1 = fill in) drawn by :func:`~ldmkit.data.masks.mask_from_seed`
 from the seed :func:`item_mask_seed` ``(seed, epoch, index)``. A mask is therefore the same whichever worker
 draws it, however many workers there are and however far the loader prefetches; a run resumed in the
 middle of an epoch sees the masks the uninterrupted run would have seen, and each epoch gives an image a
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ldmkit.conditioning.masks import MaskConfig, mask_from_seed
+from ldmkit.data.masks import MaskConfig, mask_from_seed
 from ldmkit.errors import DataError
 
 #: Mixed into every mask seed, so masks never share a random stream with another use of (seed, epoch).

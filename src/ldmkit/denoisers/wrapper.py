@@ -34,6 +34,14 @@ class Prediction:
         return iter((self.x0, self.eps))
 
 
+class NetworkWrapper(nn.Module):
+    """A module that evaluates the network in ``self.network`` in its own way (e.g. on tiles) with the same
+    ``(x, t, cond)`` signature. Replacing the network for speed (:meth:`Denoiser.replace_network`) swaps the
+    innermost network and keeps every wrapper in place."""
+
+    network: nn.Module
+
+
 class Denoiser(nn.Module):
     """``denoiser(x_t, t, cond) -> Prediction(x0, eps)``.
 
@@ -51,6 +59,13 @@ class Denoiser(nn.Module):
     @property
     def prediction(self) -> str:
         return self.schedule.prediction
+
+    def replace_network(self, network: nn.Module) -> None:
+        """Put ``network`` (e.g. a compiled copy) where the bare network is, inside any wrappers."""
+        holder: nn.Module = self
+        while isinstance(holder.network, NetworkWrapper):
+            holder = holder.network
+        holder.network = network
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float | int,
                 cond: Conditioning | None = None) -> Prediction:

@@ -28,9 +28,6 @@ from ldmkit.evaluation.evaluate import DEFAULT_METRICS, evaluate_images
 from ldmkit.evaluation.extractor import FeatureExtractor, build_feature_extractor
 from ldmkit.evaluation.stats import ReferenceStats, check_compatible, check_feature_name, load_stats
 
-TEXT_KINDS = ("text", "pretrained_text")
-
-
 def rank_share(n: int) -> range:
     """The contiguous block of image indices ``0..n-1`` this rank samples (all of them without torchrun)."""
     if not is_distributed():
@@ -46,10 +43,10 @@ def conditions_for(pipeline: Any, n: int, *, prompts: Sequence[str] | None = Non
     Class models without ``class_labels`` cycle through all their classes, so every class gets ``n / K``
     images; text models need ``prompts``; unconditional models take neither.
     """
-    kind = pipeline.kind
+    kind, takes = pipeline.kind, pipeline.conditioning
     if prompts is not None and class_labels is not None:
         raise ConfigError("give prompts or class labels, not both")
-    if kind in TEXT_KINDS:
+    if takes.takes_text:
         if class_labels is not None:
             raise ConfigError(f"this model is conditioned on '{kind}', not on class labels: give --prompt or "
                               "--prompts-from-data instead of --class")
@@ -58,8 +55,8 @@ def conditions_for(pipeline: Any, n: int, *, prompts: Sequence[str] | None = Non
         return [prompts[i % len(prompts)] for i in range(n)], None
     if prompts is not None:
         raise ConfigError(f"this model is conditioned on '{kind}', not on text: drop --prompt/--prompts-from-data"
-                          + (" (classes are cycled, or give --class)" if kind == "class" else ""))
-    if kind == "class":
+                          + (" (classes are cycled, or give --class)" if takes.takes_labels else ""))
+    if takes.takes_labels:
         num = int(pipeline.conditioner.config.num_classes)
         labels = list(class_labels) if class_labels else list(range(num))
         bad = [int(c) for c in labels if not 0 <= int(c) < num]

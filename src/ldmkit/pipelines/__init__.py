@@ -3,8 +3,9 @@
 from ldmkit.pipelines.img2img import ImageToImagePipeline
 from ldmkit.pipelines.inpaint import InpaintPipeline
 from ldmkit.pipelines.semantic import SemanticSynthesisPipeline
+from ldmkit.pipelines.tasks import TASKS, TaskSpec, check_task, tasks_for
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, load_pipeline
 from ldmkit.pipelines.upscale import UpscalePipeline
 
 __all__ = ["ImageToImagePipeline", "InpaintPipeline", "LatentDiffusionPipeline", "SemanticSynthesisPipeline",
-           "UpscalePipeline", "load_pipeline"]
+           "TASKS", "TaskSpec", "UpscalePipeline", "check_task", "load_pipeline", "tasks_for"]

@@ -10,10 +10,8 @@ stay close to the input, strength 1 starts from (almost) pure noise. Sampling go
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +19,9 @@ from PIL import Image
 
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
-from ldmkit.pipelines.checks import check_request
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
+from ldmkit.pipelines.checks import request_options
+from ldmkit.pipelines.tasks import TaskSpec, check_task, plain_model_refusal, register_task, without_image_condition
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
 MAX_PIXELS = 64 * 1024 * 1024  # refuse "decompression bombs" larger than this
 
@@ -59,23 +58,14 @@ def image_to_tensor(image: str | Path | Image.Image | torch.Tensor, channels: in
     return tensor
 
 
-def check_strength(strength: float) -> float:
-    """strength must lie in (0, 1] (NaN refused too)."""
-    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0.0 < strength <= 1.0):
-        raise ConfigError(f"strength must be in (0, 1]; got {strength} (small keeps the input, 1 ignores it)")
-    return float(strength)
-
-
 class ImageToImagePipeline(LatentDiffusionPipeline):
     """A :class:`LatentDiffusionPipeline` that starts from an encoded input image instead of pure noise."""
 
     # ----- inputs -----------------------------------------------------------------------------------
     def check_plain_model(self, task: str) -> None:
         """Zero-shot tasks need a model without an image condition (concat route) of its own."""
-        concat = self.conditioner.config.concat.kind
-        if concat != "none":
-            raise ConfigError(f"this model takes a '{concat}' image condition; {task} works with unconditional, "
-                              "class or text models — use the pipeline of the task it was trained for")
+        if not without_image_condition(self.conditioning):
+            raise ConfigError(plain_model_refusal(task)(self.conditioning))
 
     def prepare_image(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
         """An input image → [1, C, H, W] in [-1, 1] on the CPU; H and W must fit the model's grid."""
@@ -87,28 +77,6 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[1, C, H, W] in [-1, 1] → scaled latent [1, c, H/f, W/f] (the posterior mean)."""
         return self.autoencoder.encode(pixels.to(self.device)).float()
-
-    # ----- the shared loop --------------------------------------------------------------------------
-    @torch.no_grad()
-    def _generate(self, known: torch.Tensor, cond, uncond, count: int, *, strength: float, seed: int,
-                  batch_size: int, callback_for: Callable[[slice, torch.Tensor], Callable | None] | None = None,
-                  **sample_kwargs: Any) -> torch.Tensor:
-        """Sample ``count`` latents starting from ``known`` [1, c, h, w] and decode them → [count, C, H, W].
-
-        Image i uses the noise of seed ``seed + i``. ``callback_for(batch slice, that batch's noise)`` may
-        give a per-step callback (inpainting blends the known region through it).
-        """
-        noise = seeded_noise([seed + i for i in range(count)], tuple(known.shape[1:]))  # [N, c, h, w]
-        images = []
-        for lo in range(0, count, batch_size):
-            index = slice(lo, min(lo + batch_size, count))
-            batch_noise = noise[index].to(self.device)
-            start = known.expand(batch_noise.shape[0], -1, -1, -1) if strength < 1.0 else None
-            callback = callback_for(index, batch_noise) if callback_for is not None else None
-            latents = self.sample_latents(cond.index(index), uncond.index(index), batch_noise, start=start,
-                                          strength=strength, callback=callback, seed=seed + lo, **sample_kwargs)
-            images.append(self.decode(latents).cpu())
-        return torch.cat(images)
 
     @staticmethod
     def _output(images: torch.Tensor, output: str) -> list[Image.Image] | torch.Tensor:
@@ -124,20 +92,23 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Images of the input's size that keep its layout more the smaller ``strength`` is."""
-        strength = check_strength(strength)
         count = self._image_count(prompt, class_label, n)
-        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
-                      guidance_rescale=guidance_rescale, eta=eta)
-        self.check_plain_model("img2img")
+        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
+                                  strength=strength)
+        check_task("img2img", self.conditioning)
         pixels = self.prepare_image(image)
         self.check_memory(pixels.shape[-2], pixels.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
-        known = self.encode_image(pixels)
-        images = self._generate(known, cond, uncond, count, strength=strength, seed=seed, batch_size=batch_size,
-                                callback_for=(lambda index, noise: callback) if callback is not None else None,
-                                sampler=sampler, steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
-                                eta=eta, spacing=spacing, progress=progress)
+        known = self.encode_image(pixels)  # [1, c, h, w]
+        images = self.generate(cond, uncond, count, tuple(known.shape[1:]), options, batch_size=batch_size,
+                               start=known if options.strength < 1.0 else None,
+                               callback_for=(lambda index, noise: callback) if callback is not None else None,
+                               progress=progress)
         return self._output(images, output)
 
 
-__all__ = ["ImageToImagePipeline", "check_strength", "image_to_tensor", "read_image_file"]
+register_task(TaskSpec("img2img", "Image to image", 2, ImageToImagePipeline, without_image_condition,
+                       plain_model_refusal("img2img")))
+
+__all__ = ["ImageToImagePipeline", "image_to_tensor", "read_image_file"]

@@ -23,6 +23,7 @@ equal the input exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,14 +36,10 @@ from PIL import Image
 from ldmkit.conditioning import masked_image_concat, merge_conditionings
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
-from ldmkit.pipelines.checks import check_request
-from ldmkit.pipelines.img2img import ImageToImagePipeline, check_strength, read_image_file
-from ldmkit.samplers import make_ladder
-
-# The spacing each sampler uses when none is given (see each sampler's docstring); the blend needs the
-# exact ladder the sampler walks, so the pipeline always passes the spacing explicitly.
-DEFAULT_SPACING: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "plms": "trailing",
-                                   "dpm++2m": "karras", "euler": "karras", "heun": "karras"}
+from ldmkit.pipelines.checks import request_options
+from ldmkit.pipelines.img2img import ImageToImagePipeline, read_image_file
+from ldmkit.pipelines.tasks import TaskSpec, plain_model_refusal, register_task, without_image_condition
+from ldmkit.samplers import Callback, Step
 
 # A mask pixel strictly between these 8-bit values is "grey"; more than GREY_LIMIT of them is refused.
 GREY_LOW, GREY_HIGH, GREY_LIMIT = 16, 239, 0.01
@@ -84,7 +81,7 @@ class InpaintPipeline(ImageToImagePipeline):
     @property
     def trained_for_inpainting(self) -> bool:
         """Whether the model takes the masked image and mask as its concat condition (paper §4.5)."""
-        return self.conditioner.config.concat.kind == "masked_image"
+        return self.conditioning.concat.inpainting
 
     def inpainting_condition(self, pixels: torch.Tensor, pixel_mask: torch.Tensor) -> Conditioning:
         """The concat condition ``[E(x ⊙ (1 − m)), m↓]`` [1, c + 1, h, w] of an image [1, C, H, W] and its
@@ -114,17 +111,17 @@ class InpaintPipeline(ImageToImagePipeline):
         ``strength`` < 1 starts from the noised input instead of pure noise (SDEdit inside the mask);
         ``callback`` runs after each step (in the zero-shot route, after that step's blend).
         """
-        strength = check_strength(strength)
         count = self._image_count(prompt, class_label, n)
-        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
-                      guidance_rescale=guidance_rescale, eta=eta)
+        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
+                                  strength=strength)
         trained = self.trained_for_inpainting
         if not trained:
             self.check_plain_model("zero-shot inpainting")
         pixels = self.prepare_image(image)  # [1, C, H, W]
         self.check_memory(pixels.shape[-2], pixels.shape[-1], batch=batch_size, count=count)
         pixel_mask = self.prepare_mask(mask, pixels)  # [1, 1, H, W]
-        if trained and prompt is None and self.kind in ("text", "pretrained_text"):
+        if trained and prompt is None and self.conditioning.takes_text:
             prompt = ""  # the prompt is optional: the empty caption is the model's unconditional input
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
         known = self.encode_image(pixels)  # [1, c, h, w]
@@ -133,38 +130,34 @@ class InpaintPipeline(ImageToImagePipeline):
             cond, uncond = merge_conditionings(cond, concat), merge_conditionings(uncond, concat)
             callback_for = (lambda index, noise: callback) if callback is not None else None
         else:
-            if spacing is None:
-                if sampler not in DEFAULT_SPACING:
-                    raise ConfigError(f"give --spacing for sampler '{sampler}' (inpainting needs its ladder)")
-                spacing = DEFAULT_SPACING[sampler]
-            callback_for = self._replacement(known, pixel_mask, make_ladder(self.schedule, steps, spacing, strength),
-                                             callback)
-        generated = self._generate(known, cond, uncond, count, strength=strength, seed=seed,
-                                   batch_size=batch_size, callback_for=callback_for, sampler=sampler, steps=steps,
-                                   guidance=guidance, guidance_rescale=guidance_rescale, eta=eta, spacing=spacing,
-                                   progress=progress)  # [N, C, H, W]
+            callback_for = self._replacement(known, pixel_mask, callback)
+        generated = self.generate(cond, uncond, count, tuple(known.shape[1:]), options, batch_size=batch_size,
+                                  start=known if options.strength < 1.0 else None, callback_for=callback_for,
+                                  progress=progress)  # [N, C, H, W]
         images = torch.where(pixel_mask.bool(), generated, pixels)  # pixel-space composite: kept pixels exact
         return self._output(images, output)
 
-    def _replacement(self, known: torch.Tensor, pixel_mask: torch.Tensor, ladder, callback: Callable | None
-                     ) -> Callable[[slice, torch.Tensor], Callable]:
+    def _replacement(self, known: torch.Tensor, pixel_mask: torch.Tensor, callback: Callback | None
+                     ) -> Callable[[slice, torch.Tensor], Callback]:
         """Per-batch step callbacks of the zero-shot route: the known latent cells are replaced by
-        ``known`` [1, c, h, w] noised to the next level of the sampler's ``ladder``."""
+        ``known`` [1, c, h, w] noised to the level the step has just reached."""
         unknown = latent_mask(pixel_mask, self.autoencoder.downsample_factor).to(self.device)  # [1, 1, h, w]
 
-        def callback_for(index: slice, noise: torch.Tensor) -> Callable:
-            def blend(i: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-                if total != len(ladder):
-                    raise RuntimeError(f"sampler took {total} steps, the inpainting ladder has {len(ladder)}")
-                alpha_bar = ladder.alpha_bars[i + 1]  # x is at the next level of the ladder (ᾱ = 1 at the end)
+        def callback_for(index: slice, noise: torch.Tensor) -> Callback:
+            def blend(step: Step) -> torch.Tensor:
+                alpha_bar = step.alpha_bar  # the level x is now at (ᾱ = 1 after the last step)
                 noised = math.sqrt(alpha_bar) * known + math.sqrt(1 - alpha_bar) * noise  # q(x_t | z_known)
-                x = (unknown * x + (1 - unknown) * noised).to(x.dtype)  # [B, c, h, w]
+                x = (unknown * step.x + (1 - unknown) * noised).to(step.x.dtype)  # [B, c, h, w]
                 if callback is not None:
-                    replaced = callback(i, total, x, x0)
+                    replaced = callback(dataclasses.replace(step, x=x))
                     x = x if replaced is None else replaced
                 return x
             return blend
 
         return callback_for
+
+register_task(TaskSpec(
+    "inpaint", "Inpaint", 3, InpaintPipeline, lambda c: without_image_condition(c) or c.concat.inpainting,
+    plain_model_refusal("zero-shot inpainting")))
 
 __all__ = ["InpaintPipeline", "latent_mask", "mask_to_tensor"]

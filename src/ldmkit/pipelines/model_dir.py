@@ -115,7 +115,7 @@ def load_ldm(directory: str | Path, device: torch.device | str | None = None) ->
     unet = UNet(unet_config)
     load_state_strict(unet, load_weights(info, "unet"), str(info.path / "unet.safetensors"))
     cond_config = from_dict(ConditionerConfig, info.config["conditioner"])
-    first_stage = autoencoder.encode if cond_config.concat.kind != "none" else None
+    first_stage = autoencoder.encode if cond_config.concat.present else None
     conditioner = load_conditioner(load_weights(info, "conditioner"),
                                    {"config": info.config["conditioner"], "tokenizer": info.extra.get("tokenizer")},
                                    first_stage=first_stage, source=str(info.path / "conditioner.safetensors"))

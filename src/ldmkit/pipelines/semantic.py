@@ -26,8 +26,9 @@ from ldmkit.conditioning import merge_conditionings, semantic_concat
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
-from ldmkit.pipelines.checks import check_request
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
+from ldmkit.pipelines.checks import request_options
+from ldmkit.pipelines.tasks import TaskSpec, check_task, register_task
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
 
 def map_to_tensor(segmentation_map: str | Path | Image.Image | torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -103,10 +104,7 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
     @classmethod
     def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> SemanticSynthesisPipeline:
         """The same model parts (no copies); refuses a model not trained on semantic maps."""
-        concat = pipe.conditioner.config.concat.kind
-        if concat != "semantic":
-            raise ConfigError(f"this model's image condition is '{concat}', not 'semantic': semantic synthesis "
-                              "needs a model trained with conditioner.concat.kind=semantic")
+        check_task("synthesize", pipe.conditioning)
         return super().from_pipeline(pipe)
 
     @property
@@ -147,24 +145,23 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
         """``n`` images of the map's size (image i from seed ``seed + i``). ``prompt`` / ``class_label`` and
         ``guidance`` apply to models that also have a text or class condition."""
         count = self._image_count(prompt, class_label, n)
-        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
-                      guidance_rescale=guidance_rescale, eta=eta)
+        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         ids = self.prepare_map(segmentation_map)  # [1, H, W]
         self.check_memory(ids.shape[-2], ids.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
         concat = self.semantic_condition(ids).repeat(count)  # concat [N, K, h, w]
         cond, uncond = merge_conditionings(cond, concat), merge_conditionings(uncond, concat)
         shape = (self.autoencoder.latent_channels, *concat.concat.shape[-2:])
-        noise = seeded_noise([seed + i for i in range(count)], shape)  # [N, c, h, w]
-        images = []
-        for lo in range(0, count, batch_size):
-            index = slice(lo, min(lo + batch_size, count))
-            latents = self.sample_latents(cond.index(index), uncond.index(index), noise[index], sampler=sampler,
-                                          steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
-                                          spacing=spacing, callback=callback, progress=progress, seed=seed + lo)
-            images.append(self.decode(latents).cpu())
-        batch = torch.cat(images)  # [N, C, H, W]
+        batch = self.generate(cond, uncond, count, shape, options, batch_size=batch_size,
+                              callback_for=(lambda index, noise: callback) if callback is not None else None,
+                              progress=progress)  # [N, C, H, W]
         return batch if output == "tensor" else [to_pil(to_unit(image)) for image in batch]
 
+
+register_task(TaskSpec(
+    "synthesize", "Semantic synthesis", 5, SemanticSynthesisPipeline, lambda c: c.concat.semantic_map,
+    lambda c: f"this model's image condition is '{c.concat.kind}', not 'semantic': semantic synthesis needs a "
+              "model trained with conditioner.concat.kind=semantic"))
 
 __all__ = ["SemanticSynthesisPipeline", "map_palette", "map_to_tensor", "save_map_png"]

@@ -21,6 +21,7 @@ from PIL import Image
 from ldmkit import samplers
 from ldmkit.autoencoders.base import FirstStage
 from ldmkit.conditioning.base import Conditioner
+from ldmkit.conditioning.config import ConditionerConfig
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.denoisers.wrapper import Denoiser
@@ -28,7 +29,10 @@ from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
 from ldmkit.io.images import to_pil, to_unit
 from ldmkit.config.checks import check_count, check_seed
-from ldmkit.pipelines.checks import check_request, check_sampling, seed_generator
+from ldmkit.pipelines.checks import request_options, seed_generator
+from ldmkit.pipelines.tasks import TaskSpec, register_task, without_image_condition
+from ldmkit.progress import progress_bar
+from ldmkit.samplers import SamplerOptions
 from ldmkit.pipelines.memory import check_fits, sampling_bytes
 from ldmkit.runtime import autocast_dtype, pick_device
 
@@ -132,8 +136,9 @@ class LatentDiffusionPipeline:
         if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
             applied.append("channels_last")
-        self.denoiser.network = optimize_network(self.unet, compile=compile, mode=mode,
-                                                 channels_last=channels_last, bf16_weights=bf16_weights)
+        # Wrappers (tiling) keep their place around the fast network.
+        self.denoiser.replace_network(optimize_network(self.unet, compile=compile, mode=mode,
+                                                       channels_last=channels_last, bf16_weights=bf16_weights))
         if compile:
             applied.append(f"compile:{mode}")
         self.optimizations = tuple(applied)
@@ -157,7 +162,13 @@ class LatentDiffusionPipeline:
 
     @property
     def kind(self) -> str:
+        """The conditioning kind's name (as in the model's config)."""
         return self.conditioner.config.kind
+
+    @property
+    def conditioning(self) -> ConditionerConfig:
+        """What the model is conditioned on (``takes_text``, ``takes_labels``, ``concat.inpainting``, …)."""
+        return self.conditioner.config
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -191,14 +202,13 @@ class LatentDiffusionPipeline:
 
     # ----- conditions -------------------------------------------------------------------------------
     def _conditions(self, prompt, class_label, negative_prompt, n) -> tuple[Conditioning, Conditioning, int]:
-        kind = self.kind
-        text = kind in ("text", "pretrained_text")
-        if prompt is not None and not text:
+        kind, takes = self.kind, self.conditioning
+        if prompt is not None and not takes.takes_text:
             raise ConfigError(f"this model is conditioned on '{kind}', not on text; drop --prompt"
-                              + (" and give --class" if kind == "class" else ""))
-        if class_label is not None and kind != "class":
+                              + (" and give --class" if takes.takes_labels else ""))
+        if class_label is not None and not takes.takes_labels:
             raise ConfigError(f"this model is conditioned on '{kind}', not on class labels; drop --class")
-        if text:
+        if takes.takes_text:
             if prompt is None:
                 raise ConfigError("this is a text-conditional model: give a prompt")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -211,7 +221,7 @@ class LatentDiffusionPipeline:
             else:
                 uncond = self.conditioner.null(len(prompts), self.device)
             return cond, uncond, len(prompts)
-        if kind == "class":
+        if takes.takes_labels:
             if class_label is None:
                 raise ConfigError("this is a class-conditional model: give a class label")
             labels = _expand([class_label] if isinstance(class_label, int) else list(class_label), n)
@@ -236,41 +246,58 @@ class LatentDiffusionPipeline:
 
     # ----- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_latents(self, cond: Conditioning, uncond: Conditioning | None, noise: torch.Tensor, *,
-                       sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0,
-                       guidance_rescale: float = 0.0, eta: float = 0.0, spacing: str | None = None,
-                       start: torch.Tensor | None = None, strength: float = 1.0,
-                       callback: Callable | None = None, progress: bool = False, seed: int = 0) -> torch.Tensor:
-        """Sample latents; ``seed`` drives the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
-        check_sampling(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
-        sample = samplers.get(sampler)
-        if self.kind == "none":
-            guidance = 1.0  # nothing to guide: the null condition is the only condition
+    def sample_latents(self, cond: Conditioning, uncond: Conditioning | None, noise: torch.Tensor,
+                       options: SamplerOptions, *, start: torch.Tensor | None = None,
+                       callback: samplers.Callback | None = None, progress: bool = False) -> torch.Tensor:
+        """Latents [B, c, h, w] from ``noise`` (and img2img ``start``) as ``options`` say; ``options.seed`` drives
+        the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
+        if self.conditioning.unconditional:
+            options = options.replace(guidance=1.0)  # nothing to guide: the null condition is the only condition
         dtype = autocast_dtype(self.device, self.precision)
-        bar = None
-        if progress:
-            from ldmkit.progress import progress_bar
+        bar = progress_bar(total=options.steps, desc=f"sample {options.sampler}", leave=False) if progress else None
 
-            bar = progress_bar(total=steps, desc=f"sample {sampler}", leave=False)
-
-        def step_callback(i, total, x, x0):
+        def step_callback(step: samplers.Step) -> torch.Tensor | None:
             if bar is not None:
-                bar.total = total
+                bar.total = step.total
                 bar.update(1)
-            return callback(i, total, x, x0) if callback is not None else None
+            return callback(step) if callback is not None else None
 
-        kwargs: dict[str, Any] = dict(steps=steps, uncond=uncond if guidance != 1.0 else None, guidance=guidance,
-                                      guidance_rescale=guidance_rescale, spacing=spacing, start=start,
-                                      strength=strength, callback=step_callback, generator=seed_generator(seed))
-        if eta:
-            kwargs["eta"] = eta
         try:
             with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                latents = sample(self.denoiser, noise.to(self.device), cond, **kwargs)
+                latents = samplers.sample(options, self.denoiser, noise.to(self.device), cond, uncond,
+                                          start=start, callback=step_callback,
+                                          generator=seed_generator(options.seed))
         finally:
             if bar is not None:
                 bar.close()
         return latents.float()
+
+    @torch.no_grad()
+    def generate(self, cond: Conditioning, uncond: Conditioning, count: int, latent_shape: tuple[int, int, int],
+                 options: SamplerOptions, *, batch_size: int, start: torch.Tensor | None = None,
+                 callback_for: Callable[[slice, torch.Tensor], samplers.Callback | None] | None = None,
+                 decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """The batch loop every task shares: ``count`` images [count, C, H, W] in [-1, 1] on the CPU.
+
+        Image i starts from the noise of seed ``options.seed + i`` (drawn on the CPU: an image does not change
+        with the batch size or the device); batch ``[lo, hi)`` samples with seed ``options.seed + lo`` for the
+        noise stochastic samplers add. ``start`` [1, c, h, w]: img2img latents for every image.
+        ``callback_for(batch slice, that batch's noise)`` gives the batch's step callback (inpainting blends
+        the known region through it). ``decode`` replaces :meth:`decode` (tiled decoding).
+        """
+        noise = seeded_noise([options.seed + i for i in range(count)], latent_shape)  # [N, c, h, w]
+        images = []
+        for lo in range(0, count, batch_size):
+            index = slice(lo, min(lo + batch_size, count))
+            batch_noise = noise[index].to(self.device)
+            batch_start = start.expand(batch_noise.shape[0], -1, -1, -1) if start is not None else None
+            callback = callback_for(index, batch_noise) if callback_for is not None else None
+            latents = self.sample_latents(cond.index(index), uncond.index(index), batch_noise,
+                                          options.replace(seed=options.seed + lo), start=batch_start,
+                                          callback=callback, progress=progress)
+            images.append((decode or self.decode)(latents).cpu())
+        return torch.cat(images)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -288,34 +315,29 @@ class LatentDiffusionPipeline:
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Generate images; ``n`` repeats each prompt/class that many times in total (cycled)."""
         count = self._image_count(prompt, class_label, n)
-        check_request(count=count, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
-                      guidance_rescale=guidance_rescale, eta=eta)
+        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         shape = self._latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=batch_size, count=count)
         cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
-        noise = seeded_noise([seed + i for i in range(count)], shape)
-        images = []
-        for lo in range(0, count, batch_size):
-            index = slice(lo, min(lo + batch_size, count))
-            latents = self.sample_latents(cond.index(index), uncond.index(index), noise[index], sampler=sampler,
-                                          steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
-                                          eta=eta, spacing=spacing, callback=callback, progress=progress,
-                                          seed=seed + lo)
-            images.append(self.decode(latents).cpu())
-        batch = torch.cat(images)
+        batch = self.generate(cond, uncond, count, shape, options, batch_size=batch_size,
+                              callback_for=(lambda index, noise: callback) if callback is not None else None,
+                              progress=progress)
         return batch if output == "tensor" else [to_pil(to_unit(image)) for image in batch]
 
     @torch.no_grad()
     def interpolate(self, *, seeds: tuple[int, int] = (0, 1), prompts: tuple[str, str] | None = None,
                     class_label: int | None = None, frames: int = 8, output: str = "pil",
-                    **sample_kwargs: Any) -> list[Image.Image] | torch.Tensor:
+                    height: int | None = None, width: int | None = None, callback: samplers.Callback | None = None,
+                    progress: bool = False, **sampling: Any) -> list[Image.Image] | torch.Tensor:
         """A strip from seed A to seed B (spherical interpolation of noise) and/or prompt A to prompt B
-        (linear interpolation of the conditioning)."""
+        (linear interpolation of the conditioning); ``sampling``: the :class:`SamplerOptions` fields."""
         check_count("frames", frames)
         for seed in seeds:
             check_seed(seed)
-        shape = self._latent_shape(sample_kwargs.pop("height", None), sample_kwargs.pop("width", None))
+        options = SamplerOptions(**sampling)
+        shape = self._latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=frames, count=frames)
         noise_a, noise_b = seeded_noise(list(seeds), shape)
@@ -328,11 +350,11 @@ class LatentDiffusionPipeline:
         else:
             single = None if class_label is None else [class_label]
             prompt = None
-            if self.kind in ("text", "pretrained_text"):
+            if self.conditioning.takes_text:
                 raise ConfigError("interpolating seeds of a text model needs a prompt; pass prompts=(p, p)")
             cond, uncond, _ = self._conditions(prompt, single, None, 1)
             cond, uncond = cond.repeat(frames), uncond.repeat(frames)
-        latents = self.sample_latents(cond, uncond, noise, **sample_kwargs)
+        latents = self.sample_latents(cond, uncond, noise, options, callback=callback, progress=progress)
         images = self.decode(latents).cpu()
         return images if output == "tensor" else [to_pil(to_unit(image)) for image in images]
 
@@ -353,6 +375,11 @@ def _lerp_conditioning(a: Conditioning, b: Conditioning, weights: list[float]) -
     if a.context_mask is not None:
         out["context_mask"] = (a.context_mask | b.context_mask).repeat(len(weights), 1)
     return Conditioning(**out)
+
+
+register_task(TaskSpec("generate", "Generate", 1, LatentDiffusionPipeline, without_image_condition,
+                       lambda c: f"this model needs its '{c.concat.kind}' image condition to sample: use the "
+                                 "task it was trained for"))
 
 
 def load_pipeline(directory: str | Path, device: str | torch.device = "auto",

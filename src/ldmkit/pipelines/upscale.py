@@ -37,13 +37,14 @@ from torch import nn
 from ldmkit.conditioning.merge import merge_conditionings
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.data.degradations import resize_image
-from ldmkit.denoisers.wrapper import Denoiser
+from ldmkit.denoisers.wrapper import Denoiser, NetworkWrapper
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
 from ldmkit.config.checks import check_count
-from ldmkit.pipelines.checks import check_request
+from ldmkit.pipelines.checks import request_options
 from ldmkit.pipelines.img2img import image_to_tensor
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline, seeded_noise
+from ldmkit.pipelines.tasks import TaskSpec, check_task, register_task
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
 
 # ----- tiles ------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def _crop(cond: Conditioning | None, rows: slice, cols: slice) -> Conditioning |
     return replace(cond, concat=cond.concat[..., rows, cols])
 
 
-class TiledNetwork(nn.Module):
+class TiledNetwork(NetworkWrapper):
     """A network evaluated on overlapping tiles of its input, outputs blended (MultiDiffusion-style).
 
     With ``grid_tile`` None (the default) it is the wrapped network unchanged.
@@ -183,10 +184,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        concat = self.conditioner.config.concat
-        if concat.kind != "low_res":
-            raise ConfigError(f"this model's image condition is '{concat.kind}', not 'low_res': upscaling needs a "
-                              "super-resolution model (trained with conditioner.concat.kind=low_res)")
+        check_task("upscale", self.conditioning)
+        concat = self.conditioning.concat
         if concat.low_res_mode == "encode" and self.conditioner.concat_encoder.first_stage is None:
             self.conditioner.set_first_stage(self.autoencoder.encode)
         self.tiled = TiledNetwork(self.unet)
@@ -260,8 +259,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
         ``guidance`` steers the main (text/class) condition only and is ignored by unconditional models.
         Returns PIL images, or with ``output="tensor"`` a CPU tensor [n, C, H·factor, W·factor] in [-1, 1].
         """
-        check_request(count=n, batch_size=1, seed=seed, steps=steps, guidance=guidance,
-                      guidance_rescale=guidance_rescale, eta=eta)
+        options = request_options(count=n, batch_size=1, seed=seed, sampler=sampler, steps=steps, spacing=spacing,
+                                  guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)
         low_res = self.prepare_image(image)  # [1, C, h, w]
@@ -279,21 +278,15 @@ class UpscalePipeline(LatentDiffusionPipeline):
         concat = concat.repeat(count)
         cond = merge_conditionings(main, concat)
         uncond = merge_conditionings(main_uncond, concat)
-        noise = seeded_noise([seed + i for i in range(count)], (self.autoencoder.latent_channels, *grid))
-        images = []
-        for i in range(count):
-            one = slice(i, i + 1)
-            if tiles is not None:
-                self.tiled.grid_tile, self.tiled.overlap, self.tiled.tile_batch = tiles.tile, tiles.overlap, tile_batch
-            try:
-                latents = self.sample_latents(cond.index(one), uncond.index(one), noise[one], sampler=sampler,
-                                              steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
-                                              eta=eta, spacing=spacing, callback=callback, progress=progress,
-                                              seed=seed + i)  # [1, c, h, w]
-            finally:
-                self.tiled.grid_tile = None
-            images.append(self._decode(latents, tiles).cpu())
-        batch = torch.cat(images)  # [n, C, H, W]
+        if tiles is not None:  # one image at a time: the tiled network covers one latent grid
+            self.tiled.grid_tile, self.tiled.overlap, self.tiled.tile_batch = tiles.tile, tiles.overlap, tile_batch
+        try:
+            batch = self.generate(cond, uncond, count, (self.autoencoder.latent_channels, *grid), options,
+                                  batch_size=1, decode=lambda latents: self._decode(latents, tiles),
+                                  callback_for=(lambda index, noise: callback) if callback is not None else None,
+                                  progress=progress)  # [n, C, H, W]
+        finally:
+            self.tiled.grid_tile = None
         return batch if output == "tensor" else [to_pil(to_unit(x)) for x in batch]
 
     @torch.no_grad()
@@ -306,5 +299,10 @@ class UpscalePipeline(LatentDiffusionPipeline):
                           out_channels=self.autoencoder.config.out_channels)
         return out.clamp(-1, 1)  # [1, C, h·f, w·f]
 
+
+register_task(TaskSpec(
+    "upscale", "Upscale", 4, UpscalePipeline, lambda c: c.concat.super_resolution,
+    lambda c: f"this model's image condition is '{c.concat.kind}', not 'low_res': upscaling needs a "
+              "super-resolution model (trained with conditioner.concat.kind=low_res)"))
 
 __all__ = ["Tile", "TileGrid", "TiledNetwork", "UpscalePipeline"]

@@ -1,14 +1,15 @@
-"""What every sampler shares: the timestep ladder, img2img start, guidance and the per-step callback.
+"""What every sampler shares: the ladder of noise levels, the guided prediction at a level, the step callback.
 
-Every sampler has the signature of :func:`ldmkit.samplers.ddim.ddim`::
+A sampler is a plain function over a prepared ladder (DESIGN habit 3)::
 
-    sample(denoiser, noise, cond=None, *, steps, uncond=None, guidance=1.0, guidance_rescale=0.0,
-           spacing=None, eta=0.0, start=None, strength=1.0, callback=None, generator=None) -> x0 latents
+    sample(model, x, ladder, *, callback=None, generator=None[, eta]) -> x0 latents
 
-The sampler state ``x`` is always the variance-preserving ``x_t`` at the ladder's current noise level
+``model(x, i)`` is the (guided) prediction at ladder level ``i`` (:class:`LadderModel`); ``x`` is the
+variance-preserving ``x_t`` at the ladder's first level, and after step ``i`` it is at level ``i + 1``
 (samplers that work in σ-space convert inside their step), so callbacks see the same thing whatever the
-sampler. The per-step coefficients are Python floats computed on the host before the loop: a step
-launches device work only and never waits for the device.
+sampler. The per-step coefficients are Python floats computed on the host before the loop: a step launches
+device work only and never waits for the device. :func:`ldmkit.samplers.sample` builds the ladder, the
+model and the starting ``x`` from :class:`~ldmkit.samplers.options.SamplerOptions` and calls the sampler.
 """
 
 from __future__ import annotations
@@ -24,10 +25,7 @@ from ldmkit.denoisers.wrapper import Denoiser, Prediction
 from ldmkit.diffusion.noise import randn
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError, LdmkitError
-from ldmkit.samplers.guidance import check_guidance, fit_batch, guided_prediction
-
-# callback(step index, total steps, x after the step, predicted x0) -> replacement x or None.
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+from ldmkit.samplers.guidance import fit_batch, guided_prediction
 
 
 class SamplingCancelled(LdmkitError):
@@ -59,6 +57,22 @@ class Ladder:
         return math.sqrt((1 - alpha_bar) / alpha_bar)
 
 
+@dataclass(frozen=True)
+class Step:
+    """What a callback is told after step ``index`` of ``total``: ``x`` is now at the ladder level whose ᾱ is
+    ``alpha_bar`` (1 after the last step), ``x0`` is the step's prediction of the clean latents."""
+
+    index: int
+    total: int
+    alpha_bar: float
+    x: torch.Tensor  # [B, C, h, w]
+    x0: torch.Tensor  # [B, C, h, w]
+
+
+# callback(step) -> a replacement for step.x, or None to keep it.
+Callback = Callable[[Step], "torch.Tensor | None"]
+
+
 def img2img_steps(steps: int, strength: float) -> int:
     """How many of ``steps`` an img2img run with ``strength`` takes: ⌊steps · strength⌋, at least 1."""
     return min(steps, max(1, math.floor(steps * strength + 1e-9)))
@@ -75,78 +89,57 @@ def make_ladder(schedule: NoiseSchedule, steps: int, spacing: str, strength: flo
     return Ladder(timesteps=tuple(kept.tolist()), alpha_bars=tuple(alpha_bars), alpha_bar_floor=floor)
 
 
-class SamplingRun:
-    """One prepared sampling call: ladder, starting ``x``, guided predictions, noise and callback."""
+class LadderModel:
+    """``model(x, i)``: the denoiser's prediction at ladder level ``i`` under classifier-free guidance.
 
-    def __init__(self, denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning | None, *, steps: int,
-                 uncond: Conditioning | None, guidance: float, guidance_rescale: float, spacing: str,
-                 start: torch.Tensor | None, strength: float, callback: Callback | None,
-                 generator: torch.Generator | None):
-        check_guidance(cond, uncond, guidance, guidance_rescale)
-        if start is None and strength != 1.0:
-            raise ConfigError(f"strength {strength} applies to img2img only; pass start latents or use strength 1")
-        if start is not None and start.shape != noise.shape:
-            raise ConfigError(f"start latents {tuple(start.shape)} and noise {tuple(noise.shape)} differ in shape")
+    The condition and the null condition are fitted to the batch once, the timesteps become device tensors
+    once, and the schedule tables the denoiser reads are copied to the device before the first step.
+    """
+
+    def __init__(self, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor, cond: Conditioning | None = None,
+                 uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0):
+        batch = like.shape[0]
         self.denoiser = denoiser
-        batch = noise.shape[0]
-        self.cond = fit_batch(cond.to(device=noise.device), batch) if cond is not None else None
-        self.uncond = fit_batch(uncond.to(device=noise.device), batch) if uncond is not None else None
+        self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
+        self.uncond = fit_batch(uncond.to(device=like.device), batch) if uncond is not None else None
         self.guidance = float(guidance)
         self.guidance_rescale = float(guidance_rescale)
-        self.callback = callback
-        self.generator = generator
-        self.ladder = make_ladder(denoiser.schedule, steps, spacing, strength)
-        self._t = self._timestep_tensors(self.ladder.timesteps, noise)
-        # The schedule tables the denoiser reads at every step, copied to the device now, not in the first step.
-        table_dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
+        self.timesteps = _timestep_tensors(ladder.timesteps, like)
+        table_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         for table in ("alphas_cumprod", "log_sigmas"):
-            denoiser.schedule.table(table, noise.device, table_dtype)
-        if start is None:
-            self.x = noise  # pure noise stands for x_T
-        else:
-            # img2img (SDEdit): noise the start latents to the first timestep of the shortened ladder.
-            self.x = denoiser.schedule.add_noise(start.to(noise.dtype), noise, self._t[0].expand(noise.shape[0]))
+            denoiser.schedule.table(table, like.device, table_dtype)
 
-    @staticmethod
-    def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:
-        """One scalar tensor per level, all on ``like``'s device and of one dtype: int64 when every
-        timestep is whole, else float32 (whole values among them still index the schedule exactly). One
-        dtype keeps a compiled network from compiling twice; built once, so steps copy nothing to the device.
-        """
-        whole = all(float(t).is_integer() for t in timesteps)
-        values = torch.tensor([int(t) if whole else t for t in timesteps],
-                              dtype=torch.int64 if whole else torch.float32)
-        return list(values.to(like.device).unbind())
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.denoiser.schedule
 
-    def __len__(self) -> int:
-        return len(self.ladder)
-
-    def predict(self, x: torch.Tensor, i: int) -> Prediction:
-        """The guided prediction at ladder level ``i``."""
-        return guided_prediction(self.denoiser, x, self._t[i], self.cond, self.uncond, self.guidance,
+    def __call__(self, x: torch.Tensor, i: int) -> Prediction:
+        return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, self.guidance,
                                  self.guidance_rescale)
 
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return randn(x.shape, device=x.device, dtype=x.dtype, generator=self.generator)
 
-    def end_step(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Run the callback after step ``i``; it may return a replacement ``x``."""
-        if self.callback is None:
-            return x
-        replaced = self.callback(i, len(self.ladder), x, x0)
-        return x if replaced is None else replaced
-
-
-def prepare(denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning | None, *, steps: int,
-            uncond: Conditioning | None, guidance: float, guidance_rescale: float, spacing: str | None,
-            default_spacing: str, start: torch.Tensor | None, strength: float, callback: Callback | None,
-            generator: torch.Generator | None) -> SamplingRun:
-    """Check the shared arguments and set up a run (``spacing=None`` takes the sampler's default)."""
-    return SamplingRun(denoiser, noise, cond, steps=steps, uncond=uncond, guidance=guidance,
-                       guidance_rescale=guidance_rescale, spacing=spacing or default_spacing, start=start,
-                       strength=strength, callback=callback, generator=generator)
+def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:
+    """One scalar tensor per level, all on ``like``'s device and of one dtype: int64 when every timestep is
+    whole, else float32 (whole values among them still index the schedule exactly). One dtype keeps a
+    compiled network from compiling twice; built once, so steps copy nothing to the device."""
+    whole = all(float(t).is_integer() for t in timesteps)
+    values = torch.tensor([int(t) if whole else t for t in timesteps], dtype=torch.int64 if whole else torch.float32)
+    return list(values.to(like.device).unbind())
 
 
-def require_no_eta(sampler: str, eta: float) -> None:
-    if eta != 0.0:
-        raise ConfigError(f"sampler '{sampler}' has no eta; leave eta at 0 (eta applies to ddim)")
+def end_step(callback: Callback | None, ladder: Ladder, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """After step ``i``: tell the callback where ``x`` now is; it may return a replacement ``x``."""
+    if callback is None:
+        return x
+    replaced = callback(Step(index=i, total=len(ladder), alpha_bar=ladder.alpha_bars[i + 1], x=x, x0=x0))
+    return x if replaced is None else replaced
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Fresh noise for stochastic samplers, drawn from ``generator`` (on the CPU, so seeds give the same
+    samples on every device)."""
+    return randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+
+
+__all__ = ["Callback", "Ladder", "LadderModel", "SamplingCancelled", "Step", "end_step", "img2img_steps",
+           "make_ladder", "randn_like"]

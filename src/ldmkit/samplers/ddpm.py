@@ -11,27 +11,18 @@ import math
 
 import torch
 
-from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.wrapper import Denoiser
-from ldmkit.samplers.common import Callback, prepare, require_no_eta
-from ldmkit.samplers.registry import SAMPLERS
+from ldmkit.samplers.common import Callback, Ladder, LadderModel, end_step, randn_like
+from ldmkit.samplers.registry import register_sampler
 
 
-@SAMPLERS.register("ddpm")
+@register_sampler("ddpm", spacing="trailing")
 @torch.no_grad()
-def ddpm(denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning | None = None, *, steps: int = 50,
-         uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
-         spacing: str | None = None, eta: float = 0.0, start: torch.Tensor | None = None, strength: float = 1.0,
-         callback: Callback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDPM ancestral sampler; arguments as :func:`ldmkit.samplers.ddim.ddim`. Default spacing: trailing."""
-    require_no_eta("ddpm", eta)
-    run = prepare(denoiser, noise, cond, steps=steps, uncond=uncond, guidance=guidance,
-                  guidance_rescale=guidance_rescale, spacing=spacing, default_spacing="trailing", start=start,
-                  strength=strength, callback=callback, generator=generator)
-    x = run.x
-    ab = run.ladder.alpha_bars
-    for i in range(len(run)):
-        pred = run.predict(x, i)
+def ddpm(model: LadderModel, x: torch.Tensor, ladder: Ladder, *, callback: Callback | None = None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM ancestral sampler; the shared arguments of :func:`ldmkit.samplers.ddim.ddim`. Default spacing: trailing."""
+    ab = ladder.alpha_bars
+    for i in range(len(ladder)):
+        pred = model(x, i)
         a_t, a_s = ab[i], ab[i + 1]
         beta = 1 - a_t / a_s
         coef_x0 = math.sqrt(a_s) * beta / (1 - a_t)
@@ -39,6 +30,6 @@ def ddpm(denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning | None = No
         variance = (1 - a_s) / (1 - a_t) * beta
         x = coef_x0 * pred.x0 + coef_xt * x  # posterior mean, [B, C, h, w]
         if variance > 0:
-            x = x + math.sqrt(variance) * run.randn_like(x)
-        x = run.end_step(i, x, pred.x0)
+            x = x + math.sqrt(variance) * randn_like(x, generator)
+        x = end_step(callback, ladder, i, x, pred.x0)
     return x

@@ -11,31 +11,20 @@ import math
 
 import torch
 
-from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers.wrapper import Denoiser
-from ldmkit.samplers.common import Callback, prepare, require_no_eta
-from ldmkit.samplers.registry import SAMPLERS
+from ldmkit.samplers.common import Callback, Ladder, LadderModel, end_step
+from ldmkit.samplers.registry import register_sampler
 
 
-@SAMPLERS.register("dpm++2m")
+@register_sampler("dpm++2m", spacing="karras")
 @torch.no_grad()
-def dpm_solver_pp_2m(denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning | None = None, *,
-                     steps: int = 50, uncond: Conditioning | None = None, guidance: float = 1.0,
-                     guidance_rescale: float = 0.0, spacing: str | None = None, eta: float = 0.0,
-                     start: torch.Tensor | None = None, strength: float = 1.0, callback: Callback | None = None,
+def dpm_solver_pp_2m(model: LadderModel, x: torch.Tensor, ladder: Ladder, *, callback: Callback | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M); arguments as :func:`ldmkit.samplers.ddim.ddim`. Default spacing: karras."""
-    require_no_eta("dpm++2m", eta)
-    run = prepare(denoiser, noise, cond, steps=steps, uncond=uncond, guidance=guidance,
-                  guidance_rescale=guidance_rescale, spacing=spacing, default_spacing="karras", start=start,
-                  strength=strength, callback=callback, generator=generator)
-    ladder = run.ladder
-    x = run.x
+    """DPM-Solver++(2M); the shared arguments of :func:`ldmkit.samplers.ddim.ddim`. Default spacing: karras."""
     previous: torch.Tensor | None = None
     h_previous = 0.0
-    for i in range(len(run)):
+    for i in range(len(ladder)):
         sigma, sigma_next = ladder.sigma(i), ladder.sigma(i + 1)
-        pred = run.predict(x, i)
+        pred = model(x, i)
         if sigma_next == 0.0:
             x_tilde, h = pred.x0, math.inf
         else:
@@ -46,5 +35,5 @@ def dpm_solver_pp_2m(denoiser: Denoiser, noise: torch.Tensor, cond: Conditioning
                 data = (1 + 1 / (2 * r)) * pred.x0 - (1 / (2 * r)) * previous
             x_tilde = (sigma_next / sigma) * (x / math.sqrt(ladder.finite_alpha_bar(i))) - math.expm1(-h) * data
         previous, h_previous = pred.x0, h
-        x = run.end_step(i, x_tilde * math.sqrt(ladder.finite_alpha_bar(i + 1)), pred.x0)
+        x = end_step(callback, ladder, i, x_tilde * math.sqrt(ladder.finite_alpha_bar(i + 1)), pred.x0)
     return x

@@ -38,6 +38,7 @@ from ldmkit.pipelines import (
     load_pipeline,
 )
 from ldmkit.runtime import autocast_dtype
+from ldmkit.samplers import Step
 from ldmkit.serve.images import crop_ids, editor_layers, fit_box, fit_image
 
 #: Task names in the order the app shows them, with their tab labels.
@@ -60,7 +61,8 @@ class _StepProgress:
     def __init__(self, report: Progress, runs: int):
         self.report, self.runs, self.done, self.run = report, runs, 0, 0
 
-    def __call__(self, i: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    def __call__(self, step: Step) -> None:
+        i, total = step.index, step.total
         self.done += 1
         if i == 0 and self.done > 1:
             self.run += 1

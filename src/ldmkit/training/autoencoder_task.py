@@ -39,8 +39,9 @@ class AutoencoderExperiment:
                                 min=0)
 
     def __post_init__(self) -> None:
-        side = NLayerDiscriminator.output_side(self.data.resolution, self.loss.disc_layers)
-        if self.loss.disc_weight > 0 and side < 1:
+        # Only a discriminator this run reaches (disc_start within train.steps) has to fit the images.
+        runs = self.loss.disc_weight > 0 and self.loss.disc_factor > 0 and self.loss.disc_start < self.train.steps
+        if runs and NLayerDiscriminator.output_side(self.data.resolution, self.loss.disc_layers) < 1:
             raise ConfigError(
                 f"loss.disc_layers={self.loss.disc_layers} is too deep for data.resolution={self.data.resolution}: "
                 "the PatchGAN would shrink the images to nothing; lower loss.disc_layers or raise the resolution")

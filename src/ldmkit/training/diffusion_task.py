@@ -20,7 +20,7 @@ from ldmkit.autoencoders import load_autoencoder
 from ldmkit.conditioning import ConditionerConfig, build_conditioner
 from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
-from ldmkit.data.latents import LatentDataset, read_latent_index
+from ldmkit.data.latents import check_cache_autoencoder, LatentDataset, read_latent_index
 from ldmkit.data.masked import ItemMasks, MaskedItems
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
@@ -104,7 +104,7 @@ class DiffusionTask(Task):
         self.device = device
         self.autoencoder = load_autoencoder(exp.autoencoder, device=device).eval().requires_grad_(False)
         # Only concat routes encode images; passing the first stage otherwise would copy it into the EMA.
-        first_stage = self.autoencoder.encode if exp.conditioner.concat.kind != "none" else None
+        first_stage = self.autoencoder.encode if exp.conditioner.concat.present else None
         self.conditioner = build_conditioner(exp.conditioner, captions=self.captions,
                                              first_stage=first_stage).to(device)
         z_channels = self.autoencoder.latent_channels
@@ -161,11 +161,11 @@ class DiffusionTask(Task):
     def _preview_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         preview = self.experiment.preview
         n = preview.count
-        kind = self.experiment.conditioner.kind
-        if kind in ("text", "pretrained_text"):
+        takes = self.experiment.conditioner
+        if takes.takes_text:
             prompts = list(preview.prompts) or list(batch["caption"])[:n]
             return {"prompt": (prompts * n)[:n]}
-        if kind == "class":
+        if takes.takes_labels:
             classes = list(preview.classes) or list(range(self.experiment.conditioner.num_classes))
             return {"class_label": (classes * n)[:n]}
         return {"n": n}
@@ -211,12 +211,12 @@ def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path
     experiment = load_config(DiffusionExperiment, config, overrides, group="diffusion")
     read_model_dir(experiment.autoencoder, kind="autoencoder")  # fail fast on a wrong path
     if experiment.latents:
-        read_latent_index(experiment.latents)
+        check_cache_autoencoder(experiment.latents, read_latent_index(experiment.latents), experiment.autoencoder)
         dataset = LatentDataset(experiment.latents)
         captions = dataset.captions
     else:
         dataset = build_dataset(experiment.data, split="train")
-        captions = dataset_captions(dataset) if experiment.conditioner.kind == "text" else None
+        captions = dataset_captions(dataset) if experiment.conditioner.trains_text_encoder else None
     task = DiffusionTask(experiment, dataset, captions)
     return train(task, experiment.train, training_dataset(experiment, dataset), experiment)
 
@@ -231,7 +231,7 @@ def training_dataset(experiment: DiffusionExperiment, dataset: Any) -> Any:
     conditioner draws them in the training process.
     """
     concat = experiment.conditioner.concat
-    if concat.kind != "masked_image":
+    if not concat.inpainting:
         return dataset
     if isinstance(dataset, LatentDataset):
         raise ConfigError("inpainting (conditioner.concat.kind=masked_image) trains on images, which a latent "

@@ -34,7 +34,8 @@ STARTS_NAME = "starts.jsonl"  # one line per start: when, at which step, on what
 RESUMABLE_CHANGES = (
     "train.steps", "train.out", "train.progress", "train.log_every", "train.image_every", "train.checkpoint_every",
     "train.keep_last", "train.keep_every", "train.max_minutes", "train.num_workers", "train.device",
-    "train.precision", "train.channels_last", "train.compile", "train.max_nonfinite", "train.loss_spike_factor",
+    "train.precision", "train.channels_last", "train.compile", "train.parallel", "train.max_nonfinite",
+    "train.loss_spike_factor",
     "preview.", "scale_samples",
 )
 
@@ -81,7 +82,7 @@ def check_resume_config(run_dir: Path, config: Any, step: int) -> dict[str, tupl
         raise RunDirectoryError(
             f"the checkpoint at step {step} in {run_dir} was trained under another config: {describe_changes(refused)}; "
             "put those values back to resume, or train into a new train.out (a resumed run may change only "
-            "how it runs: train.steps, logging, checkpoint and image intervals, device, workers)")
+            "how it runs: train.steps, logging, checkpoint and image intervals, device, workers, parallelism)")
     return changes
 
 

@@ -1,0 +1,77 @@
+"""How to sample, as one value: the sampler, its steps and spacing, guidance, η, img2img strength and seed.
+
+:class:`SamplerOptions` is validated once, where it is made; every layer below (the pipelines, the batch loop,
+:func:`ldmkit.samplers.sample`) passes the value on instead of a dozen keyword arguments, so a new option is
+one field here and one use where it matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ldmkit.config.checks import check_count, check_finite, check_seed, is_finite_number
+from ldmkit.diffusion.schedules import SPACINGS, NoiseSchedule
+from ldmkit.errors import ConfigError
+from ldmkit.samplers.common import Ladder, make_ladder
+from ldmkit.samplers.registry import SAMPLERS, SamplerSpec
+
+#: More steps than this only cost time (the karras ladder also allocates one entry per step).
+MAX_STEPS = 10_000
+
+
+def check_steps(steps: int) -> int:
+    check_count("steps", steps)
+    if steps > MAX_STEPS:
+        raise ConfigError(f"steps must be at most {MAX_STEPS}; got {steps}")
+    return steps
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """One sampling request's settings (everything but the condition and the image size)."""
+
+    sampler: str = "dpm++2m"  # a name from ldmkit.samplers.names()
+    steps: int = 25  # steps of the full ladder; img2img runs ⌊steps · strength⌋ of them
+    spacing: str | None = None  # leading, trailing, linspace or karras; None: the sampler's default
+    guidance: float = 3.0  # classifier-free guidance scale s (1: one forward pass, no guidance)
+    guidance_rescale: float = 0.0  # φ of Lin et al. 2023 (0: off)
+    eta: float = 0.0  # DDIM's η (samplers without η require 0)
+    strength: float = 1.0  # img2img: how far into the ladder the input is noised (1: from pure noise)
+    seed: int = 0  # seeds the noise stochastic samplers add at each step
+
+    def __post_init__(self) -> None:
+        spec = SAMPLERS.get(self.sampler)  # a one-line error naming the closest sampler
+        check_steps(self.steps)
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ConfigError(f"unknown timestep spacing '{self.spacing}'; use one of {', '.join(SPACINGS)}")
+        check_finite("guidance", self.guidance)
+        if not 0.0 <= check_finite("guidance rescale", self.guidance_rescale) <= 1.0:
+            raise ConfigError(f"guidance_rescale must be in [0, 1]; got {self.guidance_rescale}")
+        check_finite("eta", self.eta)
+        if self.eta < 0:
+            raise ConfigError(f"eta must be at least 0; got {self.eta}")
+        if self.eta != 0 and not spec.eta:
+            with_eta = ", ".join(name for name in SAMPLERS.names() if SAMPLERS.get(name).eta)
+            raise ConfigError(f"sampler '{self.sampler}' has no eta; leave eta at 0 (eta applies to {with_eta})")
+        if not (is_finite_number(self.strength) and 0.0 < self.strength <= 1.0):
+            raise ConfigError(f"strength must be in (0, 1]; got {self.strength} (small keeps the input, 1 ignores it)")
+        check_seed(self.seed)
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return SAMPLERS.get(self.sampler)
+
+    @property
+    def resolved_spacing(self) -> str:
+        return self.spacing or self.spec.default_spacing
+
+    def ladder(self, schedule: NoiseSchedule) -> Ladder:
+        """The levels this request visits on ``schedule``."""
+        return make_ladder(schedule, self.steps, self.resolved_spacing, self.strength)
+
+    def replace(self, **changes) -> "SamplerOptions":
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["MAX_STEPS", "SamplerOptions", "check_steps"]
