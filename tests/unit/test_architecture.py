@@ -64,3 +64,33 @@ def test_no_import_cycles_between_packages():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The names of the conditioning kinds: only conditioning/ decides what they mean.
+CONDITIONING_KINDS = {"text", "pretrained_text", "class", "masked_image", "low_res", "semantic"}
+
+
+def kind_comparisons(path: Path) -> list[int]:
+    """Lines of ``path`` that compare something with a conditioning kind's name."""
+
+    def names(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(names(e) for e in node.elts)) if node.elts else set()
+        return set()
+
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Compare)
+            and any(names(operand) & CONDITIONING_KINDS for operand in [node.left, *node.comparators])]
+
+
+def test_no_conditioning_kind_is_compared_outside_conditioning():
+    found = {str(p.relative_to(ROOT)): lines for p in sorted(ROOT.rglob("*.py"))
+             if p.relative_to(ROOT).parts[0] != "conditioning" and (lines := kind_comparisons(p))}
+    assert found == {}
+
+
+def test_the_kind_finder_finds_comparisons(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('a = kind == "text"\nb = kind in ("x", "low_res")\nc = kind == "kl"\nd = {"text": 1}\n')
+    assert kind_comparisons(source) == [1, 2]

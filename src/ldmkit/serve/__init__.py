@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ldmkit.serve.model import MAX_IMAGES, TASK_LABELS, TASKS_BY_CONCAT, ServedModel
+from ldmkit.serve.model import MAX_IMAGES, TASK_LABELS, ServedModel
 
 
 def build_app(model: ServedModel) -> Any:
@@ -18,4 +18,4 @@ def build_app(model: ServedModel) -> Any:
     return _build(model)
 
 
-__all__ = ["MAX_IMAGES", "TASKS_BY_CONCAT", "TASK_LABELS", "ServedModel", "build_app"]
+__all__ = ["MAX_IMAGES", "TASK_LABELS", "ServedModel", "build_app"]

@@ -138,11 +138,11 @@ def _runner(gr: Any, task: str, handler: Callable[..., list]) -> Callable[..., t
 
 def _condition_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
     """Prompt / class widgets of the model's condition (none for an unconditional model)."""
-    if model.condition == "text":
+    if model.pipe.conditioning.takes_text:
         return {"prompt": gr.Textbox("", label="Prompt", lines=2, placeholder="a red circle"),
                 "negative_prompt": gr.Textbox("", label="Negative prompt",
                                               placeholder="optional: steer away from this")}
-    if model.condition == "class":
+    if model.pipe.conditioning.takes_labels:
         choices = [(f"{i}: {name}", i) for i, name in enumerate(model.class_names)]
         return {"class_label": gr.Dropdown(choices=choices, value=0, label="Class")}
     return {}

@@ -8,9 +8,9 @@ them as the page's error message. No gradio here.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ldmkit.config.checks import is_finite_number
 from ldmkit.data.images import BadImage, load_image
 from ldmkit.pipelines.img2img import MAX_PIXELS
 
@@ -23,20 +23,11 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _is_finite_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
 def number_problem(label: str, value: Any, minimum: float, maximum: float) -> str | None:
     """Why ``value`` is not a number in ``minimum..maximum`` for the widget ``label``; None when it is."""
-    if _is_finite_number(value) and minimum <= value <= maximum:
+    if is_finite_number(value) and minimum <= value <= maximum:
         return None
-    given = _plain(value) if _is_finite_number(value) else repr(value)
+    given = _plain(value) if is_finite_number(value) else repr(value)
     return f"{label} must be a number from {_plain(minimum)} to {_plain(maximum)}; got {given}"
 
 

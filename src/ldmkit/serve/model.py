@@ -29,25 +29,13 @@ import torch
 from PIL import Image
 
 from ldmkit.errors import ConfigError, LdmkitError
-from ldmkit.pipelines import (
-    ImageToImagePipeline,
-    InpaintPipeline,
-    LatentDiffusionPipeline,
-    SemanticSynthesisPipeline,
-    UpscalePipeline,
-    load_pipeline,
-)
+from ldmkit.pipelines import TASKS, LatentDiffusionPipeline, load_pipeline, tasks_for
 from ldmkit.runtime import autocast_dtype
 from ldmkit.samplers import Step
 from ldmkit.serve.images import crop_ids, editor_layers, fit_box, fit_image
 
-#: Task names in the order the app shows them, with their tab labels.
-TASK_LABELS: dict[str, str] = {"generate": "Generate", "img2img": "Image to image", "inpaint": "Inpaint",
-                               "upscale": "Upscale", "synthesize": "Semantic synthesis"}
-#: The tasks of a model, by its concat (image-like) condition.
-TASKS_BY_CONCAT: dict[str, tuple[str, ...]] = {"none": ("generate", "img2img", "inpaint"),
-                                               "masked_image": ("inpaint",), "low_res": ("upscale",),
-                                               "semantic": ("synthesize",)}
+#: Task names with their tab labels (which tasks a model gets comes from the pipelines' task registry).
+TASK_LABELS: dict[str, str] = {name: TASKS.get(name).label for name in TASKS.names()}
 MAX_IMAGES = 16  # images per request (one sampling batch)
 MAX_STEPS = 200  # sampler steps the page offers: past this these models only get slower
 
@@ -111,14 +99,13 @@ class ServedModel:
                  map_class_names: Sequence[str] = ()):
         self.pipe = pipe
         self.name = name
-        concat = pipe.conditioner.config.concat.kind
-        if concat not in TASKS_BY_CONCAT:
-            raise ConfigError(f"the web app does not know models with the '{concat}' image condition")
-        self.tasks: tuple[str, ...] = TASKS_BY_CONCAT[concat]
-        config = pipe.conditioner.config
-        self.class_names = _numbered(class_names, config.num_classes) if self.condition == "class" else []
+        config = pipe.conditioning
+        self.tasks: tuple[str, ...] = tuple(tasks_for(config))
+        if not self.tasks:
+            raise ConfigError(f"the web app does not know models with the '{config.concat.kind}' image condition")
+        self.class_names = _numbered(class_names, config.num_classes) if config.takes_labels else []
         self.map_class_names = (_numbered(map_class_names, config.concat.semantic_classes)
-                                if concat == "semantic" else [])
+                                if config.concat.semantic_map else [])
         self._pipes: dict[str, LatentDiffusionPipeline] = {}
 
     @classmethod
@@ -135,13 +122,12 @@ class ServedModel:
     @property
     def condition(self) -> str:
         """``text`` (also a frozen pretrained encoder), ``class`` or ``none``."""
-        kind = self.pipe.kind
-        return "text" if kind in ("text", "pretrained_text") else kind
+        return self.pipe.conditioning.condition_name
 
     @property
     def has_guidance(self) -> bool:
         """Whether classifier-free guidance applies: a condition whose null version was trained (dropped)."""
-        return self.condition != "none" and self.pipe.conditioner.config.drop_prob > 0
+        return not self.pipe.conditioning.unconditional and self.pipe.conditioning.drop_prob > 0
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -166,9 +152,9 @@ class ServedModel:
         height, width = self.image_size
         condition = {"text": "text-conditional", "class": f"class-conditional ({len(self.class_names)} classes)",
                      "none": "unconditional"}[self.condition]
-        concat = self.pipe.conditioner.config.concat.kind
-        if concat != "none":
-            condition += f", {concat} condition"
+        concat = self.pipe.conditioning.concat
+        if concat.present:
+            condition += f", {concat.kind} condition"
         dtype = autocast_dtype(self.device, self.pipe.precision)
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
         return f"{self.name}: {condition}, trained at {width}x{height}, on {self.device} ({precision})"
@@ -178,9 +164,8 @@ class ServedModel:
         if task not in self.tasks:
             raise ConfigError(f"this model does not do '{task}'; it does {', '.join(self.tasks)}")
         if task not in self._pipes:
-            kind = {"generate": None, "img2img": ImageToImagePipeline, "inpaint": InpaintPipeline,
-                    "upscale": UpscalePipeline, "synthesize": SemanticSynthesisPipeline}[task]
-            self._pipes[task] = self.pipe if kind is None else kind.from_pipeline(self.pipe)
+            pipeline = TASKS.get(task).pipeline
+            self._pipes[task] = self.pipe if type(self.pipe) is pipeline else pipeline.from_pipeline(self.pipe)
         return self._pipes[task]
 
     # ----- the widgets' values ----------------------------------------------------------------------
@@ -195,10 +180,10 @@ class ServedModel:
             raise ConfigError(f"seed must be 0 or more; got {seed}")
         kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "seed": seed, "n": n, "progress": False,
                                   "guidance": float(guidance) if self.has_guidance else 1.0}
-        if self.condition == "text":
+        if self.pipe.conditioning.takes_text:
             kwargs["prompt"] = (prompt or "").strip() or None
             kwargs["negative_prompt"] = (negative_prompt or "").strip() or None
-        elif self.condition == "class":
+        elif self.pipe.conditioning.takes_labels:
             if class_label is None or class_label == "":
                 raise ConfigError("this is a class-conditional model: pick a class")
             kwargs["class_label"] = int(class_label)
@@ -284,4 +269,4 @@ class ServedModel:
         return self.pipeline("synthesize")(ids, batch_size=MAX_IMAGES, **kwargs)
 
 
-__all__ = ["MAX_IMAGES", "MAX_STEPS", "TASKS_BY_CONCAT", "TASK_LABELS", "ServedModel"]
+__all__ = ["MAX_IMAGES", "MAX_STEPS", "TASK_LABELS", "ServedModel"]
