@@ -75,6 +75,7 @@ def _pipeline(autoencoder, unet_cfg, cond_cfg, schedule_cfg, resolution: int, ca
     from ldmkit.conditioning import build_conditioner
     from ldmkit.denoisers.unet import UNet
     from ldmkit.diffusion.schedules import NoiseSchedule
+    from ldmkit.model import LatentDiffusionModel
     from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
     conditioner = build_conditioner(cond_cfg, captions=captions)
@@ -82,9 +83,10 @@ def _pipeline(autoencoder, unet_cfg, cond_cfg, schedule_cfg, resolution: int, ca
     cfg = dataclasses.replace(unet_cfg, in_channels=z, out_channels=z, context_dim=conditioner.context_dim,
                               vector_dim=conditioner.vector_dim, concat_channels=conditioner.concat_channels)
     latent = resolution // autoencoder.downsample_factor
-    return LatentDiffusionPipeline(unet=UNet(cfg).eval().requires_grad_(False), schedule=NoiseSchedule(schedule_cfg),
-                                   conditioner=conditioner.eval().requires_grad_(False),
-                                   autoencoder=autoencoder.eval().requires_grad_(False), latent_size=(latent, latent))
+    return LatentDiffusionPipeline(LatentDiffusionModel(
+        unet=UNet(cfg).eval().requires_grad_(False), schedule=NoiseSchedule(schedule_cfg),
+        conditioner=conditioner.eval().requires_grad_(False), autoencoder=autoencoder.eval().requires_grad_(False),
+        latent_size=(latent, latent)))
 
 
 def measure(pipe, prompts: list[str] | None, *, steps: int, guidance: float, precision: str, threads: int,

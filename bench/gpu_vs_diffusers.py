@@ -330,6 +330,7 @@ def section_cost(run: Runner, s: Settings) -> None:
     from ldmkit.conditioning import ConditionerConfig, build_conditioner
     from ldmkit.denoisers.unet import UNet
     from ldmkit.diffusion.schedules import NoiseSchedule
+    from ldmkit.model import LatentDiffusionModel
     from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
     image = s.cost_image
@@ -364,10 +365,11 @@ def section_cost(run: Runner, s: Settings) -> None:
             out["train_img_s_encoding_on_the_fly"] = b / (seconds + encode_s)
             # sampling: DDIM steps + decode, through the pipeline users call
             net.eval().requires_grad_(False)
-            pipe = LatentDiffusionPipeline(unet=net, schedule=NoiseSchedule(),
-                                           conditioner=build_conditioner(ConditionerConfig(kind="none")),
-                                           autoencoder=autoencoder.eval().requires_grad_(False),
-                                           latent_size=(latent, latent), precision="bf16")
+            model = LatentDiffusionModel(unet=net, schedule=NoiseSchedule(),
+                                         conditioner=build_conditioner(ConditionerConfig(kind="none")),
+                                         autoencoder=autoencoder.eval().requires_grad_(False),
+                                         latent_size=(latent, latent))
+            pipe = LatentDiffusionPipeline(model, precision="bf16")
             n = s.cost_sample_batch
             sample = lambda: pipe(n=n, steps=s.cost_steps, sampler="ddim", guidance=1.0, batch_size=n,
                                   output="tensor", progress=False)

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
+from ldmkit.autoencoders.build import build_autoencoder, load_autoencoder, save_autoencoder
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
 from ldmkit.conditioning.config import TextEncoderConfig
 from ldmkit.config import to_dict
 from ldmkit.data.config import DataConfig
 from ldmkit.denoisers import UNet, UNetConfig
-from ldmkit.diffusion.schedules import ScheduleConfig
-from ldmkit.pipelines.model_dir import save_ldm
+from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from ldmkit.model import LatentDiffusionModel
 
 SYNTHETIC_CLASSES = 16  # shapes × colours of the default synthetic data set
 
@@ -28,9 +28,10 @@ def save_model(root: Path, name: str, cond_cfg: ConditionerConfig, captions=None
     with torch.no_grad():  # a fresh UNet outputs zeros: give it something to say so seeds matter
         for parameter in unet.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    return save_ldm(root / name / "model", unet=unet, unet_config=unet.config, schedule_config=ScheduleConfig(),
-                    conditioner=conditioner, autoencoder_dir=root / "ae", latent_size=(16, 16),
-                    experiment=experiment)
+    model = LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+                                 autoencoder=load_autoencoder(root / "ae"), latent_size=(16, 16),
+                                 autoencoder_source=Path(root / "ae"))
+    return model.save(root / name / "model", experiment=experiment)
 
 
 def save_models(root: Path, names: tuple[str, ...] | None = None) -> dict[str, Path]:

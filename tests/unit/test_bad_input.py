@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +20,10 @@ from ldmkit.config import MAX_SEED, apply_overrides, from_dict, option
 from ldmkit.data.config import DataConfig
 from ldmkit.data.folder import folder_dataset
 from ldmkit.denoisers import UNet, UNetConfig
-from ldmkit.diffusion.schedules import ScheduleConfig
+from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import CheckpointError, ConfigError, DataError
 from ldmkit.pipelines import ImageToImagePipeline, load_pipeline
-from ldmkit.pipelines.model_dir import save_ldm
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.training.config import TrainConfig
 
 FAST = {"steps": 1, "sampler": "ddim"}
@@ -39,8 +40,10 @@ def model_dir(tmp_path_factory):
     conditioner = build_conditioner(cond_cfg)
     unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                            attention_resolutions=(), num_heads=2, vector_dim=cond_cfg.vector_dim))
-    return save_ldm(root / "model", unet=unet, unet_config=unet.config, schedule_config=ScheduleConfig(),
-                    conditioner=conditioner, autoencoder_dir=root / "ae", latent_size=(16, 16))
+    model = LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+                                 autoencoder=load_autoencoder(root / "ae"), latent_size=(16, 16),
+                                 autoencoder_source=Path(root / "ae"))
+    return model.save(root / "model")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines.text2img import LatentDiffusionPipeline, _FreshOutputs, optimize_network
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,8 +242,9 @@ def tiny_pipeline() -> LatentDiffusionPipeline:
     ae = build_autoencoder(AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                              latent_channels=4, mid_attention=False))
     net = UNet.from_preset("tiny")
-    return LatentDiffusionPipeline(unet=net, schedule=NoiseSchedule(), conditioner=build_conditioner(
-        ConditionerConfig(kind="none")), autoencoder=ae.eval(), latent_size=(4, 4))
+    return LatentDiffusionPipeline(LatentDiffusionModel(
+        unet=net, schedule=NoiseSchedule(), conditioner=build_conditioner(ConditionerConfig(kind="none")),
+        autoencoder=ae.eval(), latent_size=(4, 4)))
 
 
 def test_pipeline_optimize_is_a_no_op_on_cpu():

@@ -1,13 +1,14 @@
 """Sampling-and-scoring a model against reference statistics (``evaluate_generation``, ``ldm eval generation``)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
+from ldmkit.autoencoders.build import build_autoencoder, load_autoencoder, save_autoencoder
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.cli.main import main
 from ldmkit.conditioning import ConditionerConfig
@@ -20,6 +21,7 @@ from ldmkit.evaluation.evaluate import compute_reference_stats
 from ldmkit.evaluation.generation import captions_from_data, conditions_for, data_of_reference, evaluate_generation
 from ldmkit.evaluation.random_features import RandomConvFeatures
 from ldmkit.evaluation.stats import StatsMismatchError
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import LatentDiffusionPipeline
 
 FAST = {"steps": 2, "sampler": "ddim", "guidance": 1.0, "batch_size": 3, "progress": False}
@@ -35,9 +37,9 @@ def tiny_pipeline(kind="class", captions=None):
     unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                            attention_resolutions=(), num_heads=2, vector_dim=cond_cfg.vector_dim,
                            context_dim=cond_cfg.context_dim))
-    return LatentDiffusionPipeline(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
-                                   autoencoder=build_autoencoder(AutoencoderConfig(kind="identity")),
-                                   latent_size=(16, 16))
+    return LatentDiffusionPipeline(LatentDiffusionModel(
+        unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+        autoencoder=build_autoencoder(AutoencoderConfig(kind="identity")), latent_size=(16, 16)))
 
 
 def reference(count=12, size=16, source="test images"):
@@ -141,12 +143,12 @@ def test_two_ranks_sample_the_same_images_as_one(pipe, tmp_path):
 
 
 def test_cli_writes_json(pipe, tmp_path, capsys):
-    from ldmkit.pipelines.model_dir import save_ldm
-
     ae_cfg = AutoencoderConfig(kind="identity")
     save_autoencoder(tmp_path / "ae", build_autoencoder(ae_cfg), ae_cfg)
-    save_ldm(tmp_path / "model", unet=pipe.unet, unet_config=pipe.unet.config, schedule_config=ScheduleConfig(),
-             conditioner=pipe.conditioner, autoencoder_dir=tmp_path / "ae", latent_size=(16, 16))
+    model = LatentDiffusionModel(unet=pipe.unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=pipe.conditioner,
+                                 autoencoder=load_autoencoder(tmp_path / "ae"), latent_size=(16, 16),
+                                 autoencoder_source=Path(tmp_path / "ae"))
+    model.save(tmp_path / "model")
     ref_file = reference().save(tmp_path / "ref.npz")
     out = tmp_path / "gen.json"
     args = ["eval", "generation", "--model", str(tmp_path / "model"), "--reference", str(ref_file), "--n", "6",

@@ -22,6 +22,7 @@ from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import InpaintPipeline
 from ldmkit.pipelines.text2img import seeded_noise
 
@@ -119,8 +120,8 @@ def _pipeline(kind: str = "none") -> InpaintPipeline:
     unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                            attention_resolutions=(2,), num_head_channels=8, context_dim=conditioner.context_dim,
                            concat_channels=conditioner.concat_channels)).eval()
-    return InpaintPipeline(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
-                           autoencoder=autoencoder, latent_size=(8, 8))
+    return InpaintPipeline(LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()),
+                                                conditioner=conditioner, autoencoder=autoencoder, latent_size=(8, 8)))
 
 
 @pytest.fixture(scope="module")

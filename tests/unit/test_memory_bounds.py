@@ -3,12 +3,13 @@ large is allocated: sampling sizes, the latent size of a model directory, manife
 images, the data resolution."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
+from ldmkit.autoencoders.build import build_autoencoder, load_autoencoder, save_autoencoder
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.cli.main import main as ldm
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
@@ -19,11 +20,11 @@ from ldmkit.data.folder import MAX_CLASSES, folder_dataset
 from ldmkit.data.images import BadImage
 from ldmkit.data.transforms import ImageTransform
 from ldmkit.denoisers import UNet, UNetConfig
-from ldmkit.diffusion.schedules import ScheduleConfig
+from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import CheckpointError, ConfigError, DataError
 from ldmkit.pipelines import UpscalePipeline, load_pipeline
 from ldmkit.pipelines import memory
-from ldmkit.pipelines.model_dir import save_ldm
+from ldmkit.model import LatentDiffusionModel
 
 FAST = {"steps": 1, "sampler": "ddim"}
 
@@ -35,8 +36,10 @@ def _save_model(root, name, cond_cfg):
     unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                            attention_resolutions=(), num_heads=2, vector_dim=cond_cfg.vector_dim,
                            concat_channels=conditioner.concat_channels))
-    return save_ldm(root / name, unet=unet, unet_config=unet.config, schedule_config=ScheduleConfig(),
-                    conditioner=conditioner, autoencoder_dir=root / "ae", latent_size=(16, 16))
+    model = LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+                                 autoencoder=load_autoencoder(root / "ae"), latent_size=(16, 16),
+                                 autoencoder_source=Path(root / "ae"))
+    return model.save(root / name)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ldmkit import samplers
-from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder, save_autoencoder
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
 from ldmkit.conditioning.config import TextEncoderConfig
 from ldmkit.config import load_config
 from ldmkit.data import build_dataset, dataset_captions
 from ldmkit.denoisers import UNet, UNetConfig
-from ldmkit.diffusion.schedules import ScheduleConfig
+from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.pipelines import (
     ImageToImagePipeline,
     InpaintPipeline,
@@ -31,7 +31,7 @@ from ldmkit.pipelines import (
     UpscalePipeline,
     load_pipeline,
 )
-from ldmkit.pipelines.model_dir import save_ldm
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.training.autoencoder_task import AutoencoderExperiment, AutoencoderTask
 from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
 from ldmkit.training.loop import train
@@ -75,8 +75,10 @@ def tiny_ldm(root: Path, name: str, cond: ConditionerConfig, autoencoder: Path, 
     with torch.no_grad():
         for parameter in unet.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    return save_ldm(root / name, unet=unet, unet_config=unet.config, schedule_config=ScheduleConfig(),
-                    conditioner=conditioner, autoencoder_dir=autoencoder, latent_size=(8, 8))
+    model = LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+                                 autoencoder=load_autoencoder(autoencoder), latent_size=(8, 8),
+                                 autoencoder_source=Path(autoencoder))
+    return model.save(root / name)
 
 
 @pytest.fixture(scope="module")

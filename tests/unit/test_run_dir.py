@@ -165,7 +165,7 @@ def test_changed_keys_and_which_may_change_on_resume(tmp_path):
 # --- model copies never follow links -------------------------------------------------------------------------------
 
 def test_saving_an_ldm_copies_only_the_autoencoders_own_files(tmp_path, make_first_stage):
-    from ldmkit.pipelines.model_dir import copy_model_files
+    from ldmkit.model.directory import copy_model_files
     from ldmkit.io import read_model_dir
 
     first_stage = make_first_stage()

@@ -17,6 +17,7 @@ from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import LatentDiffusionPipeline, SemanticSynthesisPipeline
 from ldmkit.pipelines.semantic import map_to_tensor, save_map_png
 from ldmkit.training.diffusion_task import DiffusionExperiment
@@ -56,7 +57,7 @@ def test_map_readers_accept_grey_images_and_refuse_colour_and_floats():
 # --- the pipeline ----------------------------------------------------------------------------------------------------
 
 
-def _parts(concat: ConcatConfig):
+def _model(concat: ConcatConfig) -> LatentDiffusionModel:
     torch.manual_seed(0)
     autoencoder = build_autoencoder(AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2),
                                                       num_res_blocks=1, latent_channels=3, mid_attention=False))
@@ -67,14 +68,14 @@ def _parts(concat: ConcatConfig):
     with torch.no_grad():  # a fresh UNet is zero-initialised (returns 0 for any input): give it something to say
         for parameter in unet.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    return {"unet": unet, "schedule": NoiseSchedule(ScheduleConfig()), "conditioner": conditioner,
-                "autoencoder": autoencoder.eval(), "latent_size": (8, 8)}
+    return LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
+                                autoencoder=autoencoder.eval(), latent_size=(8, 8))
 
 
 @pytest.fixture(scope="module")
 def pipe() -> SemanticSynthesisPipeline:
     concat = ConcatConfig(kind="semantic", downsample_factor=2, latent_channels=3, semantic_classes=K)
-    return SemanticSynthesisPipeline.from_pipeline(LatentDiffusionPipeline(**_parts(concat)))
+    return SemanticSynthesisPipeline.from_pipeline(LatentDiffusionPipeline(_model(concat)))
 
 
 FAST = {"steps": 2, "sampler": "ddim", "output": "tensor", "progress": False}
@@ -123,7 +124,7 @@ def test_bad_maps_are_one_line_errors(pipe, ids, message):
 
 
 def test_a_model_without_a_semantic_condition_is_refused():
-    plain = LatentDiffusionPipeline(**_parts(ConcatConfig()))
+    plain = LatentDiffusionPipeline(_model(ConcatConfig()))
     with pytest.raises(ConfigError, match="not 'semantic'"):
         SemanticSynthesisPipeline.from_pipeline(plain)
 

@@ -23,6 +23,7 @@ from ldmkit.config import from_dict
 from ldmkit.data.degradations import degrade, degrade_blind, gaussian_blur, jpeg_roundtrip, resize_image
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError, DataError
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import UpscalePipeline
 from ldmkit.pipelines.upscale import TileGrid
 
@@ -170,8 +171,9 @@ def _pipeline(unet=None, factor=2, kind="low_res", latent=8, mode="resize"):
     """Pixel-space (f = 1) upscaler of ``factor`` with an x0-predicting stub network."""
     concat = ConcatConfig(kind=kind, downsample_factor=1, low_res_factor=factor, latent_channels=3, low_res_mode=mode)
     conditioner = build_conditioner(ConditionerConfig(kind="none", drop_prob=0.0, concat=concat))
-    return UpscalePipeline(unet=unet or CopyConditionUNet(), schedule=NoiseSchedule(ScheduleConfig(prediction="x0")),
-                           conditioner=conditioner, autoencoder=RecordingIdentity(), latent_size=(latent, latent))
+    return UpscalePipeline(LatentDiffusionModel(
+        unet=unet or CopyConditionUNet(), schedule=NoiseSchedule(ScheduleConfig(prediction="x0")),
+        conditioner=conditioner, autoencoder=RecordingIdentity(), latent_size=(latent, latent)))
 
 
 def _upscale(pipe, image, **kwargs):

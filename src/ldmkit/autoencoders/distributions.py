@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ldmkit.autoencoders.base import LatentMoments
+
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
@@ -22,8 +24,7 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + std · ε, ε ~ N(0, I) drawn from ``generator`` (reparameterised: differentiable)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps  # [B, c, h, w]
+        return LatentMoments(self.mean, self.std).sample(generator)  # [B, c, h, w]
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -70,13 +70,13 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
     def prepare_image(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
         """An input image → [1, C, H, W] in [-1, 1] on the CPU; H and W must fit the model's grid."""
         pixels = image_to_tensor(image, self.autoencoder.config.in_channels)
-        self._latent_shape(pixels.shape[-2], pixels.shape[-1])  # ConfigError unless a multiple of f × UNet
+        self.model.latent_shape(pixels.shape[-2], pixels.shape[-1])  # ConfigError unless a multiple of f × UNet
         return pixels
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[1, C, H, W] in [-1, 1] → scaled latent [1, c, H/f, W/f] (the posterior mean)."""
-        return self.autoencoder.encode(pixels.to(self.device)).float()
+        return self.model.encode(pixels)
 
     @staticmethod
     def _output(images: torch.Tensor, output: str) -> list[Image.Image] | torch.Tensor:
@@ -99,7 +99,7 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
         check_task("img2img", self.conditioning)
         pixels = self.prepare_image(image)
         self.check_memory(pixels.shape[-2], pixels.shape[-1], batch=batch_size, count=count)
-        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)
         known = self.encode_image(pixels)  # [1, c, h, w]
         images = self.generate(cond, uncond, count, tuple(known.shape[1:]), options, batch_size=batch_size,
                                start=known if options.strength < 1.0 else None,

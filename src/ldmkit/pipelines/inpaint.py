@@ -123,7 +123,7 @@ class InpaintPipeline(ImageToImagePipeline):
         pixel_mask = self.prepare_mask(mask, pixels)  # [1, 1, H, W]
         if trained and prompt is None and self.conditioning.takes_text:
             prompt = ""  # the prompt is optional: the empty caption is the model's unconditional input
-        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)
         known = self.encode_image(pixels)  # [1, c, h, w]
         if trained:  # §4.5: the model sees the masked image and the mask; no blending
             concat = self.inpainting_condition(pixels, pixel_mask).repeat(count)  # concat [N, c + 1, h, w]

@@ -149,7 +149,7 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         ids = self.prepare_map(segmentation_map)  # [1, H, W]
         self.check_memory(ids.shape[-2], ids.shape[-1], batch=batch_size, count=count)
-        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)
         concat = self.semantic_condition(ids).repeat(count)  # concat [N, K, h, w]
         cond, uncond = merge_conditionings(cond, concat), merge_conditionings(uncond, concat)
         shape = (self.autoencoder.latent_channels, *concat.concat.shape[-2:])

@@ -19,15 +19,12 @@ import torch
 from PIL import Image
 
 from ldmkit import samplers
-from ldmkit.autoencoders.base import FirstStage
-from ldmkit.conditioning.base import Conditioner
 from ldmkit.conditioning.config import ConditionerConfig
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.unet_config import UNetConfig
-from ldmkit.denoisers.wrapper import Denoiser
-from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.config.checks import check_count, check_seed
 from ldmkit.pipelines.checks import request_options, seed_generator
 from ldmkit.pipelines.tasks import TaskSpec, register_task, without_image_condition
@@ -104,16 +101,20 @@ def _has_fast_path(device: torch.device) -> bool:
 
 
 class LatentDiffusionPipeline:
-    def __init__(self, *, unet: torch.nn.Module, schedule: NoiseSchedule, conditioner: Conditioner,
-                 autoencoder: FirstStage, latent_size: tuple[int, int], precision: str = "auto"):
-        self.unet = unet
-        self.schedule = schedule
-        self.conditioner = conditioner
-        self.autoencoder = autoencoder
-        self.latent_size = latent_size
-        self.denoiser = Denoiser(unet, schedule)
+    """Generation over one :class:`~ldmkit.model.LatentDiffusionModel`; the task pipelines share its parts."""
+
+    def __init__(self, model: LatentDiffusionModel, precision: str = "auto"):
+        self.model = model
+        self.denoiser = model.denoiser()
         self.precision = precision
         self.optimizations: tuple[str, ...] = ()  # what optimize() applied
+
+    # The model's parts, read through the pipeline (``pipe.unet``, ``pipe.autoencoder``, …).
+    unet = property(lambda self: self.model.unet)
+    schedule = property(lambda self: self.model.schedule)
+    conditioner = property(lambda self: self.model.conditioner)
+    autoencoder = property(lambda self: self.model.autoencoder)
+    latent_size = property(lambda self: self.model.latent_size)
 
     def optimize(self, compile: bool = True, mode: str = "reduce-overhead", channels_last: bool = True,
                  bf16_weights: bool = True) -> LatentDiffusionPipeline:
@@ -147,8 +148,7 @@ class LatentDiffusionPipeline:
     @classmethod
     def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> LatentDiffusionPipeline:
         """The same model parts (no copies) behind this class's interface (a task pipeline's checks run here)."""
-        return cls(unet=pipe.unet, schedule=pipe.schedule, conditioner=pipe.conditioner,
-                   autoencoder=pipe.autoencoder, latent_size=pipe.latent_size, precision=pipe.precision)
+        return cls(pipe.model, precision=pipe.precision)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "auto",
@@ -158,7 +158,7 @@ class LatentDiffusionPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return self.model.device
 
     @property
     def kind(self) -> str:
@@ -168,12 +168,11 @@ class LatentDiffusionPipeline:
     @property
     def conditioning(self) -> ConditionerConfig:
         """What the model is conditioned on (``takes_text``, ``takes_labels``, ``concat.inpainting``, …)."""
-        return self.conditioner.config
+        return self.model.conditioning
 
     @property
     def image_size(self) -> tuple[int, int]:
-        f = self.autoencoder.downsample_factor
-        return self.latent_size[0] * f, self.latent_size[1] * f
+        return self.model.image_size
 
     # ----- checks before sampling --------------------------------------------------------------------
     @staticmethod
@@ -199,50 +198,6 @@ class LatentDiffusionPipeline:
                                 first_stage_itemsize=weight.element_size() if weight is not None else 4)
         images = "image" if count == 1 else "images"
         check_fits(needed, self.device, f"{count} {images} of {width}x{height} pixels", advice)
-
-    # ----- conditions -------------------------------------------------------------------------------
-    def _conditions(self, prompt, class_label, negative_prompt, n) -> tuple[Conditioning, Conditioning, int]:
-        kind, takes = self.kind, self.conditioning
-        if prompt is not None and not takes.takes_text:
-            raise ConfigError(f"this model is conditioned on '{kind}', not on text; drop --prompt"
-                              + (" and give --class" if takes.takes_labels else ""))
-        if class_label is not None and not takes.takes_labels:
-            raise ConfigError(f"this model is conditioned on '{kind}', not on class labels; drop --class")
-        if takes.takes_text:
-            if prompt is None:
-                raise ConfigError("this is a text-conditional model: give a prompt")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompts = _expand(prompts, n)
-            cond = self.conditioner.encode_prompts(prompts)
-            if negative_prompt is not None:
-                negatives = _expand([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt),
-                                    len(prompts))
-                uncond = self.conditioner.encode_prompts(negatives)
-            else:
-                uncond = self.conditioner.null(len(prompts), self.device)
-            return cond, uncond, len(prompts)
-        if takes.takes_labels:
-            if class_label is None:
-                raise ConfigError("this is a class-conditional model: give a class label")
-            labels = _expand([class_label] if isinstance(class_label, int) else list(class_label), n)
-            num = self.conditioner.config.num_classes
-            for label in labels:
-                if not 0 <= int(label) < num:
-                    raise ConfigError(f"class {label} is out of range: this model knows classes 0..{num - 1}")
-            cond = self.conditioner.encode_labels(torch.tensor(labels, device=self.device))
-            return cond, self.conditioner.null(len(labels), self.device), len(labels)
-        count = n or 1
-        return self.conditioner.null(count, self.device), self.conditioner.null(count, self.device), count
-
-    def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
-        f = self.autoencoder.downsample_factor
-        multiple = f * self.unet.config.downsample_factor  # the autoencoder's f times the UNet's downsamplings
-        h = height if height is not None else self.image_size[0]
-        w = width if width is not None else self.image_size[1]
-        if h % multiple or w % multiple or h <= 0 or w <= 0:
-            raise ConfigError(f"image size {h}x{w} is not a positive multiple of {multiple} "
-                              f"(autoencoder f={f} × UNet downsampling {multiple // f})")
-        return self.autoencoder.latent_channels, h // f, w // f
 
     # ----- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,12 +254,9 @@ class LatentDiffusionPipeline:
             images.append((decode or self.decode)(latents).cpu())
         return torch.cat(images)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → images [N, 3, H, W] in [-1, 1]."""
-        weight = next(self.autoencoder.parameters(), None)  # bf16 after optimize(); none for f = 1
-        dtype = weight.dtype if weight is not None else latents.dtype
-        return self.autoencoder.decode(latents.to(self.device, dtype)).float().clamp(-1, 1)
+        return self.model.decode(latents)
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
@@ -317,10 +269,10 @@ class LatentDiffusionPipeline:
         count = self._image_count(prompt, class_label, n)
         options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
-        shape = self._latent_shape(height, width)
+        shape = self.model.latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=batch_size, count=count)
-        cond, uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)
         batch = self.generate(cond, uncond, count, shape, options, batch_size=batch_size,
                               callback_for=(lambda index, noise: callback) if callback is not None else None,
                               progress=progress)
@@ -337,14 +289,14 @@ class LatentDiffusionPipeline:
         for seed in seeds:
             check_seed(seed)
         options = SamplerOptions(**sampling)
-        shape = self._latent_shape(height, width)
+        shape = self.model.latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=frames, count=frames)
         noise_a, noise_b = seeded_noise(list(seeds), shape)
         weights = [i / max(frames - 1, 1) for i in range(frames)]
         noise = torch.stack([slerp(noise_a, noise_b, w) for w in weights])
         if prompts is not None:
-            both, uncond, _ = self._conditions(list(prompts), None, None, None)
+            both, uncond, _ = self.model.condition(list(prompts), None, None, None)
             cond = _lerp_conditioning(both.index(slice(0, 1)), both.index(slice(1, 2)), weights)
             uncond = uncond.index(slice(0, 1)).repeat(frames)
         else:
@@ -352,17 +304,11 @@ class LatentDiffusionPipeline:
             prompt = None
             if self.conditioning.takes_text:
                 raise ConfigError("interpolating seeds of a text model needs a prompt; pass prompts=(p, p)")
-            cond, uncond, _ = self._conditions(prompt, single, None, 1)
+            cond, uncond, _ = self.model.condition(prompt, single, None, 1)
             cond, uncond = cond.repeat(frames), uncond.repeat(frames)
         latents = self.sample_latents(cond, uncond, noise, options, callback=callback, progress=progress)
         images = self.decode(latents).cpu()
         return images if output == "tensor" else [to_pil(to_unit(image)) for image in images]
-
-
-def _expand(items: list, n: int | None) -> list:
-    if n is None or n == len(items):
-        return items
-    return [items[i % len(items)] for i in range(n)]
 
 
 def _lerp_conditioning(a: Conditioning, b: Conditioning, weights: list[float]) -> Conditioning:
@@ -385,12 +331,8 @@ register_task(TaskSpec("generate", "Generate", 1, LatentDiffusionPipeline, witho
 def load_pipeline(directory: str | Path, device: str | torch.device = "auto",
                   precision: str = "auto") -> LatentDiffusionPipeline:
     """Load a latent diffusion model directory (output of `ldm train diffusion`) as a pipeline."""
-    from ldmkit.pipelines.model_dir import load_ldm
-
-    model = load_ldm(directory, device=pick_device(device) if isinstance(device, str) else device)
-    return LatentDiffusionPipeline(unet=model.unet, schedule=model.schedule, conditioner=model.conditioner,
-                                   autoencoder=model.autoencoder, latent_size=model.latent_size,
-                                   precision=precision)
+    model = LatentDiffusionModel.load(directory, device=pick_device(device) if isinstance(device, str) else device)
+    return LatentDiffusionPipeline(model, precision=precision)
 
 
 __all__ = ["COMPILE_MODES", "LatentDiffusionPipeline", "load_pipeline", "optimize_network", "seeded_noise", "slerp"]

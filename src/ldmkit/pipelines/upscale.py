@@ -37,9 +37,10 @@ from torch import nn
 from ldmkit.conditioning.merge import merge_conditionings
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.data.degradations import resize_image
-from ldmkit.denoisers.wrapper import Denoiser, NetworkWrapper
+from ldmkit.denoisers.wrapper import NetworkWrapper
 from ldmkit.errors import ConfigError, DataError
 from ldmkit.io.images import to_pil, to_unit
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.config.checks import check_count
 from ldmkit.pipelines.checks import request_options
 from ldmkit.pipelines.img2img import image_to_tensor
@@ -182,14 +183,14 @@ class TiledNetwork(NetworkWrapper):
 class UpscalePipeline(LatentDiffusionPipeline):
     """Upscale a low-resolution image by the model's factor (a model trained with ``concat.kind: low_res``)."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, model: LatentDiffusionModel, precision: str = "auto"):
+        super().__init__(model, precision)
         check_task("upscale", self.conditioning)
         concat = self.conditioning.concat
         if concat.low_res_mode == "encode" and self.conditioner.concat_encoder.first_stage is None:
             self.conditioner.set_first_stage(self.autoencoder.encode)
         self.tiled = TiledNetwork(self.unet)
-        self.denoiser = Denoiser(self.tiled, self.schedule)
+        self.denoiser = model.denoiser(self.tiled)
 
     @property
     def factor(self) -> int:
@@ -274,7 +275,7 @@ class UpscalePipeline(LatentDiffusionPipeline):
             overlap = min(tile_size) // 4 if overlap is None else overlap
             tiles = TileGrid(grid[0], grid[1], tile_size, overlap)
         concat = self._condition(low_res, grid, tiles)  # concat [1, C, h·r/f, w·r/f]
-        main, main_uncond, count = self._conditions(prompt, class_label, negative_prompt, n)
+        main, main_uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)
         concat = concat.repeat(count)
         cond = merge_conditionings(main, concat)
         uncond = merge_conditionings(main_uncond, concat)

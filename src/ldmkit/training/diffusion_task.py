@@ -29,6 +29,7 @@ from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError
 from ldmkit.io import read_model_dir
 from ldmkit.io.images import make_grid, to_unit
+from ldmkit.model import LatentDiffusionModel
 from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import ema_of, wrap
@@ -145,9 +146,8 @@ class DiffusionTask(Task):
     def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
         if "latent" in batch:
             return batch["latent"]  # [B, c, h, w], already scaled
-        with torch.no_grad():
-            mean, std = self.autoencoder.encode_distribution(batch["image"])
-        return mean if std is None else mean + std * torch.randn_like(mean)
+        with torch.no_grad():  # z ~ q(z|x) (§3.1); a deterministic first stage has std 0
+            return self.autoencoder.encode_distribution(batch["image"]).sample()
 
     def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
         z0 = self._latents(batch)
@@ -180,14 +180,19 @@ class DiffusionTask(Task):
                       guidance=preview.guidance, seed=preview.seed, output="tensor", progress=False)
         return {"samples": make_grid(to_unit(images), nrow=min(8, images.shape[0]))}
 
+    def model(self) -> LatentDiffusionModel:
+        """The model on the current EMA weights (no copy), with the first stage it trains on."""
+        ema = self.ema.model
+        conditioner = ema["conditioner"] if "conditioner" in ema else self.conditioner
+        return LatentDiffusionModel(unet=ema["unet"], schedule=self.schedule, conditioner=conditioner,
+                                    autoencoder=self.autoencoder, latent_size=self._latent_size(),
+                                    autoencoder_source=Path(self.experiment.autoencoder))
+
     def pipeline(self):
         """A sampling pipeline on the current EMA weights (no copy, no disk round trip)."""
         from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
-        ema = self.ema.model
-        conditioner = ema["conditioner"] if "conditioner" in ema else self.conditioner
-        return LatentDiffusionPipeline(unet=ema["unet"], schedule=self.schedule, conditioner=conditioner,
-                                       autoencoder=self.autoencoder, latent_size=self._latent_size())
+        return LatentDiffusionPipeline(self.model())
 
     def _latent_size(self) -> tuple[int, int]:
         if isinstance(self.dataset, LatentDataset):
@@ -197,13 +202,7 @@ class DiffusionTask(Task):
         return self.experiment.data.resolution // f, self.experiment.data.resolution // f
 
     def write_model(self, directory: Path) -> None:
-        from ldmkit.pipelines.model_dir import save_ldm
-
-        ema = self.ema.model
-        conditioner = ema["conditioner"] if "conditioner" in ema else self.conditioner
-        save_ldm(directory, unet=ema["unet"], unet_config=self.unet_config, schedule_config=self.experiment.schedule,
-                 conditioner=conditioner, autoencoder_dir=Path(self.experiment.autoencoder),
-                 latent_size=self._latent_size(), experiment=to_dict(self.experiment))
+        self.model().save(directory, experiment=to_dict(self.experiment))
 
 
 def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path:
