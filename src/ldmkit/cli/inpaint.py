@@ -4,26 +4,17 @@ trained for it (concat kind masked_image, paper §4.5) or zero-shot with any oth
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
-from ldmkit.cli.img2img import add_task_arguments, pipeline_arguments, write_outputs
+from ldmkit.cli.img2img import add_task_arguments, pipeline_arguments
+from ldmkit.cli.task_command import add_output_argument, run_task
 
 
 def _inpaint(args: argparse.Namespace) -> int:
     from ldmkit.pipelines import InpaintPipeline
-    from ldmkit.training.run_dir import check_writable
 
     kwargs = pipeline_arguments(args)
-    out = Path(args.out)
-    check_writable(out)
-    pipe = InpaintPipeline.load(args.model, device=args.device, precision=args.precision)
-    started = time.perf_counter()
-    images = pipe(args.image, args.mask, output="tensor", **kwargs)
-    settings = dict(model=str(Path(args.model).resolve()), image=str(Path(args.image).resolve()),
-                    mask=str(Path(args.mask).resolve()), **kwargs)
-    write_outputs(images, out, settings, time.perf_counter() - started, str(pipe.device))
-    return 0
+    return run_task(args, InpaintPipeline, lambda pipe: pipe(args.image, args.mask, output="tensor", **kwargs),
+                    inputs={"image": args.image, "mask": args.mask}, kwargs=kwargs)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,4 +28,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_inpaint)
     add_task_arguments(parser, strength=1.0)
     parser.add_argument("--mask", required=True, help="black-and-white image of the input's size; white = fill in")
-    parser.add_argument("--out", default="outputs/inpaint", help="output directory")
+    add_output_argument(parser, "inpaint")

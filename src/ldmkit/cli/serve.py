@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldmkit.cli.task_command import add_model_argument
+
 
 def _serve(args: argparse.Namespace) -> int:
     from ldmkit.serve.app import import_gradio
@@ -28,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(generation, image-to-image, inpainting, upscaling, semantic synthesis). Needs the ui extra: "
                     'pip install "ldmkit[ui]". Nothing is sent anywhere unless --share is given.')
     parser.set_defaults(handler=_serve)
-    parser.add_argument("--model", required=True, help="model directory written by `ldm train diffusion`")
+    add_model_argument(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
