@@ -20,7 +20,8 @@ from ldmkit.errors import ConfigError
 from ldmkit.evaluation.evaluate import compute_reference_stats
 from ldmkit.evaluation.generation import captions_from_data, conditions_for, data_of_reference, evaluate_generation
 from ldmkit.evaluation.random_features import RandomConvFeatures
-from ldmkit.evaluation.stats import StatsMismatchError
+from ldmkit.evaluation.sources import reference_source
+from ldmkit.evaluation.stats import StatsMismatchError, load_stats
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import LatentDiffusionPipeline
 
@@ -108,13 +109,20 @@ def test_text_model_cycles_prompts():
     assert result["num_images"] == 4 and result["settings"]["generation"]["distinct_prompts"] == 2
 
 
-def test_captions_from_data_and_reference_source():
+def test_captions_from_data_and_reference_source(tmp_path):
     captions = captions_from_data("synthetic-easy", ["synthetic.count=20"], n=30, seed=0)
     assert len(captions) == 30 and all(c.startswith("a ") for c in captions)
     assert len(set(captions[:20])) > 1 and captions == captions_from_data(
         "synthetic-easy", ["synthetic.count=20"], n=30, seed=0)
-    ref = reference(source='data {"source": "synthetic"} split=val')
-    assert data_of_reference(ref) == ({"source": "synthetic"}, "val")
+    # The data set of `ldm eval stats --data` travels in the statistics file as data, not inside the text.
+    batches, origin = reference_source("synthetic-easy", ["synthetic.count=12", "resolution=16", "val_fraction=0.5"], split="val",
+                                       batch_size=6)
+    stats = compute_reference_stats(batches, RandomConvFeatures(), source=origin)
+    back = load_stats(stats.save(tmp_path / "ref.npz"))
+    config, split = data_of_reference(back)
+    assert split == "val" and config["synthetic"]["count"] == 12 and back.source.startswith("data {")
+    assert captions_from_data(config, n=4, split=split) == captions_from_data(
+        "synthetic-easy", ["synthetic.count=12", "resolution=16", "val_fraction=0.5"], n=4, split="val")
     from_config = captions_from_data({"source": "synthetic", "synthetic": {"count": 20}}, n=5, split="val")
     assert len(from_config) == 5 and all(c.startswith("a ") for c in from_config)
     with pytest.raises(ConfigError, match="--data"):

@@ -99,8 +99,9 @@ def _reconstruction(args: argparse.Namespace) -> int:
     device = runtime.pick_device(args.device)
     autoencoder = load_autoencoder(args.autoencoder, device=device)
     if Path(args.data).is_dir():
-        batches, source = reference_source(args.data, args.overrides, split=args.split, batch_size=args.batch_size,
+        batches, origin = reference_source(args.data, args.overrides, split=args.split, batch_size=args.batch_size,
                                            limit=args.limit, num_workers=args.num_workers)
+        source = origin.text
         total = args.limit
     else:
         from ldmkit.config import load_config, to_dict

@@ -29,6 +29,7 @@ from ldmkit.evaluation.frechet import frechet_distance, mean_and_covariance
 from ldmkit.evaluation.inception_score import inception_score
 from ldmkit.evaluation.kid import kernel_distance
 from ldmkit.evaluation.precision_recall import precision_recall
+from ldmkit.evaluation.sources import ReferenceOrigin
 from ldmkit.evaluation.stats import ReferenceStats, check_compatible, check_feature_name, load_stats
 
 METRICS = ("fd", "kd", "pr", "is", "accuracy")
@@ -48,7 +49,7 @@ def _device_of(extractor: FeatureExtractor) -> torch.device:
 
 
 def compute_reference_stats(images: ImageSource, feature: str | FeatureExtractor = "efflite0", *,
-                            source: str = "", keep_features: bool = True, batch_size: int = 50,
+                            source: str | ReferenceOrigin = "", keep_features: bool = True, batch_size: int = 50,
                             device: torch.device | str | None = None, feature_weights: str | Path | None = None,
                             progress: bool = False) -> ReferenceStats:
     """Feature statistics of real images (every rank's share, gathered), ready to :meth:`~ReferenceStats.save`."""
@@ -56,8 +57,10 @@ def compute_reference_stats(images: ImageSource, feature: str | FeatureExtractor
     out = extract_features(extractor, images, batch_size=batch_size, progress=progress)
     if out.count < 2:
         raise ConfigError(f"reference statistics need at least 2 images, got {out.count}")
+    source = source if isinstance(source, ReferenceOrigin) else ReferenceOrigin(source)
     return ReferenceStats.from_features(out.features, extractor, image_size=out.image_size,
-                                        fingerprint=out.fingerprint, source=source, keep_features=keep_features)
+                                        fingerprint=out.fingerprint, source=source.text, data_source=source.data,
+                                        keep_features=keep_features)
 
 
 def evaluate_images(

@@ -11,7 +11,6 @@ Images are streamed into the feature network batch by batch; they are never all 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -102,19 +101,13 @@ def captions_from_data(data: str | Mapping[str, Any], overrides: Sequence[str] =
 
 
 def data_of_reference(reference: ReferenceStats) -> tuple[dict[str, Any], str]:
-    """(data config as a dict, split) recorded in the source of statistics made by ``ldm eval stats --data``."""
-    source = reference.source
-    body = source[len("data "):] if source.startswith("data {") else ""
-    end = body.rfind("} split=")
-    if end < 0:
-        raise ConfigError(f"the reference statistics come from '{source[:60] or 'an unnamed source'}', not from a "
-                          "data set config: name the captions' data set with --data PRESET|YAML")
-    try:
-        config = json.loads(body[: end + 1])
-    except json.JSONDecodeError:
-        raise ConfigError("cannot read the data set config from the reference statistics: pass --data "
-                          "PRESET|YAML") from None
-    return config, body[end + len("} split="):].split()[0]
+    """(data config as a dict, split) that statistics made by ``ldm eval stats --data`` record."""
+    recorded = reference.data_source
+    if not recorded or "config" not in recorded or "split" not in recorded:
+        raise ConfigError(f"the reference statistics come from '{reference.source[:60] or 'an unnamed source'}', "
+                          "not from a data set config they record: name the captions' data set with --data "
+                          "PRESET|YAML")
+    return dict(recorded["config"]), str(recorded["split"])
 
 
 def _batches(pipeline: Any, indices: range, prompts: list[str] | None, labels: list[int] | None, *,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -14,6 +14,15 @@ from torch.utils.data import DataLoader, Subset
 from ldmkit.errors import DataError
 from ldmkit.evaluation.distributed import shard_indices
 from ldmkit.evaluation.images import folder_batches
+
+
+class ReferenceOrigin(NamedTuple):
+    """Where reference images came from: ``text`` for people; ``data`` — ``{"config": DataConfig as a dict,
+    "split": name}`` — for a data set, so that a later step (captions for ``--prompts-from-data``) rebuilds it
+    from the statistics file without reading ``text`` back (None for a folder)."""
+
+    text: str
+    data: dict[str, Any] | None = None
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -35,18 +44,19 @@ def dataset_batches(dataset: Any, *, batch_size: int = 50, limit: int | None = N
 
 
 def reference_source(data: str, overrides: Sequence[str] = (), *, split: str = "train", batch_size: int = 50,
-                     limit: int | None = None, num_workers: int = 0) -> tuple[Iterator[Any], str]:
+                     limit: int | None = None, num_workers: int = 0) -> tuple[Iterator[Any], ReferenceOrigin]:
     """(batches of this rank's share, description) for ``data``: a folder of images, or a data preset/YAML."""
     path = Path(data)
     if path.is_dir():
         if overrides:
             raise DataError(f"{data} is a folder of images; config overrides ({overrides[0]}, …) do not apply to it")
-        source = f"folder {path.resolve()}" + (f" (first {limit})" if limit else "")
+        source = ReferenceOrigin(f"folder {path.resolve()}" + (f" (first {limit})" if limit else ""))
         return folder_batches(path, batch_size=batch_size, limit=limit, num_workers=num_workers), source
     from ldmkit.config import load_config, to_dict
     from ldmkit.data import DataConfig, build_dataset
 
     config = load_config(DataConfig, data, overrides, group="data")
     dataset = build_dataset(config, split)
-    source = f"data {json.dumps(to_dict(config), sort_keys=True)} split={split}" + (f" (first {limit})" if limit else "")
+    text = f"data {json.dumps(to_dict(config), sort_keys=True)} split={split}" + (f" (first {limit})" if limit else "")
+    source = ReferenceOrigin(text, {"config": to_dict(config), "split": split})
     return dataset_batches(dataset, batch_size=batch_size, limit=limit, num_workers=num_workers), source

@@ -51,18 +51,20 @@ class ReferenceStats:
     features: np.ndarray | None = None  # [N, D] float32
     image_size: tuple[int, int] | None = None  # (H, W) of the images, None when sizes varied
     fingerprint: str = ""
-    source: str = ""
+    source: str = ""  # where the images came from, for people
+    data_source: dict[str, Any] | None = None  # {"config": DataConfig dict, "split": name} of a data set
     extra: dict[str, Any] = field(default_factory=dict)  # version, creation time, free-form notes
 
     @classmethod
     def from_features(cls, features: Any, extractor: FeatureExtractor, *, image_size: tuple[int, int] | None = None,
-                      fingerprint: str = "", source: str = "", keep_features: bool = True) -> ReferenceStats:
+                      fingerprint: str = "", source: str = "", data_source: dict[str, Any] | None = None,
+                      keep_features: bool = True) -> ReferenceStats:
         mu, sigma = mean_and_covariance(features)
         array = np.asarray(features.cpu().numpy() if hasattr(features, "cpu") else features, dtype=np.float32)
         return cls(feature=extractor.name, protocol=extractor.protocol, dim=int(extractor.dim),
                    resolution=int(extractor.resolution), count=int(array.shape[0]), mu=mu, sigma=sigma,
                    features=array if keep_features else None, image_size=image_size, fingerprint=fingerprint,
-                   source=source, extra={"ldmkit_version": __version__,
+                   source=source, data_source=data_source, extra={"ldmkit_version": __version__,
                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def meta(self) -> dict[str, Any]:
@@ -70,7 +72,8 @@ class ReferenceStats:
             "format": STATS_FORMAT, "format_version": STATS_VERSION, "feature": self.feature,
             "protocol": self.protocol, "dim": self.dim, "resolution": self.resolution, "count": self.count,
             "image_size": list(self.image_size) if self.image_size else None, "fingerprint": self.fingerprint,
-            "source": self.source, "has_features": self.features is not None, **self.extra,
+            "source": self.source, "data_source": self.data_source, "has_features": self.features is not None,
+            **self.extra,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -108,13 +111,13 @@ def load_stats(path: str | Path) -> ReferenceStats:
     if meta.get("format_version", 0) > STATS_VERSION:
         raise DataError(f"{path} has format_version {meta['format_version']}; upgrade ldmkit to read it")
     known = {"format", "format_version", "feature", "protocol", "dim", "resolution", "count", "image_size",
-             "fingerprint", "source", "has_features"}
+             "fingerprint", "source", "data_source", "has_features"}
     size = meta.get("image_size")
     return ReferenceStats(
         feature=meta["feature"], protocol=meta["protocol"], dim=int(meta["dim"]), resolution=int(meta["resolution"]),
         count=int(meta["count"]), mu=mu.astype(np.float64), sigma=sigma.astype(np.float64), features=features,
         image_size=tuple(size) if size else None, fingerprint=meta.get("fingerprint", ""),
-        source=meta.get("source", ""), extra={k: v for k, v in meta.items() if k not in known},
+        source=meta.get("source", ""), data_source=meta.get("data_source"), extra={k: v for k, v in meta.items() if k not in known},
     )
 
 
