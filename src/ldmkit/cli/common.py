@@ -31,6 +31,16 @@ def check_counts(args: argparse.Namespace, *names: str, minimum: int = 1) -> Non
             check_count("--" + name.replace("_", "-"), value, minimum)
 
 
+def tile_size(text: str) -> int | str:
+    """A tile flag's value: 'auto' or a whole number of latent cells."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of latent cells, got '{text}'") from None
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, group: str) -> None:
     """``--config PRESET|FILE`` and trailing ``key.sub=value`` overrides."""
     parser.add_argument("--config", default=None,
@@ -54,3 +64,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                         help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--decode-tile", type=tile_size, default=None, metavar="N|auto",
+                        help="decode one image and one overlapping tile of N latent cells at a time ('auto': the "
+                             "trained latent size), so large images decode in bounded memory (default: whole images)")

@@ -211,7 +211,7 @@ def _generation(args: argparse.Namespace) -> int:
             split = args.split or split
         prompts = captions_from_data(data, args.overrides, split=split, n=args.n, seed=args.seed)
         prompt_source = {"data": data, "overrides": list(args.overrides), "split": split}
-    pipe = load_pipeline(args.model, device=args.device, precision=args.precision)
+    pipe = load_pipeline(args.model, device=args.device, precision=args.precision).tile_decoding(args.decode_tile)
     result = evaluate_generation(
         pipe, reference, n=args.n, prompts=prompts, class_labels=args.class_label, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale, eta=args.eta,

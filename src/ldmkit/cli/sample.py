@@ -23,7 +23,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise ConfigError("give --prompt or --class, not both")
     out = Path(args.out)
     check_writable(out)
-    pipe = load_pipeline(args.model, device=args.device, precision=args.precision)
+    pipe = load_pipeline(args.model, device=args.device, precision=args.precision).tile_decoding(args.decode_tile)
     if args.compile:
         pipe.optimize(mode=args.compile)
     settings = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,

@@ -64,6 +64,7 @@ def run_task(args: argparse.Namespace, pipeline_class: type, call: Callable[[Any
     out = Path(args.out)
     check_writable(out)
     pipe = pipeline_class.load(args.model, device=args.device, precision=args.precision)
+    pipe.tile_decoding(args.decode_tile)
     started = time.perf_counter()
     images = call(pipe)
     record = dict(model=str(Path(args.model).resolve()), **{k: str(Path(v).resolve()) for k, v in inputs.items()},

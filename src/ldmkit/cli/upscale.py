@@ -5,18 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ldmkit.cli.common import tile_size
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
-
-
-def _tile(text: str) -> int | str:
-    """``--tile``: 'auto' or a number of latent cells."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of latent cells, got '{text}'") from None
 
 
 def upscale_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_upscale)
     add_model_argument(parser, "super-resolution model")
     parser.add_argument("--image", required=True, help="low-resolution input image")
-    parser.add_argument("--tile", type=_tile, default=None,
+    parser.add_argument("--tile", type=tile_size, default=None,
                         help="tile side in latent cells, or 'auto' for the trained latent size (default: no tiling)")
     parser.add_argument("--overlap", type=int, default=None,
                         help="overlap of neighbouring tiles in latent cells (default: a quarter of the tile)")

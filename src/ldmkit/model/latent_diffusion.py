@@ -22,6 +22,7 @@ from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError
+from ldmkit.nn.tiles import TileGrid
 
 
 class Conditions(NamedTuple):
@@ -92,8 +93,20 @@ class LatentDiffusionModel:
         return self.autoencoder.encode(images.to(self.device, self._first_stage_dtype(images))).float()
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents [N, c, h, w] → images [N, C, h·f, w·f] clamped to [-1, 1], float32."""
+    def decode(self, latents: torch.Tensor, *, tile: tuple[int, int] | None = None,
+               overlap: int | None = None) -> torch.Tensor:
+        """Scaled latents [N, c, h, w] → images [N, C, h·f, w·f] clamped to [-1, 1], float32.
+
+        ``tile`` (h, w in latent cells): decode one image and one overlapping tile at a time and blend the
+        tiles, so the decoder's memory is that of one tile whatever the image size; ``overlap`` (latent cells,
+        default a quarter of the tile) is how far neighbouring tiles share cells.
+        """
+        if tile is not None and (latents.shape[-2] > tile[0] or latents.shape[-1] > tile[1]):
+            overlap = min(tile) // 4 if overlap is None else overlap
+            grid = TileGrid(latents.shape[-2], latents.shape[-1], tile, overlap)
+            f, channels = self.autoencoder.downsample_factor, self.autoencoder.config.out_channels
+            return torch.cat([grid.blend(self.decode, latent[None].to(self.device), in_scale=1, out_scale=f,
+                                         out_channels=channels).clamp(-1, 1) for latent in latents])
         images = self.autoencoder.decode(latents.to(self.device, self._first_stage_dtype(latents)))
         return images.float().clamp(-1, 1)
 

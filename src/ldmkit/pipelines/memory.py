@@ -11,8 +11,8 @@ refuses cannot fit. It counts:
   alike), for the batch;
 - every image's noise and decoded output, which are kept until the call returns.
 
-With tiles (upscaling) the networks see one tile at a time, and only the full-size buffers grow with the
-output.
+With tiles (upscaling, or tiled decoding in any task) the networks see one tile at a time, and only the
+full-size buffers grow with the output.
 """
 
 from __future__ import annotations
@@ -62,22 +62,29 @@ def first_stage_bytes(config: AutoencoderConfig, height: int, width: int, batch:
 
 def sampling_bytes(unet: UNetConfig | None, first_stage: AutoencoderConfig, height: int, width: int, *, batch: int,
                    count: int, tile: tuple[int, int] | None = None, tile_batch: int = 1,
-                   unet_itemsize: int = FLOAT32, first_stage_itemsize: int = FLOAT32) -> int:
+                   decode_tile: tuple[int, int] | None = None, unet_itemsize: int = FLOAT32,
+                   first_stage_itemsize: int = FLOAT32) -> int:
     """Estimated peak bytes of sampling ``count`` images of ``height × width`` pixels, ``batch`` at a time.
 
     ``tile`` (latent cells) means the UNet sees ``tile_batch`` tiles per forward and the first stage one
     tile at a time, while the whole latent and the whole output image are still held (see the module text).
+    ``decode_tile`` (latent cells) tiles the first stage's decoding alone (default: ``tile``).
     ``unet`` None (a network other than ldmkit's UNet) leaves the denoiser out of the estimate.
     """
     f = first_stage.downsample_factor
     latent_h, latent_w = -(-height // f), -(-width // f)
     if tile is None:
         denoiser = unet_bytes(unet, latent_h, latent_w, batch, unet_itemsize) if unet is not None else 0
-        networks = max(denoiser, first_stage_bytes(first_stage, height, width, batch, first_stage_itemsize))
     else:
         th, tw = min(tile[0], latent_h), min(tile[1], latent_w)
         denoiser = unet_bytes(unet, th, tw, tile_batch * batch, unet_itemsize) if unet is not None else 0
-        networks = max(denoiser, first_stage_bytes(first_stage, th * f, tw * f, 1, first_stage_itemsize))
+    decode_tile = decode_tile or tile
+    if decode_tile is None:
+        decoder = first_stage_bytes(first_stage, height, width, batch, first_stage_itemsize)
+    else:  # one image, one tile at a time
+        th, tw = min(decode_tile[0], latent_h), min(decode_tile[1], latent_w)
+        decoder = first_stage_bytes(first_stage, th * f, tw * f, 1, first_stage_itemsize)
+    networks = max(denoiser, decoder)
     noise = count * first_stage.z_channels * latent_h * latent_w * FLOAT32
     images = 2 * count * first_stage.out_channels * height * width * FLOAT32  # the batches and their concatenation
     return networks + noise + images

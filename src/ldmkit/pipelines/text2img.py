@@ -108,6 +108,8 @@ class LatentDiffusionPipeline:
         self.denoiser = model.denoiser()
         self.precision = precision
         self.optimizations: tuple[str, ...] = ()  # what optimize() applied
+        self.decode_tile: tuple[int, int] | None = None  # latent cells per decoding tile (tile_decoding())
+        self.decode_overlap: int | None = None
 
     # The model's parts, read through the pipeline (``pipe.unet``, ``pipe.autoencoder``, …).
     unet = property(lambda self: self.model.unet)
@@ -145,10 +147,34 @@ class LatentDiffusionPipeline:
         self.optimizations = tuple(applied)
         return self
 
+    def tile_decoding(self, tile: int | str | None = "auto", overlap: int | None = None) -> LatentDiffusionPipeline:
+        """Decode latents one image and one overlapping tile at a time (None: whole images, the default).
+
+        ``tile``: latent cells per side, or "auto" for the trained latent size; ``overlap``: latent cells shared
+        by neighbouring tiles (default a quarter of the tile). The decoder's memory is then that of one tile,
+        so 1024² and 2048² images decode on devices that cannot hold the whole decoder activations.
+        Returns the pipeline.
+        """
+        if tile is None:
+            self.decode_tile, self.decode_overlap = None, None
+            return self
+        if tile == "auto":
+            self.decode_tile = self.latent_size
+        elif isinstance(tile, int) and not isinstance(tile, bool) and tile >= 1:
+            self.decode_tile = (tile, tile)
+        else:
+            raise ConfigError(f"decoding tile must be 'auto' or a positive number of latent cells; got {tile!r}")
+        if overlap is not None and not 0 <= overlap < min(self.decode_tile):
+            raise ConfigError(f"decoding tile overlap must be in [0, {min(self.decode_tile)}); got {overlap}")
+        self.decode_overlap = overlap
+        return self
+
     @classmethod
     def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> LatentDiffusionPipeline:
         """The same model parts (no copies) behind this class's interface (a task pipeline's checks run here)."""
-        return cls(pipe.model, precision=pipe.precision)
+        made = cls(pipe.model, precision=pipe.precision)
+        made.decode_tile, made.decode_overlap = pipe.decode_tile, pipe.decode_overlap
+        return made
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "auto",
@@ -186,7 +212,9 @@ class LatentDiffusionPipeline:
         return 1
 
     def check_memory(self, height: int, width: int, *, batch: int, count: int, tile: tuple[int, int] | None = None,
-                     tile_batch: int = 1, advice: str = "ask for a smaller size or a smaller batch size") -> None:
+                     tile_batch: int = 1,
+                     advice: str = "ask for a smaller size or a smaller batch size, or decode in tiles "
+                                   "(--decode-tile auto, tile_decoding())") -> None:
         """A one-line ConfigError when sampling ``count`` images of ``height × width`` pixels, ``batch`` at a
         time, would need more memory than the device has (see :mod:`ldmkit.pipelines.memory`)."""
         weight = next(self.autoencoder.parameters(), None)
@@ -194,6 +222,7 @@ class LatentDiffusionPipeline:
         unet_config = getattr(self.unet, "config", None)
         needed = sampling_bytes(unet_config if isinstance(unet_config, UNetConfig) else None, self.autoencoder.config,
                                 height, width, batch=min(batch, count), count=count, tile=tile, tile_batch=tile_batch,
+                                decode_tile=self.decode_tile,
                                 unet_itemsize=unet_dtype.itemsize,
                                 first_stage_itemsize=weight.element_size() if weight is not None else 4)
         images = "image" if count == 1 else "images"
@@ -255,8 +284,8 @@ class LatentDiffusionPipeline:
         return torch.cat(images)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → images [N, 3, H, W] in [-1, 1]."""
-        return self.model.decode(latents)
+        """Latents → images [N, 3, H, W] in [-1, 1] (tile by tile after :meth:`tile_decoding`)."""
+        return self.model.decode(latents, tile=self.decode_tile, overlap=self.decode_overlap)
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
