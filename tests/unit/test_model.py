@@ -1,6 +1,7 @@
 """The model object: one save/load path, conditions of a request, the sizes it accepts, the ways in and out."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder
 from ldmkit.conditioning import ConditionerConfig, build_conditioner
 from ldmkit.denoisers import UNet, UNetConfig
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
-from ldmkit.errors import ConfigError
+from ldmkit.denoisers.registry import BACKBONES, register_backbone
+from ldmkit.errors import CheckpointError, ConfigError
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import load_pipeline
 
@@ -84,3 +86,38 @@ def test_latent_shape_names_the_multiple_it_needs():
     assert model.latent_shape() == (3, 8, 8) and model.latent_shape(12, 20) == (3, 6, 10)
     with pytest.raises(ConfigError, match="multiple of 4"):
         model.latent_shape(10, 16)
+
+
+# --- backbones ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ToyConfig:
+    channels: int = 3
+    downsample_factor: int = 1
+
+
+class ToyBackbone(torch.nn.Module):
+    """A per-pixel linear map: the smallest network with the denoiser signature."""
+
+    def __init__(self, config: ToyConfig):
+        super().__init__()
+        self.config = config
+        self.mix = torch.nn.Conv2d(config.channels, config.channels, 1)
+
+    def forward(self, x, t, cond=None):  # x: [B, C, h, w]
+        return self.mix(x)
+
+
+def test_a_registered_backbone_is_saved_under_its_name_and_loads_back(tmp_path):
+    if "toy" not in BACKBONES:
+        register_backbone("toy", ToyConfig, ToyBackbone)
+    model = tiny_model("none")
+    model.unet = ToyBackbone(ToyConfig()).eval()
+    model.save(tmp_path / "model")
+    assert (tmp_path / "model" / "toy.safetensors").is_file() and not (tmp_path / "model" / "unet.safetensors").exists()
+    loaded = LatentDiffusionModel.load(tmp_path / "model")
+    assert isinstance(loaded.unet, ToyBackbone)
+    assert torch.equal(loaded.unet.mix.weight, model.unet.mix.weight)
+    model.unet = torch.nn.Conv2d(3, 3, 1)  # no config: not a backbone anyone can rebuild
+    with pytest.raises(CheckpointError, match="not a registered denoiser backbone"):
+        model.save(tmp_path / "other")
+    assert not (tmp_path / "other").exists()

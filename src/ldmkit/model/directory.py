@@ -3,9 +3,10 @@ and loaded.
 
 ::
 
-    config.json                  unet / schedule / conditioner configs; extra: latent size, tokenizer,
+    config.json                  <backbone> / schedule / conditioner configs; extra: latent size, tokenizer,
                                  the autoencoder's original path and SHA-256, the training experiment
-    unet.safetensors             weights of the denoiser (the EMA weights, when written by training)
+    <backbone>.safetensors       weights of the denoising network, e.g. unet.safetensors (the EMA weights,
+                                 when written by training)
     conditioner.safetensors      weights of a trained conditioning encoder (empty for frozen/none)
     autoencoder/                 a copy of the first stage's model directory, so the model is self-contained
 """
@@ -23,8 +24,7 @@ from ldmkit.autoencoders import load_autoencoder
 from ldmkit.autoencoders.build import save_autoencoder
 from ldmkit.conditioning import ConditionerConfig, load_conditioner
 from ldmkit.config import from_dict, to_dict
-from ldmkit.denoisers.unet import UNet
-from ldmkit.denoisers.unet_config import UNetConfig
+from ldmkit.denoisers.registry import backbone_in, backbone_of, build_backbone
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import CheckpointError
 from ldmkit.io import load_state_strict, load_weights, read_model_dir, save_model_dir
@@ -45,6 +45,7 @@ def save_model(model: LatentDiffusionModel, directory: str | Path, *,
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    backbone = backbone_of(model.unet)
     cond_tensors, cond_data = model.conditioner.state_for_saving()
     source = model.autoencoder_source
     recorded = dict(model.extra.get("autoencoder") or {})
@@ -64,9 +65,9 @@ def save_model(model: LatentDiffusionModel, directory: str | Path, *,
                  if key not in ("latent_size", "tokenizer", "autoencoder", "experiment")}
         save_model_dir(
             directory, kind=KIND,
-            config={"unet": to_dict(model.unet.config), "schedule": to_dict(model.schedule.config),
+            config={backbone.name: to_dict(model.unet.config), "schedule": to_dict(model.schedule.config),
                     "conditioner": cond_data["config"]},
-            weights={"unet": model.unet, "conditioner": cond_tensors},
+            weights={backbone.name: model.unet, "conditioner": cond_tensors},
             extra={"latent_size": list(model.latent_size), "tokenizer": cond_data.get("tokenizer"),
                    "autoencoder": {"path": origin, "sha256": digest},
                    "experiment": experiment if experiment is not None else model.extra.get("experiment", {}),
@@ -117,8 +118,9 @@ def load_model(directory: str | Path, device: torch.device | str | None = None) 
     info = read_model_dir(directory, kind=KIND)
     autoencoder_dir = _autoencoder_dir(info)
     autoencoder = load_autoencoder(autoencoder_dir, device=device).eval().requires_grad_(False)
-    unet = UNet(from_dict(UNetConfig, info.config["unet"]))
-    load_state_strict(unet, load_weights(info, "unet"), str(info.path / "unet.safetensors"))
+    backbone = backbone_in(info.config, str(info.path / CONFIG_NAME))
+    unet = build_backbone(backbone, info.config[backbone.name])
+    load_state_strict(unet, load_weights(info, backbone.name), str(info.path / f"{backbone.name}.safetensors"))
     cond_config = from_dict(ConditionerConfig, info.config["conditioner"])
     first_stage = autoencoder.encode if cond_config.concat.present else None
     conditioner = load_conditioner(load_weights(info, "conditioner"),
