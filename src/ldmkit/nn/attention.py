@@ -71,7 +71,9 @@ class SpatialSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape  # [B, C, H, W]
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each [B, heads, HW, d]
+        # Channels last in memory: SDPA's memory-efficient and flash kernels need a unit stride over d, and
+        # without one fall back to the math kernel and its [HW, HW] matrix (40 GB at a 2048² VAE decode).
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(dim=1)  # each [B, heads, HW, d]
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, d]
         out = out.transpose(-1, -2).reshape(b, c, h, w)  # [B, C, H, W]
         return x + self.proj_out(out)
