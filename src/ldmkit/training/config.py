@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ldmkit.config import option
+from ldmkit.training.lr_schedules import LR_SCHEDULES, check_schedule
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,13 @@ class TrainConfig:
     batch_size: int = option(32, help="images per step on each process", min=1)
     lr: float = option(1e-4, help="peak learning rate", min=0.0)
     warmup_steps: int = option(0, help="linear learning-rate warm-up steps", min=0)
+    lr_schedule: str = option("constant_with_warmup",
+                              help="learning rate over the updates: constant, constant_with_warmup (the warm-up, then "
+                                   "train.lr), linear or cosine (the warm-up, then decay to lr_min_ratio x train.lr "
+                                   "at decay_steps)", choices=LR_SCHEDULES)
+    decay_steps: int = option(0, help="update at which linear/cosine decay reaches its end (0: train.steps)", min=0)
+    lr_min_ratio: float = option(0.0, help="learning rate at the end of linear/cosine decay, as a fraction of train.lr",
+                                 min=0.0, max=1.0)
     weight_decay: float = option(0.0, help="AdamW weight decay", min=0.0)
     grad_clip: float = option(1.0, help="clip the global gradient norm to this (0 disables)", min=0.0)
     precision: str = option("auto", help="autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32",
@@ -40,3 +48,11 @@ class TrainConfig:
     progress: bool = option(True, help="show a progress bar")
     max_minutes: float = option(0.0, help="stop (saving a checkpoint and the model) after this much wall time in "
                                           "this process; 0 = no limit", min=0.0)
+
+    def __post_init__(self) -> None:
+        check_schedule(self.lr_schedule, warmup=self.warmup_steps, total=self.decay_total)
+
+    @property
+    def decay_total(self) -> int:
+        """The update at which a decaying schedule ends."""
+        return self.decay_steps or self.steps

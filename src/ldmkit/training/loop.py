@@ -1,7 +1,7 @@
 """One rank-aware training loop, driven by a task (autoencoder, diffusion).
 
 The loop owns what every trainer needs: the run directory, resume from the latest complete
-checkpoint, data position, learning-rate warm-up, precision, the non-finite guard, progress bar,
+checkpoint, data position, the learning-rate schedule, precision, the non-finite guard, progress bar,
 TensorBoard, periodic image grids, checkpoints, preemption (SIGTERM / SIGUSR1 → save and exit 143;
 Ctrl-C / SIGINT → save and exit 130)
 and the final model directory. It locks the run directory for its whole life, refuses a directory that holds
@@ -26,6 +26,7 @@ from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_ev
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.data_stream import BatchStream
+from ldmkit.training.lr_schedules import lr_scheduler
 from ldmkit.training.distributed import (
     any_rank,
     gathered,
@@ -199,10 +200,6 @@ def estimate_checkpoint_bytes(task: Task, optimizers: dict[str, torch.optim.Opti
     return int(1.1 * (2 * modules + moments))
 
 
-def _warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-
-
 class _PreemptionFlag:
     """SIGTERM / SIGUSR1 / SIGINT set a flag; the loop saves after the current step and exits 143 (130 for
     SIGINT). A second Ctrl-C does not wait for the save: it interrupts at once."""
@@ -266,7 +263,9 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     optimizers = task.optimizers()
     if main:
         check_writable(run_dir, needed_bytes=estimate_checkpoint_bytes(task, optimizers))
-    schedulers = {name: _warmup_scheduler(opt, train_cfg.warmup_steps) for name, opt in optimizers.items()}
+    schedulers = {name: lr_scheduler(opt, train_cfg.lr_schedule, warmup=train_cfg.warmup_steps,
+                                     total=train_cfg.decay_total, min_ratio=train_cfg.lr_min_ratio)
+                  for name, opt in optimizers.items()}
     ctx = StepContext(optimizers, schedulers, train_cfg, device)
     stream = BatchStream(dataset, train_cfg.batch_size, seed=train_cfg.seed, num_workers=train_cfg.num_workers)
     checkpoints = CheckpointManager(run_dir / "checkpoints", train_cfg.keep_last, train_cfg.keep_every)

@@ -13,6 +13,7 @@ config describes, and is refused with the keys named.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -24,6 +25,7 @@ import torch
 import yaml
 
 from ldmkit.config import dump_yaml, to_dict
+from ldmkit.training.lr_schedules import DECAYING
 from ldmkit.training.run_dir import RunDirectoryError
 
 CONFIG_NAME = "config.yaml"
@@ -76,14 +78,49 @@ def check_resume_config(run_dir: Path, config: Any, step: int) -> dict[str, tupl
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RunDirectoryError(f"{path} cannot be read ({exc.__class__.__name__}); restore it or train into a "
                                 "new train.out") from None
-    changes = changed_keys(before if isinstance(before, dict) else {}, to_dict(config))
+    after = to_dict(config)
+    changes = changed_keys(before if isinstance(before, dict) else {}, after)
+    # An option added since the run started, at its default, is how the run was trained (defaults keep the old
+    # behaviour): not a change.
+    defaults = default_values(type(config)) if dataclasses.is_dataclass(config) else {}
+    changes = {k: (old, new) for k, (old, new) in changes.items()
+               if not (old == "<missing>" and k in defaults and defaults[k] == new)}
     refused = {k: v for k, v in changes.items() if not resumable(k)}
+    same_decay = _decay_end(before) == _decay_end(after)
+    if "train.decay_steps" in refused and same_decay:  # written out now, the same schedule as before
+        del refused["train.decay_steps"]
+    if "train.steps" in changes and not refused and not same_decay:
+        raise RunDirectoryError(
+            f"train.steps changed ({describe_changes({'train.steps': changes['train.steps']})}) but the "
+            f"{after['train']['lr_schedule']} learning-rate decay of the checkpoint at step {step} in {run_dir} ends "
+            "at train.steps: set train.decay_steps to the old train.steps to keep its schedule, or train into a new "
+            "train.out")
     if refused:
         raise RunDirectoryError(
             f"the checkpoint at step {step} in {run_dir} was trained under another config: {describe_changes(refused)}; "
             "put those values back to resume, or train into a new train.out (a resumed run may change only "
             "how it runs: train.steps, logging, checkpoint and image intervals, device, workers, parallelism)")
     return changes
+
+
+def default_values(cls: type) -> dict[str, Any]:
+    """Dotted key → default (as plain data) of every field of the config class ``cls`` that has one."""
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            found.update(flatten(to_dict(f.default), f"{f.name}."))
+        elif f.default_factory is not dataclasses.MISSING:
+            found.update(flatten(to_dict(f.default_factory()), f"{f.name}."))
+    return found
+
+
+def _decay_end(config: Any) -> int | None:
+    """The update at which the learning-rate decay of ``config`` (plain data) ends; None when it does not decay
+    (then ``train.steps`` and ``train.decay_steps`` leave the learning rate alone)."""
+    train = config.get("train") if isinstance(config, dict) and isinstance(config.get("train"), dict) else {}
+    if train.get("lr_schedule") not in DECAYING:
+        return None
+    return train.get("decay_steps") or train.get("steps")
 
 
 def record_config(run_dir: Path, config: Any, step: int) -> Path:
