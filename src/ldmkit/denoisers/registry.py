@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from ldmkit.config import Registry, from_dict
+from ldmkit.denoisers.dit import DiT
+from ldmkit.denoisers.dit_config import DiTConfig
 from ldmkit.denoisers.unet import UNet
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.errors import CheckpointError
@@ -57,5 +59,6 @@ def build_backbone(spec: BackboneSpec, config: Mapping[str, Any]) -> nn.Module:
 
 
 register_backbone("unet", UNetConfig, UNet)
+register_backbone("dit", DiTConfig, DiT)
 
 __all__ = ["BACKBONES", "BackboneSpec", "backbone_in", "backbone_of", "build_backbone", "register_backbone"]

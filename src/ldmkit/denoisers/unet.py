@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldmkit.conditioning.types import Conditioning
+from ldmkit.denoisers.routes import network_inputs
 from ldmkit.denoisers.unet_config import UNET_PRESETS, UNetConfig
-from ldmkit.errors import ConfigError
 from ldmkit.nn import (
     Downsample,
     ResnetBlock,
@@ -151,45 +151,11 @@ class UNet(nn.Module):
             return checkpoint(stage, h, emb, context, mask, use_reentrant=False)
         return stage(h, emb, context, mask)
 
-    def _inputs(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Check the routes of ``cond`` against the config; the network input and the vector."""
-        c = self.config
-        size = c.downsample_factor
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ConfigError(f"UNet input must be [B, {c.in_channels}, h, w]; got {list(x.shape)}")
-        if x.shape[-2] % size or x.shape[-1] % size:
-            raise ConfigError(f"UNet input size {x.shape[-2]}x{x.shape[-1]} is not a multiple of {size} "
-                              f"(2 ** (levels - 1)); crop or pad the latent")
-        if c.context_dim is None and cond.context is not None:
-            raise ConfigError("conditioning has context tokens but this UNet has no cross-attention; set context_dim")
-        if c.context_dim is not None:
-            if cond.context is None:
-                raise ConfigError(f"this UNet cross-attends to {c.context_dim}-wide context tokens; "
-                                  "the conditioning has none (use the encoder's empty/null tokens)")
-            if cond.context.ndim != 3 or cond.context.shape[-1] != c.context_dim:
-                raise ConfigError(f"conditioning context must be [B, T, {c.context_dim}]; "
-                                  f"got {list(cond.context.shape)}")
-        if c.vector_dim is None and cond.vector is not None:
-            raise ConfigError("conditioning has a vector but this UNet has no vector route; set vector_dim")
-        if c.vector_dim is not None and (cond.vector is None or cond.vector.shape[-1] != c.vector_dim):
-            got = "none" if cond.vector is None else str(list(cond.vector.shape))
-            raise ConfigError(f"this UNet needs a conditioning vector [B, {c.vector_dim}]; got {got}")
-        if c.concat_channels == 0:
-            if cond.concat is not None:
-                raise ConfigError("conditioning has a concat image but this UNet has no concat route; "
-                                  "set concat_channels")
-            return x, cond.vector
-        if cond.concat is None or cond.concat.shape[1] != c.concat_channels or cond.concat.shape[-2:] != x.shape[-2:]:
-            got = "none" if cond.concat is None else str(list(cond.concat.shape))
-            raise ConfigError(f"this UNet needs a concat condition [B, {c.concat_channels}, "
-                              f"{x.shape[-2]}, {x.shape[-1]}]; got {got}")
-        return torch.cat([x, cond.concat.to(x.dtype)], dim=1), cond.vector
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         # x: [B, C, h, w]; t: [B] or []; cond routes: context [B, T, D], context_mask [B, T],
         # vector [B, V], concat [B, C_cat, h, w]
         cond = Conditioning() if cond is None else cond
-        h, vector = self._inputs(x, cond)  # [B, C + C_cat, h, w]
+        h, vector = network_inputs(self.config, x, cond, "UNet")  # [B, C + C_cat, h, w]
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(t)  # [B, 4*mc]

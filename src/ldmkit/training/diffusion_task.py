@@ -22,7 +22,8 @@ from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import check_cache_autoencoder, LatentDataset, read_latent_index
 from ldmkit.data.masked import ItemMasks, MaskedItems
-from ldmkit.denoisers.unet import UNet
+from ldmkit.denoisers.dit_config import DiTConfig
+from ldmkit.denoisers.registry import BACKBONES
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.losses import diffusion_loss
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
@@ -56,8 +57,14 @@ class DiffusionExperiment:
     autoencoder: str = option("", help="model directory of the first stage (output of `ldm train autoencoder`)")
     latents: str | None = option(None, help="latent cache written by `ldm encode` (null: encode images on the fly)")
     data: DataConfig = option(default_factory=DataConfig, help="images (used when latents is null)")
+    backbone: Literal["unet", "dit"] = option("unet", help="the denoising network: unet, or dit (diffusion "
+                                                         "transformer); its section below sets its sizes")
     unet: UNetConfig = option(default_factory=UNetConfig,
-                              help="the denoiser; in/out channels and conditioning widths are set automatically")
+                              help="the UNet (backbone unet); in/out channels and conditioning widths are set "
+                                   "automatically")
+    dit: DiTConfig = option(default_factory=DiTConfig,
+                            help="the diffusion transformer (backbone dit); in/out channels and conditioning "
+                                 "widths are set automatically")
     schedule: ScheduleConfig = option(default_factory=ScheduleConfig, help="noise schedule and parameterisation")
     conditioner: ConditionerConfig = option(default_factory=ConditionerConfig, help="conditioning encoder (§3.3)")
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
@@ -109,12 +116,13 @@ class DiffusionTask(Task):
         self.conditioner = build_conditioner(exp.conditioner, captions=self.captions,
                                              first_stage=first_stage).to(device)
         z_channels = self.autoencoder.latent_channels
+        backbone = BACKBONES.get(exp.backbone)
         self.unet_config = replace(
-            exp.unet, in_channels=z_channels, out_channels=z_channels,
+            getattr(exp, backbone.name), in_channels=z_channels, out_channels=z_channels,
             context_dim=self.conditioner.context_dim, vector_dim=self.conditioner.vector_dim,
             concat_channels=self.conditioner.concat_channels,
         )
-        self.unet = UNet(self.unet_config).to(device)
+        self.unet = backbone.network_class(self.unet_config).to(device)
         if device.type == "cuda" and train_cfg.channels_last:
             self.unet = self.unet.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule(exp.schedule)
