@@ -18,6 +18,14 @@ def randn(shape: tuple[int, ...] | torch.Size, *, device: torch.device | str, dt
     return _move(torch.randn(shape, device=generator.device, dtype=dtype, generator=generator), device)
 
 
+def rand(shape: tuple[int, ...] | torch.Size, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform numbers in [0, 1) of ``shape`` on ``device``, drawn from ``generator`` when given."""
+    if generator is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    return _move(torch.rand(shape, device=generator.device, dtype=dtype, generator=generator), device)
+
+
 def randint(high: int, shape: tuple[int, ...], *, device: torch.device | str,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform integers in [0, high) of ``shape`` (int64) on ``device``."""

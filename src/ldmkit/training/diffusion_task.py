@@ -27,6 +27,7 @@ from ldmkit.denoisers.registry import BACKBONES
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.losses import diffusion_loss
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from ldmkit.diffusion.timestep_sampling import TimestepConfig
 from ldmkit.errors import ConfigError
 from ldmkit.io import read_model_dir
 from ldmkit.io.images import make_grid, to_unit
@@ -70,12 +71,22 @@ class DiffusionExperiment:
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
     weighting: Literal["simple", "min_snr"] = option("simple", help="loss weighting over timesteps")
     min_snr_gamma: float = option(5.0, help="γ of min-SNR weighting", min=0.0)
+    timesteps: TimestepConfig = option(default_factory=TimestepConfig,
+                                       help="distribution of training timesteps (uniform, logit_normal, log_normal)")
+    offset_noise: float = option(0.0, help="offset noise: add this x N(0,1) per sample and channel to the noise "
+                                           "(Guttenberg 2023; 0.05-0.1 is common)", min=0.0)
+    input_perturbation: float = option(0.0, help="γ of input perturbation: the input is noised with noise + γ·ξ, "
+                                                 "the target keeps the noise (Ning et al. 2023; 0.1 there)", min=0.0)
+    loss: Literal["mse", "huber", "l1"] = option("mse", help="element loss: mse, huber (pseudo-Huber of scale "
+                                                            "huber_delta) or l1")
+    huber_delta: float = option(0.1, help="δ of the huber loss: squared below, linear above", min=1e-6)
     ema_decay: float = option(0.9999, help="EMA decay of the denoiser weights (with warm-up)", min=0.0, max=1.0)
     preview: PreviewConfig = option(default_factory=PreviewConfig, help="sample grids during training")
 
     def __post_init__(self) -> None:
         if not self.autoencoder:
             raise ConfigError("config key 'autoencoder' is required: the model directory of a trained autoencoder")
+        self.timesteps.bounds(self.schedule.num_timesteps)  # bounds within the schedule, or a one-line error
 
 
 class _DenoisingLoss(torch.nn.Module):
@@ -90,12 +101,18 @@ class _DenoisingLoss(torch.nn.Module):
         self.schedule = schedule
         self.weighting = experiment.weighting
         self.min_snr_gamma = experiment.min_snr_gamma
+        # The uniform default goes the way it always went (no TimestepConfig), drawing the same numbers.
+        self.timesteps = None if experiment.timesteps == TimestepConfig() else experiment.timesteps
+        self.objective = {"offset_noise": experiment.offset_noise, "input_perturbation": experiment.input_perturbation,
+                          "loss": experiment.loss, "huber_delta": experiment.huber_delta}
 
     def forward(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any) -> torch.Tensor:
         if "conditioner" in self.trained:
             cond = self.trained["conditioner"].encode(batch)
+        # batch["loss_mask"] [B, 1, H, W], when the data supplies one, weighs the loss per pixel.
         loss, _ = diffusion_loss(self._network[0], z0, cond, self.schedule, weighting=self.weighting,
-                                 min_snr_gamma=self.min_snr_gamma)  # z0: [B, c, h, w]
+                                 min_snr_gamma=self.min_snr_gamma, timesteps=self.timesteps,
+                                 mask=batch.get("loss_mask"), **self.objective)  # z0: [B, c, h, w]
         return loss
 
 
