@@ -23,7 +23,7 @@ from ldmkit.data import DataConfig
 from ldmkit.errors import ConfigError
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.training.config import TrainConfig
-from ldmkit.training.distributed import average_gradients_of, wrap
+from ldmkit.training.distributed import average_gradients_of, no_sync, wrap
 from ldmkit.training.loop import StepContext, Task
 
 
@@ -93,6 +93,9 @@ class AutoencoderTask(Task):
             ctx.step("discriminator", d_loss)
             logs.update(d_logs)
         return logs
+
+    def no_sync(self):
+        return no_sync(self.network, self.ddp_discriminator)
 
     @contextlib.contextmanager
     def _discriminator_update(self) -> Iterator[None]:

@@ -12,7 +12,10 @@ from ldmkit.training.lr_schedules import LR_SCHEDULES, check_schedule
 class TrainConfig:
     out: str = option("runs/run", help="run directory: config, checkpoints, logs, samples and the final model")
     steps: int = option(1000, help="optimiser steps to train for", min=1)
-    batch_size: int = option(32, help="images per step on each process", min=1)
+    batch_size: int = option(32, help="images per micro-batch on each process", min=1)
+    accumulate: int = option(1, help="micro-batches whose gradients are summed into each update (gradient "
+                                     "accumulation): the effective batch is accumulate x batch_size x processes",
+                             min=1)
     lr: float = option(1e-4, help="peak learning rate", min=0.0)
     warmup_steps: int = option(0, help="linear learning-rate warm-up steps", min=0)
     lr_schedule: str = option("constant_with_warmup",

@@ -34,7 +34,7 @@ from ldmkit.io.images import make_grid, to_unit
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
-from ldmkit.training.distributed import ema_of, wrap
+from ldmkit.training.distributed import ema_of, no_sync, wrap
 from ldmkit.training.loop import StepContext, Task, train
 
 
@@ -180,8 +180,12 @@ class DiffusionTask(Task):
             cond = None if "conditioner" in self.trained else self.conditioner.encode(batch)
             loss = self.denoising_loss(z0, batch, cond)
         grad_norm = ctx.step("model", loss)
-        self.ema.update(self.trained)
+        if ctx.updating:
+            self.ema.update(self.trained)
         return {"loss": loss.detach(), "grad_norm": grad_norm}
+
+    def no_sync(self):
+        return no_sync(self.denoising_loss)
 
     def _preview_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         preview = self.experiment.preview

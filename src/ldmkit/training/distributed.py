@@ -190,6 +190,21 @@ def gathered(ema: EMA) -> contextlib.AbstractContextManager:
     return ema.gathered() if hasattr(ema, "gathered") else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def no_sync(*modules: nn.Module) -> Iterator[None]:
+    """Keep DistributedDataParallel from averaging gradients during the backward passes inside (a micro-batch
+    that does not end its update, ``train.accumulate``); the next backward outside averages the sums.
+
+    Modules that are not DDP-wrapped (one process, or sharded with FSDP) average every backward as before:
+    averaging is linear, so the update is the same, only the communication is repeated.
+    """
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            if isinstance(module, nn.parallel.DistributedDataParallel):
+                stack.enter_context(module.no_sync())
+        yield
+
+
 def average_gradients_of(params: list[nn.Parameter]) -> None:
     """Average the gradients of parameters outside any DDP wrapper over all ranks as ``backward`` computes them."""
     if not is_distributed():
@@ -250,5 +265,5 @@ def write_digest(modules: dict[str, nn.Module]) -> None:
 
 
 __all__ = ["any_rank", "average_gradients_of", "ema_of", "gathered", "is_distributed", "is_sharded",
-           "load_module_state", "load_optimizer_state", "local_device", "module_state_dict", "optimizer_state_dict",
-           "process_group", "rank_seed", "same_on_all_ranks", "unwrap", "wrap", "write_digest"]
+           "load_module_state", "load_optimizer_state", "local_device", "module_state_dict", "no_sync",
+           "optimizer_state_dict", "process_group", "rank_seed", "same_on_all_ranks", "unwrap", "wrap", "write_digest"]

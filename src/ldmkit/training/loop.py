@@ -77,6 +77,8 @@ class Task:
         raise NotImplementedError
 
     def train_step(self, batch: dict[str, Any], step: int, ctx: "StepContext") -> dict[str, float | torch.Tensor]:
+        """One micro-batch of update ``step`` (``train.accumulate`` calls per update, the same ``step``): losses go
+        to ``ctx.step``; work done once per update (an EMA) belongs where ``ctx.updating`` is true."""
         raise NotImplementedError
 
     def write_model(self, directory: Path) -> None:
@@ -96,9 +98,20 @@ class Task:
     def finish(self, run_dir: Path) -> None:
         """Work after the last step, before the final model is written (e.g. the latent scale)."""
 
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Entered around a micro-batch that does not end its update: skip the gradient averaging over processes
+        there (see :func:`ldmkit.training.distributed.no_sync`). Averaging anyway is only slower."""
+        return contextlib.nullcontext()
+
 
 class StepContext:
-    """Backward + clip + optimiser step for one named optimiser, with autocast and the non-finite guard."""
+    """Backward + clip + optimiser step for one named optimiser, with autocast and the non-finite guard.
+
+    With ``train.accumulate = N`` the loop runs the task's ``train_step`` on N micro-batches per update
+    (``micro`` = 0 … N-1): each ``step`` call adds the gradient of loss / N, and only the last micro-batch
+    (``updating``) clips, checks and applies the summed gradient — the gradient of the mean loss over all N·B
+    samples, as one batch of N·B would give.
+    """
 
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
                  train: TrainConfig, device: torch.device):
@@ -116,16 +129,34 @@ class StepContext:
         self.updates: dict[str, int] = {}
         self.step_index = 0
         self.batch_index = 0
+        self.accumulate = train.accumulate
+        self.micro = 0  # which micro-batch of the update is running
+        self._loss_sums: dict[str, torch.Tensor] = {}  # per optimiser, over the update's micro-batches
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
-    def step(self, name: str, loss: torch.Tensor) -> torch.Tensor:
-        """Apply one update of optimiser ``name`` from ``loss``; returns the gradient norm (NaN if skipped)."""
+    @property
+    def updating(self) -> bool:
+        """Whether this micro-batch ends the update (always, without accumulation)."""
+        return self.micro == self.accumulate - 1
+
+    def step(self, name: str, loss: torch.Tensor) -> torch.Tensor | None:
+        """Apply one update of optimiser ``name`` from ``loss``; returns the gradient norm (NaN if skipped), or
+        None on a micro-batch that only adds its gradient."""
         optimizer = self.optimizers[name]
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if self.micro == 0:
+            optimizer.zero_grad(set_to_none=True)
+        if self.accumulate == 1:
+            self.scaler.scale(loss).backward()
+        else:
+            self.scaler.scale(loss / self.accumulate).backward()  # Σ ∇(loss_i / N) = ∇ of the mean over N·B
+            so_far = self._loss_sums.get(name) if self.micro else None
+            self._loss_sums[name] = loss.detach() if so_far is None else so_far + loss.detach()
+            if not self.updating:
+                return None
+            loss = self._loss_sums.pop(name) / self.accumulate  # the guards judge the update's mean loss
         self.scaler.unscale_(optimizer)
         max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -234,6 +265,17 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _mean_logs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each logged value averaged over an update's micro-batches (None, e.g. the gradient norm of a micro-batch
+    that applied no update, is left out), kept on its device until it is logged."""
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = [part[key] for part in parts if part.get(key) is not None]
+        if values:
+            merged[key] = sum(values[1:], values[0]) / len(values)
+    return merged
+
+
 def _scalar(value: float | torch.Tensor) -> float:
     return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -291,7 +333,9 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
         record_config(run_dir, resolved_config, step)
         record_start(run_dir, step, device, world_size())
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, start: tuple[dict, dict] | None = None) -> None:
+        """``start``: the data position and RNG state at the start of the step, for a save in the middle of an
+        accumulated update (the weights have not moved yet; resuming redoes the step's micro-batches)."""
         # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.
         modules = task.modules()
         with _whole_networks(task):
@@ -301,14 +345,15 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
                 "optimizers": {name: optimizer_state_dict(o, modules) for name, o in optimizers.items()},
                 "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
                 "scaler": ctx.scaler.state_dict(),
-                "data": stream.state_dict(),
-                "rng": rng_state(),
+                "data": stream.state_dict() if start is None else start[0],
+                "rng": rng_state() if start is None else start[1],
                 "guard": ctx.guard_state(),
                 "task": task.extra_state(),
             }
             if main:
                 checkpoints.save(at_step, state, task.write_model)
 
+    accumulate = train_cfg.accumulate
     writer = _tensorboard(run_dir / "tb") if main else None
     progress = None
     if main and train_cfg.progress:
@@ -319,20 +364,26 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     processes = world_size()
     with _PreemptionFlag() as preempt:
         while step < train_cfg.steps:
-            try:
-                batch = _to_device(next(batches), device)
-            except Exception:
-                # Ctrl-C reaches data-loader workers too, which then end: the signal, not the loader, is the news.
-                # (Several processes stop together at the end of a step instead: a save here would be one-sided.)
-                if not preempt.raised or is_distributed():
-                    raise
-                save(step)
-                print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
-                raise Preempted(preempt.exit_code) from None
-            ctx.step_index, ctx.batch_index = step, stream.batches_consumed
-            logs = task.train_step(batch, step, ctx)
+            start = (stream.state_dict(), rng_state()) if accumulate > 1 else None
+            micro_logs = []
+            for micro in range(accumulate):
+                try:
+                    batch = _to_device(next(batches), device)
+                except Exception:
+                    # Ctrl-C reaches data-loader workers too, which then end: the signal, not the loader, is the
+                    # news. (Several processes stop together at the end of a step instead: a save here would be
+                    # one-sided.)
+                    if not preempt.raised or is_distributed():
+                        raise
+                    save(step, start)
+                    print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
+                    raise Preempted(preempt.exit_code) from None
+                ctx.step_index, ctx.batch_index, ctx.micro = step, stream.batches_consumed, micro
+                with task.no_sync() if micro < accumulate - 1 else contextlib.nullcontext():
+                    micro_logs.append(task.train_step(batch, step, ctx))
+            logs = micro_logs[0] if accumulate == 1 else _mean_logs(micro_logs)
             step += 1
-            window_images += train_cfg.batch_size * processes
+            window_images += train_cfg.batch_size * accumulate * processes
             if main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 scalars = {k: _scalar(v) for k, v in logs.items()}
