@@ -87,7 +87,7 @@ def exact_ode_map(denoiser, t0=999):
 
 
 def test_registry_and_one_signature():
-    assert samplers.names() == sorted(["ddim", "ddpm", "dpm++2m", "euler", "heun", "plms"])
+    assert samplers.names() == sorted(["ddim", "ddpm", "dpm++2m", "euler", "flow-heun", "heun", "plms"])
     shared = ["model", "x", "ladder", "callback", "generator"]
     for name in samplers.names():
         spec = samplers.get(name)
@@ -270,7 +270,9 @@ def test_options_are_checked_once_where_they_are_made():
         with pytest.raises(ConfigError, match=match):
             SamplerOptions(**bad)
     options = SamplerOptions(sampler="euler")
-    assert options.resolved_spacing == "karras" and options.replace(spacing="trailing").resolved_spacing == "trailing"
+    plain = NoiseSchedule()
+    assert options.resolved_spacing(plain) == "karras"
+    assert options.replace(spacing="trailing").resolved_spacing(plain) == "trailing"
 
 
 def test_karras_ladder_passes_fractional_timesteps():

@@ -1,7 +1,8 @@
 """The denoiser: network + noise schedule + parameterisation, the only thing samplers call.
 
 DESIGN habit 2 (as edm2's Precond and k-diffusion's Denoiser): the network maps
-``(x_t, t, cond)`` to whatever it was trained to predict (``schedule.prediction``: eps, x0 or v);
+``(x_t, t, cond)`` to whatever it was trained to predict (``schedule.prediction``: eps, x0, v or the flow
+velocity, for which it sees the flow-path point instead of ``x_t``);
 :class:`Denoiser` turns that into both the clean-sample estimate and the noise estimate, so every
 sampler works with every parameterisation.
 """
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.diffusion.parameterisation import to_x0_eps
+from ldmkit.diffusion.parameterisation import network_input, to_x0_eps
 from ldmkit.diffusion.schedules import NoiseSchedule
 
 
@@ -75,10 +76,10 @@ class Denoiser(nn.Module):
             t = t.expand(batch)
         elif t.shape != (batch,):
             raise ValueError(f"timesteps must be a scalar or of shape [{batch}]; got {tuple(t.shape)}")
-        output = self.network(x_t, t, cond)  # [B, C, h, w]
-        if output.shape != x_t.shape:
-            raise ValueError(f"network output {tuple(output.shape)} does not match its input {tuple(x_t.shape)}")
         dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         alpha_bar = self.schedule.alpha_bar(t, dtype=dtype).reshape(batch, *([1] * (x_t.dim() - 1)))
+        output = self.network(network_input(self.prediction, x_t, alpha_bar.to(x_t.dtype)), t, cond)  # [B, C, h, w]
+        if output.shape != x_t.shape:
+            raise ValueError(f"network output {tuple(output.shape)} does not match its input {tuple(x_t.shape)}")
         x0, eps = to_x0_eps(self.prediction, output.to(dtype), x_t.to(dtype), alpha_bar)
         return Prediction(x0=x0.to(x_t.dtype), eps=eps.to(x_t.dtype))

@@ -20,7 +20,8 @@ Weightings (applied to whichever ``loss``):
 - ``simple``: w = 1 (Ho et al.'s L_simple; what LDM trains with);
 - ``min_snr``: Min-SNR-γ (Hang et al. 2023, eq. 9). In x0 terms the weight is min(SNR, γ) with
   SNR = ᾱ/(1-ᾱ); since ‖ε - ε̂‖² = SNR ‖x0 - x̂0‖² and ‖v - v̂‖² = (SNR + 1) ‖x0 - x̂0‖², the weight on
-  the network's own error is min(SNR, γ)/SNR for eps, min(SNR, γ) for x0, min(SNR, γ)/(SNR + 1) for v.
+  the network's own error is min(SNR, γ)/SNR for eps, min(SNR, γ) for x0, min(SNR, γ)/(SNR + 1) for v, and
+  min(SNR, γ) s² for the flow velocity (s = 1/(1 + sqrt(SNR)), the flow time).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.diffusion.parameterisation import target as prediction_target
+from ldmkit.diffusion.parameterisation import network_input, target as prediction_target
 from ldmkit.diffusion.noise import randint, randn
 from ldmkit.diffusion.schedules import NoiseSchedule, broadcast_per_sample
 from ldmkit.diffusion.timestep_sampling import TimestepConfig, draw_timesteps
@@ -61,6 +62,8 @@ def min_snr_weights(snr_values: torch.Tensor, prediction: str, gamma: float = 5.
         return (gamma / snr_values).clamp(max=1.0)  # = min(SNR, γ)/SNR, and 1 as SNR → 0
     if prediction == "v":
         return clipped / (snr_values + 1)
+    if prediction == "flow":  # x0 - x̂0 = -s (u - û), s = 1 / (1 + sqrt(SNR))
+        return clipped / (1 + snr_values.sqrt()) ** 2
     raise ValueError(f"unknown prediction '{prediction}'")
 
 
@@ -136,7 +139,7 @@ def diffusion_loss(network: Any, x0: torch.Tensor, cond: Conditioning | None, sc
     x_t = schedule.add_noise(x0, noised_with, t)  # [B, C, h, w]
     alpha_bar = broadcast_per_sample(schedule.alpha_bar(t, dtype=torch.float32), x0)
     goal = prediction_target(schedule.prediction, x0.float(), noise.float(), alpha_bar)
-    output = network(x_t, t, cond)  # [B, C, h, w]
+    output = network(network_input(schedule.prediction, x_t, alpha_bar.to(x_t.dtype)), t, cond)  # [B, C, h, w]
     per_sample = masked_mean(elementwise_loss(output, goal, loss, huber_delta), mask)  # [B]
     weights = loss_weights(schedule, t, weighting, min_snr_gamma)
     total = (weights * per_sample).mean()

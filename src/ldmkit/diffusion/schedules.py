@@ -14,6 +14,12 @@ Equivalent views of the same noise level, all tabulated here:
 
 Timesteps may be fractional (Karras σ ladders): values between table entries are interpolated
 linearly in ``log σ``, as k-diffusion does.
+
+The ``flow`` kind is rectified flow's straight path ``y_s = (1 - s) x_0 + s ε`` (Liu et al. 2023; SD3,
+Esser et al. 2024) on T steps ``s_t = (t + 1) / T``, optionally shifted to ``s' = α s / (1 + (α - 1) s)``
+(SD3 eq. 23; α > 1 spends more steps at high noise, as larger images need: α = sqrt(pixels / base pixels),
+:func:`resolution_shift`). In the variance-preserving view it is ``ᾱ_t = (1 - s)² / ((1 - s)² + s²)``, with
+``ᾱ = 0`` at the last step, so everything built on ᾱ — samplers, img2img, inpainting — works with it.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ import torch
 from ldmkit.config import option
 from ldmkit.errors import ConfigError
 
-Kind = Literal["linear", "scaled_linear", "cosine"]
-Prediction = Literal["eps", "x0", "v"]
+Kind = Literal["linear", "scaled_linear", "cosine", "flow"]
+Prediction = Literal["eps", "x0", "v", "flow"]
 Spacing = Literal["leading", "trailing", "linspace", "karras"]
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "karras")
 
@@ -46,7 +52,7 @@ class ScheduleConfig:
     kind: Kind = option(
         "scaled_linear",
         help="beta schedule: linear (DDPM), scaled_linear (linear in sqrt(beta); LDM/Stable Diffusion), "
-        "cosine (Nichol & Dhariwal 2021)",
+        "cosine (Nichol & Dhariwal 2021), flow (rectified flow's straight path; pair with prediction flow)",
     )
     num_timesteps: int = option(1000, help="number of discrete diffusion steps T", min=2)
     beta_start: float | None = option(
@@ -59,12 +65,15 @@ class ScheduleConfig:
     zero_terminal_snr: bool = option(
         False, help="rescale so that the last step is pure noise, ᾱ_T = 0 (Lin et al. 2023; use prediction v or x0)"
     )
-    prediction: Prediction = option("eps", help="what the network predicts: eps (noise), x0 (clean data) or v")
+    prediction: Prediction = option("eps", help="what the network predicts: eps (noise), x0 (clean data), v, or "
+                                                "flow (the rectified-flow velocity ε - x0)")
+    flow_shift: float = option(1.0, help="time shift α of the flow schedule, s' = α s / (1 + (α - 1) s) (SD3 eq. 23; "
+                                         "1 = none, 3 = SD3 at 1024²)", min=1e-3)
 
     def __post_init__(self) -> None:
-        if self.kind == "cosine":
+        if self.kind in ("cosine", "flow"):
             if self.beta_start is not None or self.beta_end is not None:
-                raise ConfigError("beta_start/beta_end do not apply to the cosine schedule; leave them unset")
+                raise ConfigError(f"beta_start/beta_end do not apply to the {self.kind} schedule; leave them unset")
         else:
             start, end = self.betas_range()
             if not 0.0 < start < end < 1.0:
@@ -74,6 +83,11 @@ class ScheduleConfig:
                 "zero_terminal_snr cannot be learned with prediction eps (x0 is undefined at ᾱ_T = 0); "
                 "use prediction v or x0"
             )
+        if self.kind == "flow" and self.prediction == "eps":
+            raise ConfigError("the flow schedule ends in pure noise, where prediction eps cannot give x0; use "
+                              "prediction flow (or v or x0)")
+        if self.flow_shift != 1.0 and self.kind != "flow":
+            raise ConfigError(f"flow_shift applies to the flow schedule only; this one is '{self.kind}'")
 
     def betas_range(self) -> tuple[float, float]:
         """(beta_start, beta_end) with the kind's published values filled in."""
@@ -83,9 +97,26 @@ class ScheduleConfig:
         return start, end
 
 
+def flow_times(config: ScheduleConfig) -> torch.Tensor:
+    """s_0 … s_{T-1} of the flow schedule, float64: (t + 1) / T, shifted by ``flow_shift`` (SD3 eq. 23)."""
+    s = torch.arange(1, config.num_timesteps + 1, dtype=torch.float64) / config.num_timesteps
+    shift = config.flow_shift
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def resolution_shift(pixels: int, base_pixels: int = 256 * 256) -> float:
+    """SD3's resolution-dependent time shift α = sqrt(m / n) for images of ``pixels`` trained at ``base_pixels``."""
+    return math.sqrt(pixels / base_pixels)
+
+
 def make_betas(config: ScheduleConfig) -> torch.Tensor:
     """β_0 … β_{T-1} in float64 (before any zero-terminal-SNR rescaling)."""
     n = config.num_timesteps
+    if config.kind == "flow":  # 1 - ᾱ_t / ᾱ_{t-1} of ᾱ = (1 - s)² / ((1 - s)² + s²), the last one 1
+        s = flow_times(config)
+        alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+        previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        return 1 - alpha_bar / previous
     if config.kind == "linear":  # Ho et al. 2020, §4
         start, end = config.betas_range()
         return torch.linspace(start, end, n, dtype=torch.float64)
@@ -146,6 +177,14 @@ class NoiseSchedule:
     @property
     def prediction(self) -> str:
         return self.config.prediction
+
+    @property
+    def preferred_spacing(self) -> str | None:
+        """The timestep spacing samplers use on this schedule unless asked otherwise (None: each sampler's own).
+
+        Flow: ``trailing``, steps even in flow time s (the flow ODE is nearly straight in s; a Karras ladder
+        would spend most steps near the pure-noise end, whose σ is only a finite stand-in)."""
+        return "trailing" if self.config.kind == "flow" else None
 
     @property
     def sigma_min(self) -> float:

@@ -62,13 +62,13 @@ class SamplerOptions:
     def spec(self) -> SamplerSpec:
         return SAMPLERS.get(self.sampler)
 
-    @property
-    def resolved_spacing(self) -> str:
-        return self.spacing or self.spec.default_spacing
+    def resolved_spacing(self, schedule: NoiseSchedule) -> str:
+        """The spacing asked for, else the schedule's own (flow: even in flow time), else the sampler's."""
+        return self.spacing or schedule.preferred_spacing or self.spec.default_spacing
 
     def ladder(self, schedule: NoiseSchedule) -> Ladder:
         """The levels this request visits on ``schedule``."""
-        return make_ladder(schedule, self.steps, self.resolved_spacing, self.strength)
+        return make_ladder(schedule, self.steps, self.resolved_spacing(schedule), self.strength)
 
     def replace(self, **changes) -> "SamplerOptions":
         return dataclasses.replace(self, **changes)
