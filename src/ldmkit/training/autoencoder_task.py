@@ -24,7 +24,9 @@ from ldmkit.errors import ConfigError
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import average_gradients_of, no_sync, wrap
+from ldmkit.training.init_from import load_component, read_init
 from ldmkit.training.loop import StepContext, Task
+from ldmkit.training.trainable import AUTOENCODER_PARTS, freeze_parts, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class AutoencoderExperiment:
     model: AutoencoderConfig = option(default_factory=AutoencoderConfig, help="the autoencoder")
     loss: AutoencoderLossConfig = option(default_factory=AutoencoderLossConfig, help="reconstruction losses")
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation and run directory")
-    scale_samples: int = option(512, help="training images encoded to measure the latent scale 1/std (0 keeps 1)",
-                                min=0)
+    scale_samples: int = option(512, help="training images encoded to measure the latent scale 1/std (0 keeps the "
+                                          "model's: 1, or train.init_from's)", min=0)
 
     def __post_init__(self) -> None:
         # Only a discriminator this run reaches (disc_start within train.steps) has to fit the images.
@@ -45,6 +47,15 @@ class AutoencoderExperiment:
             raise ConfigError(
                 f"loss.disc_layers={self.loss.disc_layers} is too deep for data.resolution={self.data.resolution}: "
                 "the PatchGAN would shrink the images to nothing; lower loss.disc_layers or raise the resolution")
+        part = self.train.trainable
+        if part not in ("all", "encoder", "decoder"):
+            raise ConfigError(f"train.trainable={part} is a part of a latent diffusion model; the autoencoder "
+                              "trainer trains all, encoder or decoder")
+        if part != "all" and self.model.kind == "identity":
+            raise ConfigError("train.trainable: the identity first stage (f = 1) has no weights to train")
+        if part == "encoder" and self.model.kind == "vq" and self.model.ema:
+            raise ConfigError("train.trainable=encoder freezes the codebook, which model.ema=true updates by moving "
+                              "averages: set model.ema=false, or train.trainable=all")
 
 
 class AutoencoderTask(Task):
@@ -58,6 +69,14 @@ class AutoencoderTask(Task):
     def setup(self, device: torch.device, train: TrainConfig) -> None:
         self.device = device
         self.model = build_autoencoder(self.model_config).to(device)
+        if train.init_from:
+            init = read_init(train.init_from, "autoencoder")
+            load_component(self.model, init, "model")
+            # Its latent scale too: with the encoder frozen the latents, and so their scale, stay its own.
+            scale, shift = init.config.get("scale_factor", 1.0), init.config.get("shift_factor", 0.0)
+            self.model.set_latent_scale(float(scale), float(shift))
+        freeze_parts(self.model, AUTOENCODER_PARTS, train.trainable)
+        self.trainable = train.trainable
         self.loss = build_autoencoder_loss(self.experiment.loss, image_channels=self.model_config.in_channels).to(device)
         if device.type == "cuda" and train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -71,7 +90,8 @@ class AutoencoderTask(Task):
         self.ddp_discriminator = wrap(self.loss.discriminator, device)
         average_gradients_of(self.loss.generator_parameters())  # the learned log-variance lives outside DDP
         betas = (0.5, 0.9)
-        generator = list(self.model.parameters()) + list(self.loss.generator_parameters())
+        generator = trainable_parameters(self.model.parameters(), train.trainable) + list(
+            self.loss.generator_parameters())
         self.opt_g = torch.optim.Adam(generator, lr=train.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.loss.discriminator_parameters(), lr=train.lr, betas=betas)
 
@@ -85,7 +105,7 @@ class AutoencoderTask(Task):
         x = batch["image"]  # [B, 3, H, W] in [-1, 1]
         with ctx.autocast():
             reconstruction, aux = self.network(x)  # [B, 3, H, W]
-            g_loss, logs = self.loss.generator_loss(x, reconstruction, aux, step, self.model.last_layer)
+            g_loss, logs = self.loss.generator_loss(x, reconstruction, aux, step, self._last_layer())
         ctx.step("generator", g_loss)
         if self.loss.discriminator_active(step):
             with ctx.autocast(), self._discriminator_update():
@@ -119,10 +139,17 @@ class AutoencoderTask(Task):
         pairs = torch.stack([x, reconstruction.to(x.dtype)], dim=1).flatten(0, 1)  # [2B, 3, H, W]: input, recon
         return {"reconstruction": make_grid(to_unit(pairs), nrow=8)}
 
+    def _last_layer(self) -> torch.Tensor | None:
+        """The decoder's last weight for the adaptive GAN weight; None (λ = loss.disc_weight) when the decoder is
+        frozen and so has no gradient to compare."""
+        last = self.model.last_layer
+        return last if last is not None and last.requires_grad else None
+
     def finish(self, run_dir: Path) -> None:
-        """Measure the latent scale (§3.1: rescale latents to unit variance) on training images."""
+        """Measure the latent scale (§3.1: rescale latents to unit variance) on training images; a frozen encoder
+        keeps the scale it came with (its latents have not changed)."""
         count = min(self.experiment.scale_samples, len(self.dataset))
-        if count == 0 or self.model_config.kind == "identity":
+        if count == 0 or self.model_config.kind == "identity" or self.trainable == "decoder":
             return
         from torch.utils.data import DataLoader, Subset
 

@@ -11,6 +11,12 @@ from ldmkit.training.lr_schedules import LR_SCHEDULES, check_schedule
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = option("runs/run", help="run directory: config, checkpoints, logs, samples and the final model")
+    init_from: str = option("", help="start from the weights of this model directory (an LDM for the diffusion "
+                                     "trainer, an autoencoder for the autoencoder trainer): fine-tuning, not a "
+                                     "resume; the architecture must match")
+    trainable: str = option("all", help="which parts train, the rest frozen: all; diffusion: unet or conditioner; "
+                                        "autoencoder: encoder or decoder",
+                            choices=("all", "unet", "conditioner", "encoder", "decoder"))
     steps: int = option(1000, help="optimiser steps to train for", min=1)
     batch_size: int = option(32, help="images per micro-batch on each process", min=1)
     accumulate: int = option(1, help="micro-batches whose gradients are summed into each update (gradient "

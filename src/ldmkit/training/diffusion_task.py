@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ldmkit.autoencoders import load_autoencoder
-from ldmkit.conditioning import ConditionerConfig, build_conditioner
+from ldmkit.conditioning import ConditionerConfig, build_conditioner, load_conditioner
 from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import check_cache_autoencoder, LatentDataset, read_latent_index
@@ -29,12 +29,14 @@ from ldmkit.diffusion.losses import diffusion_loss
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.diffusion.timestep_sampling import TimestepConfig
 from ldmkit.errors import ConfigError
-from ldmkit.io import read_model_dir
+from ldmkit.io import load_weights, read_model_dir
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import ema_of, no_sync, wrap
+from ldmkit.training.init_from import check_same_autoencoder, load_component, read_init
+from ldmkit.training.trainable import trainable_parameters
 from ldmkit.training.loop import StepContext, Task, train
 
 
@@ -87,6 +89,9 @@ class DiffusionExperiment:
         if not self.autoencoder:
             raise ConfigError("config key 'autoencoder' is required: the model directory of a trained autoencoder")
         self.timesteps.bounds(self.schedule.num_timesteps)  # bounds within the schedule, or a one-line error
+        if self.train.trainable not in ("all", "unet", "conditioner"):
+            raise ConfigError(f"train.trainable={self.train.trainable} is a part of an autoencoder; the diffusion "
+                              "trainer trains all, unet or conditioner")
 
 
 class _DenoisingLoss(torch.nn.Module):
@@ -132,6 +137,15 @@ class DiffusionTask(Task):
         first_stage = self.autoencoder.encode if exp.conditioner.concat.present else None
         self.conditioner = build_conditioner(exp.conditioner, captions=self.captions,
                                              first_stage=first_stage).to(device)
+        init = read_init(train_cfg.init_from, "ldm") if train_cfg.init_from else None
+        if init is not None:
+            check_same_autoencoder(init, exp.autoencoder)
+            if self.conditioner.trainable:  # its trained weights, and a text encoder's vocabulary with them
+                saved = {"config": to_dict(exp.conditioner)}
+                if init.extra.get("tokenizer") is not None:
+                    saved["tokenizer"] = init.extra["tokenizer"]
+                self.conditioner = load_conditioner(load_weights(init, "conditioner"), saved, first_stage=first_stage,
+                                                    source=f"train.init_from={init.path} (conditioner)").to(device)
         z_channels = self.autoencoder.latent_channels
         backbone = BACKBONES.get(exp.backbone)
         self.unet_config = replace(
@@ -140,11 +154,14 @@ class DiffusionTask(Task):
             concat_channels=self.conditioner.concat_channels,
         )
         self.unet = backbone.network_class(self.unet_config).to(device)
+        if init is not None:
+            load_component(self.unet, init, backbone.name)
         if device.type == "cuda" and train_cfg.channels_last:
             self.unet = self.unet.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule(exp.schedule)
         trained = torch.nn.ModuleDict({"unet": self.unet})
-        if self.conditioner.trainable:
+        self._freeze(train_cfg.trainable)
+        if self.conditioner.trainable and train_cfg.trainable != "unet":
             trained["conditioner"] = self.conditioner
         self.trained = trained
         self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
@@ -153,8 +170,20 @@ class DiffusionTask(Task):
         self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,
                                    parallel=train_cfg.parallel, param_dtype=autocast_dtype(device, train_cfg.precision))
         self.ema = ema_of(trained, decay=exp.ema_decay)
-        self.optimizer = torch.optim.AdamW(trained.parameters(), lr=train_cfg.lr,
-                                           weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
+        self.optimizer = torch.optim.AdamW(trainable_parameters(trained.parameters(), train_cfg.trainable),
+                                           lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
+
+    def _freeze(self, trainable: str) -> None:
+        """``train.trainable``: unet freezes a trainable conditioner (then encoded outside the trained networks,
+        like a frozen one); conditioner freezes the denoiser, which stays among the trained networks (its EMA
+        copy, equal to it throughout, is what the model is written from)."""
+        if trainable == "unet":
+            self.conditioner.requires_grad_(False)
+        elif trainable == "conditioner":
+            if not self.conditioner.trainable:
+                raise ConfigError(f"train.trainable=conditioner, but the {self.experiment.conditioner.kind} "
+                                  "conditioner has no weights to train; use train.trainable=unet or all")
+            self.unet.requires_grad_(False)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.optimizer}
