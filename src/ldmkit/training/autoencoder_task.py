@@ -26,6 +26,7 @@ from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import average_gradients_of, no_sync, wrap
 from ldmkit.training.init_from import load_component, read_init
 from ldmkit.training.loop import StepContext, Task
+from ldmkit.training.optimizers import build_optimizer
 from ldmkit.training.trainable import AUTOENCODER_PARTS, freeze_parts, trainable_parameters
 
 
@@ -92,8 +93,10 @@ class AutoencoderTask(Task):
         betas = (0.5, 0.9)
         generator = trainable_parameters(self.model.parameters(), train.trainable) + list(
             self.loss.generator_parameters())
-        self.opt_g = torch.optim.Adam(generator, lr=train.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.loss.discriminator_parameters(), lr=train.lr, betas=betas)
+        self.opt_g = build_optimizer(train.optimizer, generator, lr=train.lr, betas=betas, decoupled=False,
+                                     device=device)
+        self.opt_d = build_optimizer(train.optimizer, self.loss.discriminator_parameters(), lr=train.lr, betas=betas,
+                                     decoupled=False, device=device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ldmkit.config import option
 from ldmkit.training.lr_schedules import LR_SCHEDULES, check_schedule
+from ldmkit.training.optimizers import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class TrainConfig:
     lr_min_ratio: float = option(0.0, help="learning rate at the end of linear/cosine decay, as a fraction of train.lr",
                                  min=0.0, max=1.0)
     weight_decay: float = option(0.0, help="AdamW weight decay", min=0.0)
+    optimizer: str = option("adamw", help="adamw (the autoencoder: Adam), or adamw8bit: the same with 8-bit "
+                                          "moments (bitsandbytes, CUDA only; pip install 'ldmkit[bnb]')",
+                            choices=OPTIMIZERS)
     grad_clip: float = option(1.0, help="clip the global gradient norm to this (0 disables)", min=0.0)
     precision: str = option("auto", help="autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32",
                             choices=("auto", "bf16", "fp16", "fp32"))

@@ -34,8 +34,9 @@ from ldmkit.io.images import make_grid, to_unit
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
-from ldmkit.training.distributed import ema_of, no_sync, wrap
+from ldmkit.training.distributed import ema_of, is_sharded, no_sync, wrap
 from ldmkit.training.init_from import check_same_autoencoder, load_component, read_init
+from ldmkit.training.optimizers import build_optimizer
 from ldmkit.training.trainable import trainable_parameters
 from ldmkit.training.loop import StepContext, Task, train
 
@@ -170,8 +171,10 @@ class DiffusionTask(Task):
         self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,
                                    parallel=train_cfg.parallel, param_dtype=autocast_dtype(device, train_cfg.precision))
         self.ema = ema_of(trained, decay=exp.ema_decay)
-        self.optimizer = torch.optim.AdamW(trainable_parameters(trained.parameters(), train_cfg.trainable),
-                                           lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999))
+        self.optimizer = build_optimizer(train_cfg.optimizer, trainable_parameters(trained.parameters(),
+                                                                                   train_cfg.trainable),
+                                         lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999),
+                                         device=device, sharded=is_sharded(self.denoising_loss))
 
     def _freeze(self, trainable: str) -> None:
         """``train.trainable``: unet freezes a trainable conditioner (then encoded outside the trained networks,
