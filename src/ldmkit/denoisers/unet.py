@@ -17,6 +17,8 @@ identity), which keeps early training stable.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -81,6 +83,8 @@ class UNet(nn.Module):
         emb_dim = 4 * mc
         self.time_embed = TimestepEmbedding(mc, emb_dim)
         self.vector_proj = nn.Linear(c.vector_dim, emb_dim) if c.vector_dim is not None else None
+        if c.class_embeddings is not None:  # integer labels → rows of a table [class_embeddings, 4*mc]
+            self.class_embed = nn.Embedding(c.class_embeddings, emb_dim)
         self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, mc, 3, padding=1)
 
         # Encoder: per level, num_res_blocks × (ResnetBlock [+ attention]), then a downsampling stage.
@@ -92,7 +96,7 @@ class UNet(nn.Module):
                 stage = UNetStage([self._resnet(width, mc * mult)])
                 width = mc * mult
                 if factor in c.attention_resolutions:
-                    stage.append(self._attention(width))
+                    stage.append(self._attention(width, level))
                 self.down.append(stage)
                 skip_widths.append(width)
             if level != len(c.channel_mult) - 1:
@@ -113,7 +117,7 @@ class UNet(nn.Module):
                 stage = UNetStage([self._resnet(width + skip_widths.pop(), mc * mult)])
                 width = mc * mult
                 if factor in c.attention_resolutions:
-                    stage.append(self._attention(width))
+                    stage.append(self._attention(width, level))
                 if level and i == c.num_res_blocks:
                     if c.resblock_updown:
                         stage.append(self._resnet(width, width, resample="up"))
@@ -122,23 +126,38 @@ class UNet(nn.Module):
                     factor //= 2
                 self.up.append(stage)
 
-        self.norm_out = group_norm(width, _groups(width), _NORM_EPS)
+        self.norm_out = group_norm(width, self._groups(width), _NORM_EPS)
         self.act_out = nn.SiLU()
         self.conv_out = zero_module(nn.Conv2d(width, c.out_channels, 3, padding=1))
 
     def _resnet(self, cin: int, cout: int, resample: str = "none") -> ResnetBlock:
         c = self.config
         return ResnetBlock(cin, cout, emb_channels=4 * c.model_channels, dropout=c.dropout,
-                           scale_shift=c.use_scale_shift_norm, groups=_groups(min(cin, cout)), eps=_NORM_EPS,
+                           scale_shift=c.use_scale_shift_norm, groups=self._groups(min(cin, cout)), eps=_NORM_EPS,
                            resample=resample)
 
-    def _attention(self, width: int) -> nn.Module:
+    def _groups(self, width: int) -> int:
+        return self.config.norm_groups or _groups(width)
+
+    def _attention(self, width: int, level: int | None = None) -> nn.Module:
+        """The attention block of a level (``level=None``: the middle, which always attends to its pixels)."""
         c = self.config
         heads, head_dim = c.heads(width)
         if c.context_dim is None:
-            return SpatialSelfAttention(width, num_heads=heads, groups=_groups(width), eps=_NORM_EPS)
+            return SpatialSelfAttention(width, num_heads=heads, groups=self._groups(width), eps=_NORM_EPS)
+        cross_only = level is not None and bool(c.cross_attention_only) and c.cross_attention_only[level]
         return SpatialTransformer(width, heads, head_dim, depth=c.transformer_depth, context_dim=c.context_dim,
-                                  use_linear=c.use_linear_in_transformer, groups=_groups(width))
+                                  use_linear=c.use_linear_in_transformer, groups=self._groups(width),
+                                  cross_only=cross_only)
+
+    def _class_labels(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, Conditioning]:
+        """Integer labels [B] of ``cond.vector`` for the class table, and ``cond`` without them."""
+        v, n = cond.vector, self.config.class_embeddings
+        if v is None or v.shape != (x.shape[0],) or v.is_floating_point() or v.is_complex():
+            got = "none" if v is None else f"{list(v.shape)} {v.dtype}"
+            raise ConfigError(f"this UNet looks up integer labels Conditioning.vector [{x.shape[0]}] in a table of "
+                              f"{n} (config key class_embeddings); got {got}")
+        return v, dataclasses.replace(cond, vector=None)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
@@ -155,12 +174,17 @@ class UNet(nn.Module):
         # x: [B, C, h, w]; t: [B] or []; cond routes: context [B, T, D], context_mask [B, T],
         # vector [B, V], concat [B, C_cat, h, w]
         cond = Conditioning() if cond is None else cond
+        labels = None
+        if self.config.class_embeddings is not None:
+            labels, cond = self._class_labels(x, cond)  # [B] integers
         h, vector = network_inputs(self.config, x, cond, "UNet")  # [B, C + C_cat, h, w]
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(t)  # [B, 4*mc]
         if self.vector_proj is not None:
             emb = emb + self.vector_proj(vector.to(emb.dtype))  # [B, 4*mc]
+        if labels is not None:
+            emb = emb + self.class_embed(labels).to(emb.dtype)  # [B, 4*mc]
         context, mask = cond.context, cond.context_mask
 
         h = self.conv_in(h)  # [B, mc, h, w]

@@ -47,11 +47,35 @@ class UNetConfig:
     gradient_checkpointing: bool = option(
         False, help="recompute block activations in the backward pass (less memory, one more forward of each block)")
     conv_resample: bool = option(True, help="3x3 convolutions in Downsample/Upsample (false: avg-pool / nearest only)")
+    # Options that Stable Diffusion checkpoints need; their defaults keep the network above unchanged.
+    norm_groups: int | None = option(
+        None, help="GroupNorm groups of every norm (32 in Stable Diffusion and diffusers, whatever the width); "
+                   "null = at most 32 and at least 4 channels per group", min=1)
+    class_embeddings: int | None = option(
+        None, help="rows of a learned table indexed by integer labels in Conditioning.vector [B] and added to the "
+                   "timestep embedding (the x4 upscaler's noise level; diffusers num_class_embeds); null = none",
+        min=1)
+    cross_attention_only: tuple[bool, ...] = option(
+        (), help="per level: true makes the first attention of each transformer block attend to the context "
+                 "instead of the pixels (the x4 upscaler's disable_self_attentions); empty = false everywhere")
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)
         if levels == 0:
             raise ConfigError("config key 'channel_mult' is empty; give at least one level, e.g. [1, 2, 4]")
+        if self.cross_attention_only and len(self.cross_attention_only) != levels:
+            raise ConfigError(f"config key 'cross_attention_only' has {len(self.cross_attention_only)} entries; "
+                              f"give one per level ({levels}) or none")
+        if any(self.cross_attention_only) and self.context_dim is None:
+            raise ConfigError("config key 'cross_attention_only' needs context_dim: there is no context to attend to")
+        if self.class_embeddings is not None and self.vector_dim is not None:
+            raise ConfigError("config keys 'class_embeddings' and 'vector_dim' both use Conditioning.vector; "
+                              "set only one")
+        if self.norm_groups is not None:
+            for width in {self.model_channels * m for m in self.channel_mult}:
+                if width % self.norm_groups:
+                    raise ConfigError(f"config key 'norm_groups': {width} channels cannot be split into "
+                                      f"{self.norm_groups} groups; pick a divisor or null")
         reachable = {2**i for i in range(levels)}
         for factor in self.attention_resolutions:
             if factor not in reachable:

@@ -156,14 +156,19 @@ class BasicTransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: self-attention, cross-attention, GEGLU feed-forward.
 
     ``x += attn1(LN(x)); x += attn2(LN(x), context); x += ff(LN(x))``. Without ``context_dim`` the
-    cross-attention (and its norm) is left out.
+    cross-attention (and its norm) is left out. ``cross_only`` makes ``attn1`` attend to the context too
+    (the ×4 upscaler's ``disable_self_attn``).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, dropout: float = 0.0,
-                 ff_mult: int = 4):
+                 ff_mult: int = 4, cross_only: bool = False):
         super().__init__()
+        if cross_only and context_dim is None:
+            raise ValueError("a cross-attention-only transformer block needs context_dim")
+        self.cross_only = cross_only
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = CrossAttention(dim, None, heads=heads, head_dim=head_dim, dropout=dropout)
+        self.attn1 = CrossAttention(dim, context_dim if cross_only else None, heads=heads, head_dim=head_dim,
+                                    dropout=dropout)
         self.norm2 = nn.LayerNorm(dim) if context_dim is not None else None
         self.attn2 = (CrossAttention(dim, context_dim, heads=heads, head_dim=head_dim, dropout=dropout)
                       if context_dim is not None else None)
@@ -173,7 +178,10 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, N, dim]; context: [B, T, context_dim]; context_mask: [B, T]
-        x = x + self.attn1(self.norm1(x))
+        if self.cross_only:
+            x = x + self.attn1(self.norm1(x), context, context_mask)
+        else:
+            x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
             x = x + self.attn2(self.norm2(x), context, context_mask)
         elif context is not None:
@@ -196,11 +204,12 @@ class SpatialTransformer(nn.Module):
         context_dim: width of the context tokens ``τ_θ(y)``; ``None`` for self-attention only.
         use_linear: linear projections in/out instead of 1×1 convolutions.
         dropout: dropout inside the blocks.
+        cross_only: every block's first attention attends to the context instead of the pixels.
         groups: at most this many normalisation groups.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, depth: int = 1, context_dim: int | None = None,
-                 use_linear: bool = True, dropout: float = 0.0, groups: int = 32):
+                 use_linear: bool = True, dropout: float = 0.0, groups: int = 32, cross_only: bool = False):
         super().__init__()
         inner = heads * head_dim
         self.use_linear = use_linear
@@ -212,7 +221,8 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(channels, inner, 1)
             self.proj_out = zero_module(nn.Conv2d(inner, channels, 1))
         self.blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, head_dim, context_dim, dropout=dropout) for _ in range(depth)
+            BasicTransformerBlock(inner, heads, head_dim, context_dim, dropout=dropout, cross_only=cross_only)
+            for _ in range(depth)
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
