@@ -1,123 +1,37 @@
-"""Latents encoded ahead of training (DESIGN habit 8), and the data set that reads them back.
+"""Latents encoded ahead of training (DESIGN habit 8), and the data set that reads them back from disk.
 
-Layout of a latent cache directory::
+Layout of a latent cache directory (written by :mod:`ldmkit.data.latent_encode`, one shard's format in
+:mod:`ldmkit.data.latent_shard`)::
 
-    index.json                 autoencoder path + SHA-256, latent shape, scale, count, shard list
-    shard-00000.safetensors    mean [N, c, h, w], std [N, c, h, w] (KL only), label [N]
-    shard-00000.json           captions of that shard (list of N strings)
+    index.json                 autoencoder path + SHA-256, latent shape, scale, count, shards and their records
+    plan.json                  the settings being encoded (a resumed run must match them)
+    shard-00000.safetensors    mean [N, c, h, w], std [N, c, h, w] (KL only), label [N], captions
+    shard-00000.done.json      the shard's record: rows, bytes, SHA-256 (it is finished)
 
-Shards are written atomically one by one; rerunning ``ldm encode`` skips complete shards, so an
-interrupted encoding resumes. ``index.json`` is written last and marks the cache complete.
 Latents are stored already multiplied by the autoencoder's scale factor (unit variance, §3.1).
+:class:`LatentDataset` reads one row at a time from the shard files: its memory does not grow with the
+cache. Caches of the first format (captions in ``shard-*.json``, no records) are still read; their
+captions are held in memory.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from ldmkit.data.latent_encode import INDEX, write_latent_cache
+from ldmkit.data.latent_shard import REDO, ShardFiles, Tensor, check_shard, file_sha256, read_header, shard_rows
 from ldmkit.errors import DataError
 from ldmkit.io.model_dir import ModelDirInfo, read_model_dir
 
-INDEX = "index.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_latent_cache(
-    out: str | Path,
-    batches: Iterable[dict[str, Any]],
-    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
-    *,
-    total: int,
-    shard_size: int,
-    meta: dict[str, Any],
-    progress: bool = True,
-) -> Path:
-    """Encode ``batches`` (dicts with image/label/caption) into ``out``; ``encode(images) -> (mean, std|None)``.
-
-    ``batches`` must yield the data in a fixed order so that complete shards can be skipped on resume;
-    ``shard_size`` must be a multiple of the batch size.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards: list[str] = []
-    buffer: dict[str, list] = {"mean": [], "std": [], "label": [], "caption": []}
-    count = 0
-    bar = None
-    if progress:
-        from ldmkit.progress import progress_bar
-
-        bar = progress_bar(total=total, desc="encode", unit="img")
-
-    def flush() -> None:
-        name = f"shard-{len(shards):05d}"
-        tensors = {"mean": torch.cat(buffer["mean"]).contiguous(), "label": torch.cat(buffer["label"])}
-        if buffer["std"]:
-            tensors["std"] = torch.cat(buffer["std"]).contiguous()
-        tmp = out / f".{name}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, out / f"{name}.safetensors")
-        _atomic_write_text(out / f"{name}.json", json.dumps(buffer["caption"]))
-        shards.append(name)
-        for values in buffer.values():
-            values.clear()
-
-    done_before = {p.stem for p in out.glob("shard-*.safetensors")} & {p.stem for p in out.glob("shard-*.json")}
-    in_shard = 0
-    for batch in batches:
-        n = batch["image"].shape[0]
-        shard_name = f"shard-{len(shards):05d}"
-        if shard_name in done_before:
-            # This shard was completed by an earlier, interrupted run: skip its batches without encoding.
-            in_shard += n
-            count += n
-            if bar is not None:
-                bar.update(n)
-            if in_shard >= shard_size:
-                shards.append(shard_name)
-                in_shard = 0
-            continue
-        with torch.no_grad():
-            mean, std = encode(batch["image"])
-        buffer["mean"].append(mean.float().cpu())
-        if std is not None:
-            buffer["std"].append(std.float().cpu())
-        labels = batch.get("label")
-        buffer["label"].append(torch.as_tensor(labels if labels is not None else [-1] * n, dtype=torch.int64))
-        captions = batch.get("caption")
-        buffer["caption"].extend(list(captions) if captions is not None else [""] * n)
-        count += n
-        in_shard += n
-        if bar is not None:
-            bar.update(n)
-        if in_shard >= shard_size:
-            flush()
-            in_shard = 0
-    if buffer["mean"]:
-        flush()
-    elif in_shard:
-        shards.append(f"shard-{len(shards):05d}")
-    if bar is not None:
-        bar.close()
-    first = load_file(str(out / f"{shards[0]}.safetensors"))["mean"]
-    index = dict(meta, count=count, shards=shards, latent_shape=list(first.shape[1:]), has_std="std" in
-                 load_file(str(out / f"{shards[0]}.safetensors")))
-    _atomic_write_text(out / INDEX, json.dumps(index, indent=2))
-    return out
+__all__ = ["INDEX", "LatentDataset", "autoencoder_record", "check_cache_autoencoder", "read_latent_index",
+           "verify_latent_cache", "write_latent_cache"]
 
 
 def autoencoder_record(info: ModelDirInfo) -> dict[str, Any]:
@@ -144,39 +58,166 @@ def read_latent_index(path: str | Path) -> dict[str, Any]:
     index = path / INDEX
     if not index.is_file():
         raise DataError(f"{path} is not a complete latent cache (no {INDEX}); run `ldm encode` again to finish it")
-    return json.loads(index.read_text())
+    try:
+        data = json.loads(index.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+            raise ValueError("no shard list")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{index} cannot be read ({exc}); rerun `ldm encode` with the same arguments to rewrite "
+                        "it") from None
+    return data
+
+
+def _mismatch(path: Path, what: str) -> DataError:
+    return DataError(f"{path / INDEX} does not match its shards ({what}); rerun `ldm encode` with the same "
+                     "arguments to rewrite it")
+
+
+def shard_layouts(path: Path, index: dict[str, Any]) -> list[dict[str, Tensor]]:
+    """The tensors of every shard, checked against the index (sizes and headers only: nothing is loaded)."""
+    records = index.get("shard_records")
+    if records is not None and len(records) != len(index["shards"]):
+        raise _mismatch(path, f"{len(records)} records for {len(index['shards'])} shards")
+    layouts, total = [], 0
+    for k, name in enumerate(index["shards"]):
+        file = path / f"{name}.safetensors"
+        if records is not None:
+            tensors = check_shard(file, records[k])
+        else:
+            if not file.is_file():
+                raise DataError(f"{file} is missing; encode the cache again (ldm encode --out NEW)")
+            tensors = read_header(file)
+        rows = shard_rows(file, tensors)
+        if rows and list(tensors["mean"].shape[1:]) != list(index["latent_shape"]):
+            raise _mismatch(path, f"{name} holds latents of shape {list(tensors['mean'].shape[1:])}, the index "
+                                  f"says {index['latent_shape']}")
+        if rows and ("std" in tensors) != bool(index.get("has_std", "std" in tensors)):
+            raise _mismatch(path, f"{name} {'has' if 'std' in tensors else 'lacks'} the posterior std")
+        layouts.append(tensors)
+        total += rows
+    if total != index.get("count", total):
+        raise _mismatch(path, f"the shards hold {total} latents, the index says {index['count']}")
+    return layouts
+
+
+def verify_latent_cache(path: str | Path) -> int:
+    """Check every shard's SHA-256 against the one recorded when it was written (reads the whole cache);
+    returns the number of shards checked."""
+    path = Path(path)
+    index = read_latent_index(path)
+    records = index.get("shard_records")
+    if records is None:
+        raise DataError(f"{path} was written by an older ldm encode and records no digests")
+    shard_layouts(path, index)
+    for name, record in zip(index["shards"], records):
+        if file_sha256(path / f"{name}.safetensors") != record["sha256"]:
+            raise DataError(f"{path / name}.safetensors does not have the SHA-256 it was written with (damaged); "
+                            f"{REDO}")
+    return len(records)
+
+
+class ShardColumn(Sequence):
+    """One value per latent (``caption`` or ``label``) read from the shards when asked; iterating reads a
+    shard at a time. Nothing is held, so a column of a million captions costs no memory."""
+
+    def __init__(self, dataset: LatentDataset, kind: str):
+        self.dataset, self.kind = dataset, kind
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.dataset.value(self.kind, *self.dataset.locate(i))
+
+    def __iter__(self) -> Iterator:
+        for s in range(len(self.dataset.layouts)):
+            yield from self.dataset.shard_values(self.kind, s)
 
 
 class LatentDataset(Dataset):
-    """Pre-encoded latents held in memory; a sample is a dict like the image sources' but with latents.
+    """Pre-encoded latents read from disk a row at a time; a sample is a dict like the image sources' but
+    with latents.
 
-    Each item: ``latent`` [c, h, w] (a posterior sample when ``sample_posterior`` and the cache has std,
-    drawn from a generator seeded by (seed, index, epoch-free draw count) — else the mean), ``label``,
-    ``caption``.
+    Each item: ``latent`` [c, h, w] (a posterior sample ``mean + std * randn`` from the torch RNG when
+    ``sample_posterior`` and the cache has std — else the mean), ``label``, ``caption``. ``captions`` and
+    ``labels`` are sequences read on demand; ``mean`` and ``std`` load a whole column (inspection and tests).
+    At most ``max_open_shards`` shard files are open per process.
     """
 
-    def __init__(self, path: str | Path, sample_posterior: bool = True):
+    def __init__(self, path: str | Path, sample_posterior: bool = True, max_open_shards: int = 32):
         self.path = Path(path)
         self.index = read_latent_index(self.path)
-        means, stds, labels, captions = [], [], [], []
-        for name in self.index["shards"]:
-            tensors = load_file(str(self.path / f"{name}.safetensors"))
-            means.append(tensors["mean"])
-            if "std" in tensors:
-                stds.append(tensors["std"])
-            labels.append(tensors["label"])
-            captions.extend(json.loads((self.path / f"{name}.json").read_text()))
-        self.mean = torch.cat(means)
-        self.std = torch.cat(stds) if stds and sample_posterior else None
-        self.label = torch.cat(labels)
-        self.captions = captions
+        self.layouts = shard_layouts(self.path, self.index)
+        self.files = ShardFiles([self.path / f"{n}.safetensors" for n in self.index["shards"]], max_open_shards)
+        self.starts = [0]  # first latent of each shard, then the count
+        for tensors in self.layouts:
+            self.starts.append(self.starts[-1] + tensors["label"].shape[0])
+        self.sample_posterior = sample_posterior and any("std" in t for t in self.layouts)
+        self.labels = ShardColumn(self, "label")
+        # The first format kept captions in JSON files: those are read once and held.
+        self._json_captions = None if self.index.get("format", 1) >= 2 else \
+            [c for n in self.index["shards"] for c in json.loads((self.path / f"{n}.json").read_text())]
+        self.captions: Sequence[str] = self._json_captions if self._json_captions is not None else \
+            ShardColumn(self, "caption")
+
+    @property
+    def label(self) -> ShardColumn:
+        return self.labels
 
     def __len__(self) -> int:
-        return self.mean.shape[0]
+        return self.starts[-1]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Latent ``i`` -> (shard, row)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        s = bisect.bisect_right(self.starts, i) - 1
+        return s, i - self.starts[s]
+
+    def value(self, kind: str, s: int, r: int) -> Any:
+        """The label (int) or caption (str) of row ``r`` of shard ``s``."""
+        t = self.layouts[s]
+        if kind == "label":
+            return int(self.files.rows(s, t["label"], r, r + 1)[0])
+        if self._json_captions is not None:
+            return self._json_captions[self.starts[s] + r]
+        ends = self.files.rows(s, t["caption_end"], max(r - 1, 0), r + 1).tolist()  # [end of r-1, end of r]
+        start, stop = (0, ends[0]) if r == 0 else ends
+        return bytes(self.files.rows(s, t["caption_utf8"], start, stop).numpy()).decode("utf-8")
+
+    def shard_values(self, kind: str, s: int) -> list:
+        """Every label or caption of shard ``s``."""
+        t = self.layouts[s]
+        rows = self.starts[s + 1] - self.starts[s]
+        if kind == "label":
+            return self.files.rows(s, t["label"], 0, rows).tolist()
+        if self._json_captions is not None:
+            return self._json_captions[self.starts[s]: self.starts[s + 1]]
+        ends = [0] + self.files.rows(s, t["caption_end"], 0, rows).tolist()
+        blob = bytes(self.files.rows(s, t["caption_utf8"], 0, ends[-1]).numpy())
+        return [blob[a:b].decode("utf-8") for a, b in zip(ends, ends[1:])]
+
+    def column(self, name: str) -> torch.Tensor:
+        """The whole ``mean`` or ``std`` column [N, c, h, w], loaded: for inspection, not for training."""
+        return torch.cat([self.files.rows(s, t[name], 0, self.starts[s + 1] - self.starts[s])
+                          for s, t in enumerate(self.layouts) if name in t])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.column("mean")
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        return self.column("std") if self.sample_posterior else None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        latent = self.mean[i]
-        if self.std is not None:
+        s, r = self.locate(i)
+        t = self.layouts[s]
+        latent = self.files.rows(s, t["mean"], r, r + 1)[0]  # [c, h, w]
+        if self.sample_posterior:
             # The KL posterior is sampled afresh each time (§3.1: z ~ q(z|x)); the torch RNG is checkpointed.
-            latent = latent + self.std[i] * torch.randn_like(latent)
-        return {"latent": latent, "label": int(self.label[i]), "caption": self.captions[i]}
+            latent = latent + self.files.rows(s, t["std"], r, r + 1)[0] * torch.randn_like(latent)
+        return {"latent": latent, "label": self.value("label", s, r), "caption": self.value("caption", s, r)}

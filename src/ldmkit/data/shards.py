@@ -28,6 +28,7 @@ import glob
 import io
 import json
 import logging
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ldmkit.data.config import DataConfig
 from ldmkit.data.images import BadFiles, BadImage, load_image
@@ -293,3 +294,32 @@ class ShardDataset(IterableDataset):
             except (TypeError, ValueError):
                 log.warning("%s has label %r, not an integer; using -1", name, raw)
         return RawSample(f"{name}.{image_ext}", image, label, caption)
+
+
+class StoredOrder(Dataset):
+    """The samples of a :class:`ShardDataset` by position in stored order, as a map-style data set.
+
+    For work that reads only some positions (``ldm encode`` resuming reads only those of unfinished latent
+    shards). A sample that cannot be decoded is ``None`` (and counted as bad), not replaced by another.
+    """
+
+    def __init__(self, shards: ShardDataset):
+        self.shards = shards
+        self.positions = [(s, i) for s, entries in enumerate(shards.index) for i in range(len(entries))]
+        self._handles: dict[int, object] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        return {"shards": self.shards, "positions": self.positions}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _handles={}, _pid=os.getpid())
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, q: int) -> dict | None:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's file position
+            self._handles, self._pid = {}, os.getpid()
+        s, i = self.positions[q]
+        return self.shards._read(s, i, self._handles)
