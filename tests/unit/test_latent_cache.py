@@ -219,3 +219,18 @@ def test_first_format_caches_are_still_read(tmp_path):
     with pytest.raises(DataError) as exc:  # it cannot be resumed into: no plan says how it was made
         _write(out, Images())
     _one_line(exc, "older ldm encode", "another --out")
+
+
+def test_tar_shards_are_encoded_in_stored_order_without_undecodable_samples(tmp_path):
+    from tests.unit.test_data_shards import _cfg, _items
+
+    from ldmkit.data import ShardDataset, write_shards
+
+    write_shards(_items(9, broken={4}), tmp_path / "tars", per_shard=4)
+    source = ShardDataset(_cfg(tmp_path / "tars", max_bad_fraction=0.5))  # shuffles when trained on
+    out = write_latent_cache(tmp_path / "latents", source, lambda x: (x[:, :, ::2, ::2], None), shard_size=3,
+                             batch_size=2, meta=META, progress=False)
+    ds = LatentDataset(out)
+    assert [r["rows"] for r in ds.index["shard_records"]] == [3, 2, 3]  # sample 4 (in shard 1) does not decode
+    assert list(ds.labels) == [0, 1, 2, 3, 5, 6, 7, 8] and ds.captions[4] == "caption 5"
+    assert not ds.index["has_std"] and ds[0]["latent"].shape == (3, 2, 2)

@@ -135,6 +135,13 @@ class ShardColumn(Sequence):
         for s in range(len(self.dataset.layouts)):
             yield from self.dataset.shard_values(self.kind, s)
 
+    def __eq__(self, other: object) -> bool:  # like the list it stands for
+        if isinstance(other, (ShardColumn, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class LatentDataset(Dataset):
     """Pre-encoded latents read from disk a row at a time; a sample is a dict like the image sources' but
