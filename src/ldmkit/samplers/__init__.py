@@ -12,7 +12,19 @@ them. A new sampler is one file with ``@register_sampler(...)`` and one import l
 
 from __future__ import annotations
 
-from ldmkit.samplers import ddim, ddpm, dpm_solver_pp_2m, euler, flow_heun, heun, plms  # noqa: F401  (registers them)
+from ldmkit.samplers import (  # noqa: F401  (registers them)
+    ddim,
+    ddpm,
+    dpm_solver_pp_2m,
+    dpm_solver_pp_2m_sde,
+    dpm_solver_pp_3m,
+    euler,
+    euler_ancestral,
+    flow_heun,
+    heun,
+    plms,
+    unipc,
+)
 from ldmkit.samplers.common import (
     Callback,
     Ladder,
