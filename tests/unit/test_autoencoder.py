@@ -196,7 +196,7 @@ def test_config_validation_and_presets():
     for name, (cfg, loss_cfg) in AUTOENCODER_PRESETS.items():
         assert from_dict(AutoencoderConfig, to_dict(cfg)) == cfg, name
         assert from_dict(AutoencoderLossConfig, to_dict(loss_cfg)) == loss_cfg, name
-    with pytest.raises(ConfigError, match="unknown autoencoder preset 'kl-f9'"):
+    with pytest.raises(ConfigError, match="no autoencoder preset named 'kl-f9'; did you mean 'kl-f8'"):
         autoencoder_preset("kl-f9")
 
 

@@ -14,7 +14,7 @@ import dataclasses
 
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.autoencoders.losses import AutoencoderLossConfig
-from ldmkit.errors import ConfigError
+from ldmkit.config import named_preset
 
 _KL_LOSS = AutoencoderLossConfig(reduction="sum", kl_weight=1e-6, disc_start=50001, disc_weight=0.5)
 _VQ_LOSS = AutoencoderLossConfig(reduction="mean", codebook_weight=1.0, disc_start=250001, disc_weight=0.75)
@@ -47,7 +47,4 @@ AUTOENCODER_PRESETS: dict[str, tuple[AutoencoderConfig, AutoencoderLossConfig]] 
 
 def autoencoder_preset(name: str) -> tuple[AutoencoderConfig, AutoencoderLossConfig]:
     """(autoencoder config, loss config) of a named paper model, e.g. ``"kl-f8"``."""
-    try:
-        return AUTOENCODER_PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown autoencoder preset '{name}'; known: {', '.join(AUTOENCODER_PRESETS)}") from None
+    return named_preset(AUTOENCODER_PRESETS, name, "autoencoder")

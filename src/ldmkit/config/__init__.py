@@ -10,7 +10,7 @@ from ldmkit.config.loading import (
     read_yaml,
     resolve_preset,
 )
-from ldmkit.config.registry import Registry
+from ldmkit.config.registry import Registry, named_preset
 from ldmkit.config.schema import describe_fields, from_dict, option, to_dict
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "from_dict",
     "is_finite_number",
     "list_presets",
+    "named_preset",
     "load_config",
     "option",
     "parse_override",

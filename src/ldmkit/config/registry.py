@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Mapping, TypeVar
 
 from ldmkit.errors import ConfigError
 
@@ -39,3 +39,13 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def named_preset(presets: Mapping[str, T], name: str, what: str) -> T:
+    """``presets[name]``, or a one-line ConfigError naming the closest preset (or all of them)."""
+    try:
+        return presets[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(presets), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(sorted(presets))}"
+        raise ConfigError(f"no {what} preset named '{name}'; {hint}") from None

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
-from ldmkit.config import option
+from ldmkit.config import named_preset, option
 from ldmkit.errors import ConfigError
 
 
@@ -51,12 +50,7 @@ class DiTConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "DiTConfig":
         """``DiT-S/2``-style names (see :data:`DIT_PRESETS`), optionally with some fields replaced."""
-        try:
-            config = DIT_PRESETS[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, list(DIT_PRESETS), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(sorted(DIT_PRESETS))}"
-            raise ConfigError(f"no DiT preset named '{name}'; {hint}") from None
+        config = named_preset(DIT_PRESETS, name, "DiT")
         return dataclasses.replace(config, **overrides) if overrides else config
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
-from ldmkit.config import option
+from ldmkit.config import named_preset, option
 from ldmkit.errors import ConfigError
 
 
@@ -110,12 +109,7 @@ class UNetConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "UNetConfig":
         """A named configuration (see :data:`UNET_PRESETS`), optionally with some fields replaced."""
-        try:
-            config = UNET_PRESETS[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, list(UNET_PRESETS), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(sorted(UNET_PRESETS))}"
-            raise ConfigError(f"no UNet preset named '{name}'; {hint}") from None
+        config = named_preset(UNET_PRESETS, name, "UNet")
         return dataclasses.replace(config, **overrides) if overrides else config
 
 
