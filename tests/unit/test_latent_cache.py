@@ -234,3 +234,14 @@ def test_tar_shards_are_encoded_in_stored_order_without_undecodable_samples(tmp_
     assert [r["rows"] for r in ds.index["shard_records"]] == [3, 2, 3]  # sample 4 (in shard 1) does not decode
     assert list(ds.labels) == [0, 1, 2, 3, 5, 6, 7, 8] and ds.captions[4] == "caption 5"
     assert not ds.index["has_std"] and ds[0]["latent"].shape == (3, 2, 2)
+
+
+def test_verify_command(tmp_path, cache, capsys):
+    from ldmkit.cli.main import main as ldm
+
+    out = _copy(cache, tmp_path)
+    assert ldm(["encode", "--verify", "--out", str(out)]) == 0 and "4 shards" in capsys.readouterr().out
+    (out / "shard-00003.safetensors").write_bytes(b"x" * 10)
+    assert ldm(["encode", "--verify", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shard-00003.safetensors" in err
