@@ -72,6 +72,18 @@ def _settings(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({**meta, "autoencoder": auto}))
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A shard's ``.done.json`` (rows, bytes, sha256)."""
+    try:
+        record = json.loads(path.read_text())
+        if not all(isinstance(record.get(k), t) for k, t in (("rows", int), ("bytes", int), ("sha256", str))):
+            raise ValueError("rows, bytes or sha256 missing")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}); delete it and its shard, then rerun `ldm encode` with "
+                        "the same arguments to encode that shard again") from None
+    return record
+
+
 def _prepare(out: Path, plan: dict[str, Any], n_shards: int) -> list[int]:
     """(rank 0) Check or write ``plan.json``; the shards not yet finished."""
     plan_path = out / PLAN
@@ -93,7 +105,7 @@ def _prepare(out: Path, plan: dict[str, Any], n_shards: int) -> list[int]:
     for k in range(n_shards):
         shard, done = out / f"{shard_name(k)}.safetensors", out / f"{shard_name(k)}.done.json"
         if done.is_file() and shard.is_file():
-            check_shard(shard, json.loads(done.read_text()))  # size and header: a truncated shard is an error
+            check_shard(shard, read_record(done))  # size and header: a truncated shard is an error
         else:  # never written, interrupted before its record, or deleted to be encoded again
             todo.append(k)
     return todo
@@ -230,7 +242,7 @@ def write_index(out: Path, meta: dict[str, Any], n_shards: int, shard_size: int)
         if not done.is_file():
             raise DataError(f"{done} is missing although every rank finished; rerun `ldm encode` with the same "
                             "arguments to encode that shard")
-        record = json.loads(done.read_text())
+        record = read_record(done)
         tensors = check_shard(out / f"{shard_name(k)}.safetensors", record)
         if record["rows"] and latent_shape is None:
             latent_shape, has_std = list(tensors["mean"].shape[1:]), "std" in tensors

@@ -62,6 +62,10 @@ def read_latent_index(path: str | Path) -> dict[str, Any]:
         data = json.loads(index.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
             raise ValueError("no shard list")
+        if not all(isinstance(n, str) and n.startswith("shard-") and Path(n).name == n for n in data["shards"]):
+            raise ValueError("shard names must be shard-NNNNN files of the cache")
+        if not (isinstance(data.get("latent_shape"), list) and len(data["latent_shape"]) == 3):
+            raise ValueError("no latent_shape [c, h, w]")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{index} cannot be read ({exc}); rerun `ldm encode` with the same arguments to rewrite "
                         "it") from None
