@@ -89,7 +89,7 @@ def exact_ode_map(denoiser, t0=999):
 
 def test_registry_and_one_signature():
     assert samplers.names() == sorted(["ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "dpm++3m", "euler", "euler-a",
-                                       "flow-heun", "heun", "plms", "unipc"])
+                                       "flow-heun", "heun", "lcm", "plms", "unipc"])
     shared = ["model", "x", "ladder", "callback", "generator"]
     for name in samplers.names():
         spec = samplers.get(name)
@@ -237,7 +237,9 @@ def test_euler_is_ddim_and_ddpm_is_ddim_eta_one():
     assert torch.allclose(a, b, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", samplers.names())
+# lcm samples consistency models (its estimate is the trajectory's start, not the posterior mean this denoiser
+# gives); tests/unit/test_distill.py checks it against the exact consistency function instead.
+@pytest.mark.parametrize("name", [n for n in samplers.names() if n != "lcm"])
 def test_zero_terminal_snr_with_v_prediction(name):
     denoiser = make("v", kind="scaled_linear", zero_terminal_snr=True)
     if name in STOCHASTIC:

@@ -6,7 +6,9 @@ Three routes, each optional:
   optional ``context_mask`` ``[B, T]`` (True = a real token, False = padding);
 - ``vector``: a per-sample embedding added to the timestep embedding (class labels), ``[B, D]``;
 - ``concat``: an image-like condition on the latent grid, concatenated to the UNet input,
-  ``[B, C, h, w]`` (masked image + mask, low-resolution image, semantic map).
+  ``[B, C, h, w]`` (masked image + mask, low-resolution image, semantic map);
+- ``guidance``: the classifier-free guidance scale ``[B]`` a guidance-distilled network is asked to reproduce
+  in one pass (embedded like the timestep; Meng et al. 2023, LCM §4.1), set by the pipeline, not the conditioner.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Conditioning:
     context_mask: torch.Tensor | None = None  # [B, T] bool, True where a token is real
     vector: torch.Tensor | None = None  # [B, D] added to the timestep embedding
     concat: torch.Tensor | None = None  # [B, C, h, w] concatenated to the latent input
+    guidance: torch.Tensor | None = None  # [B] guidance scale w of a guidance-distilled network
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

@@ -41,6 +41,14 @@ def network_inputs(config: Any, x: torch.Tensor, cond: Conditioning,
     if c.vector_dim is not None and (cond.vector is None or cond.vector.shape[-1] != c.vector_dim):
         got = "none" if cond.vector is None else str(list(cond.vector.shape))
         raise ConfigError(f"this {network} needs a conditioning vector [B, {c.vector_dim}]; got {got}")
+    takes_guidance = getattr(c, "guidance_embed", False)
+    if takes_guidance and (cond.guidance is None or cond.guidance.shape != (x.shape[0],)):
+        got = "none" if cond.guidance is None else str(list(cond.guidance.shape))
+        raise ConfigError(f"this {network} is guidance-distilled: it needs the guidance scale per sample "
+                          f"[{x.shape[0]}] in Conditioning.guidance; got {got}")
+    if not takes_guidance and cond.guidance is not None:
+        raise ConfigError(f"conditioning has a guidance scale but this {network} has no guidance embedding; "
+                          "set guidance_embed (a distilled student) or sample with classifier-free guidance")
     if c.concat_channels == 0:
         if cond.concat is not None:
             raise ConfigError(f"conditioning has a concat image but this {network} has no concat route; "

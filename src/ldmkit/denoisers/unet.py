@@ -67,6 +67,9 @@ class UNetStage(nn.ModuleList):
         return h
 
 
+GUIDANCE_SCALE = 1000.0  # w is embedded as the timestep 1000·w (LCM's w-embedding)
+
+
 class UNet(nn.Module):
     """ε_θ(z_t, t, c): ``forward(x [B, C, h, w], t [B], cond) -> [B, out_channels, h, w]``.
 
@@ -83,6 +86,9 @@ class UNet(nn.Module):
         emb_dim = 4 * mc
         self.time_embed = TimestepEmbedding(mc, emb_dim)
         self.vector_proj = nn.Linear(c.vector_dim, emb_dim) if c.vector_dim is not None else None
+        if c.guidance_embed:  # w → sinusoidal features of 1000·w → MLP, zero at first so a student starts as its teacher
+            self.guidance_embedding = TimestepEmbedding(mc, emb_dim)
+            zero_module(self.guidance_embedding.linear_2)
         if c.class_embeddings is not None:  # integer labels → rows of a table [class_embeddings, 4*mc]
             self.class_embed = nn.Embedding(c.class_embeddings, emb_dim)
         self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, mc, 3, padding=1)
@@ -185,6 +191,8 @@ class UNet(nn.Module):
             emb = emb + self.vector_proj(vector.to(emb.dtype))  # [B, 4*mc]
         if labels is not None:
             emb = emb + self.class_embed(labels).to(emb.dtype)  # [B, 4*mc]
+        if self.config.guidance_embed:
+            emb = emb + self.guidance_embedding(GUIDANCE_SCALE * cond.guidance.float()).to(emb.dtype)  # [B, 4*mc]
         context, mask = cond.context, cond.context_mask
 
         h = self.conv_in(h)  # [B, mc, h, w]

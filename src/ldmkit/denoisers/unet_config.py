@@ -45,6 +45,9 @@ class UNetConfig:
                     "adding it")
     gradient_checkpointing: bool = option(
         False, help="recompute block activations in the backward pass (less memory, one more forward of each block)")
+    guidance_embed: bool = option(
+        False, help="take the guidance scale w as an input (Conditioning.guidance), embedded like the timestep and "
+                    "added to its embedding: a guidance-distilled student (LCM); starts at zero")
     conv_resample: bool = option(True, help="3x3 convolutions in Downsample/Upsample (false: avg-pool / nearest only)")
     # Options that Stable Diffusion checkpoints need; their defaults keep the network above unchanged.
     norm_groups: int | None = option(

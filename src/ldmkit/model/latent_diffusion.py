@@ -67,6 +67,12 @@ class LatentDiffusionModel:
         return self.latent_size[0] * f, self.latent_size[1] * f
 
     @property
+    def takes_guidance(self) -> bool:
+        """Whether the network takes the guidance scale as an input (a guidance-distilled student, ``ldm distill``):
+        then guidance costs no second pass and no null condition."""
+        return bool(getattr(self.unet.config, "guidance_embed", False))
+
+    @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the autoencoder's f times the UNet's downsampling."""
         return self.autoencoder.downsample_factor * self.unet.config.downsample_factor

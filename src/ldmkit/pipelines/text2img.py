@@ -11,6 +11,7 @@ with the batch size or the device. Larger sizes than trained are sampled convolu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,11 @@ class LatentDiffusionPipeline:
                        callback: samplers.Callback | None = None, progress: bool = False) -> torch.Tensor:
         """Latents [B, c, h, w] from ``noise`` (and img2img ``start``) as ``options`` say; ``options.seed`` drives
         the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
-        if self.conditioning.unconditional:
+        if self.model.takes_guidance:  # a distilled student reproduces guidance w in one pass: w is its input
+            cond = dataclasses.replace(cond, guidance=torch.full((noise.shape[0],), float(options.guidance),
+                                                                  device=self.device))
+            uncond, options = None, options.replace(guidance=1.0, guidance_rescale=0.0)
+        elif self.conditioning.unconditional:
             options = options.replace(guidance=1.0)  # nothing to guide: the null condition is the only condition
         dtype = autocast_dtype(self.device, self.precision)
         bar = progress_bar(total=options.steps, desc=f"sample {options.sampler}", leave=False) if progress else None

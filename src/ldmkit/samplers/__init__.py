@@ -22,6 +22,7 @@ from ldmkit.samplers import (  # noqa: F401  (registers them)
     euler_ancestral,
     flow_heun,
     heun,
+    lcm,
     plms,
     unipc,
 )
