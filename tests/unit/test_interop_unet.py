@@ -25,7 +25,8 @@ from ldmkit.interop.sd_configs import sd_config  # noqa: E402
 
 PREFIX = "model.diffusion_model."
 TINY = dict(sample_size=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=16)
 CASES = {
     "sd1": dict(in_channels=4, attention_head_dim=2),  # a head count, conv proj_in/out

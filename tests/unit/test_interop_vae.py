@@ -7,7 +7,10 @@ import torch
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL, VQModel  # noqa: E402
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm  # noqa: E402
+from diffusers.loaders.single_file_utils import (  # noqa: E402
+    convert_ldm_vae_checkpoint,
+    create_vae_diffusers_config_from_ldm,
+)
 
 from ldmkit.autoencoders import build_autoencoder  # noqa: E402
 from ldmkit.interop.diffusers_config import autoencoder_from_diffusers, autoencoder_to_diffusers  # noqa: E402

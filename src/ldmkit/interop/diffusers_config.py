@@ -197,7 +197,8 @@ def autoencoder_from_diffusers(d: Mapping[str, Any]) -> AutoencoderConfig:
         extra["codebook_size"] = int(d.get("num_vq_embeddings", 256))
     return AutoencoderConfig(
         kind=kind, in_channels=int(d.get("in_channels", 3)), out_channels=int(d.get("out_channels", 3)),
-        base_channels=base, channel_mult=tuple(w // base for w in widths), num_res_blocks=int(d.get("layers_per_block", 1)),
+        base_channels=base, channel_mult=tuple(w // base for w in widths),
+        num_res_blocks=int(d.get("layers_per_block", 1)),
         mid_attention=bool(d.get("mid_block_add_attention", True)),
         attention_factors=tuple(2**i for i, a in enumerate(down) if a), latent_channels=latent,
         groups=int(d.get("norm_num_groups", 32)), scale_factor=float(d.get("scaling_factor", 1.0) or 1.0),

@@ -64,7 +64,8 @@ def schedule_from_diffusers(d: dict[str, Any]) -> ScheduleConfig:
     betas = {} if kind == "cosine" else {"beta_start": float(d.get("beta_start", 1e-4)),
                                          "beta_end": float(d.get("beta_end", 0.02))}
     return ScheduleConfig(kind=kind, num_timesteps=int(d.get("num_train_timesteps", 1000)),
-                          prediction=_PREDICTIONS[pred], zero_terminal_snr=bool(d.get("rescale_betas_zero_snr")), **betas)
+                          prediction=_PREDICTIONS[pred], zero_terminal_snr=bool(d.get("rescale_betas_zero_snr")),
+                          **betas)
 
 
 def _clip_from_diffusers(d: dict[str, Any], tokenizer: Path) -> ClipTextConfig:

@@ -87,7 +87,8 @@ def self_attention_rules(ours: str, theirs: str, layout: Layout, heads: int) -> 
                Rule(f"{ours}.proj_out.bias", (f"{theirs}.to_out.0.bias",))])
 
 
-def _attention_block(c: UNetConfig, ours: str, theirs: str, layout: Layout, width: int, level: int | None) -> list[Rule]:
+def _attention_block(c: UNetConfig, ours: str, theirs: str, layout: Layout, width: int,
+                     level: int | None) -> list[Rule]:
     if c.context_dim is None:
         return self_attention_rules(ours, theirs, layout, c.heads(width)[0])
     cross_only = level is not None and bool(c.cross_attention_only) and c.cross_attention_only[level]

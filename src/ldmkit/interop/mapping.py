@@ -20,7 +20,8 @@ def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 
 def import_tensors(rules: list[Rule], state: Mapping[str, torch.Tensor], what: str, *,
-                   expected: Mapping[str, torch.Size | torch.Tensor] | None = None, ignore: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+                   expected: Mapping[str, torch.Size | torch.Tensor] | None = None,
+                   ignore: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Our tensors from a foreign state dict; every rule must find its tensors and every tensor a rule.
 
     ``expected`` (our key → shape, e.g. from a model built on the meta device) also checks shapes;

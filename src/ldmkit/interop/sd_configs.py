@@ -10,9 +10,9 @@ import copy
 from typing import Any
 
 _KL_F8 = {"target": "ldm.models.autoencoder.AutoencoderKL",
-          "params": {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
-                                                  "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-                                                  "attn_resolutions": [], "dropout": 0.0}}}
+          "params": {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256,
+                                                  "in_channels": 3, "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4],
+                                                  "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}}
 _CLIP = {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"}
 _OPENCLIP = {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
              "params": {"freeze": True, "layer": "penultimate"}}
