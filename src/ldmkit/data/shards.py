@@ -81,13 +81,6 @@ class _Member:
     size: int
 
 
-@dataclass(frozen=True)
-class ShardSample:
-    shard: int
-    key: str
-    members: Mapping[str, _Member]
-
-
 def index_shard(path: Path) -> list[tuple[str, dict[str, _Member]]]:
     """(key, {extension: member}) of every key in the shard, in stored order (headers only)."""
     samples: dict[str, dict[str, _Member]] = {}

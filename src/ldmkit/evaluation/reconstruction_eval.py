@@ -182,122 +182,143 @@ def evaluate_reconstruction(
     autoencoder.eval().to(device)
     if lpips is not None:
         lpips = lpips.to(device).eval()
-    is_vq = hasattr(autoencoder, "quantizer")
-    num_codes = int(autoencoder.quantizer.num_codes) if is_vq else 0
-    code_counts = torch.zeros(num_codes, dtype=torch.float64)
-    methods = ["autoencoder"] + (["bicubic"] if bicubic else [])
-    scores = {m: _Scores(features is not None) for m in methods}
-    real_moments = _FeatureMoments() if features is not None else None
-    kept: dict[str, list[torch.Tensor]] = {"original": [], **{m: [] for m in methods}}
-    kept_count = 0
-    image_sizes: set[tuple[int, int]] = set()
-    low_sizes: dict[str, list[int]] = {}
-    latent_shape: list[int] | None = None
-    image_channels = 0
-
+    run = _ReconstructionRun(autoencoder, lpips, features, quantize=quantize, bicubic=bicubic, examples=examples)
     bar = None
     if progress:
         from ldmkit.progress import progress_bar
 
         bar = progress_bar(total=total, desc="reconstruction", unit="img")
     start = time.perf_counter()
-    count = 0
     for batch in batches:
-        x = _images_of(batch).to(device=device, dtype=torch.float32)  # [B, C, H, W]
-        b, image_channels, height, width = x.shape
-        c, h, w = autoencoder.latent_shape(height, width)
-        latent_shape = [c, h, w]
-        image_sizes.add((height, width))
-        rec, aux = autoencoder(x, sample_posterior=False)
-        outputs = {"autoencoder": rec.float().clamp(-1, 1)}  # [B, C, H, W]
-        if is_vq and "indices" in aux:
-            code_counts += torch.bincount(aux["indices"].flatten().cpu(), minlength=num_codes).double()
-        if bicubic:
-            size = bicubic_size(height, width, autoencoder.downsample_factor, c, image_channels)
-            low_sizes[f"{height}x{width}"] = list(size)
-            outputs["bicubic"] = bicubic_roundtrip(x, size)
-        if real_moments is not None:
-            real_moments.update(features(_rgb(x)))
-        for name, y in outputs.items():
-            s = scores[name]
-            s.add("psnr", psnr(x, y, quantize=quantize))
-            s.add("ssim", ssim(x, y, quantize=quantize))
-            if lpips is not None:
-                s.add("lpips", lpips(_rgb(x), _rgb(y)))
-            if s.moments is not None:
-                s.moments.update(features(_rgb(y)))
-            s.count += b
-        if kept_count < examples:
-            take = min(examples - kept_count, b)
-            kept["original"].append(x[:take].cpu())
-            for name, y in outputs.items():
-                kept[name].append(y[:take].cpu())
-            kept_count += take
-        count += b
+        run.add(_images_of(batch).to(device=device, dtype=torch.float32))  # [B, C, H, W]
         if bar is not None:
-            bar.update(b)
+            bar.update(run.last_batch)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
-    if count == 0:
+    if run.count == 0:
         raise DataError("no images to evaluate the reconstructions on")
-
-    notes: list[str] = []
-    metrics: dict[str, dict[str, float]] = {}
-    for name in methods:
-        values = scores[name].means()
-        if features is not None:
-            if count < 2:
-                notes.append(f"{_fd_name(features)} needs at least 2 images; left out")
-            else:
-                values[_fd_name(features)] = frechet_distance(*scores[name].moments.mean_and_covariance(),
-                                                              *real_moments.mean_and_covariance())
-        metrics[name] = values
-    if is_vq:
-        perplexity, usage = perplexity_and_usage(code_counts)
-        metrics["autoencoder"]["codebook_usage"] = float(usage)
-        metrics["autoencoder"]["perplexity"] = float(perplexity)
-    if lpips is None:
-        notes.append("LPIPS left out (no LPIPS network given)")
-    if features is None:
-        notes.append("Fréchet distance left out (no feature network given)")
-    else:
-        notes.append(f"{_fd_name(features)} depends on the number of images ({count}) and is biased upwards for "
-                     "small sets; compare only numbers computed over the same images")
-
-    cfg = autoencoder.config
-    settings: dict[str, Any] = {
-        "autoencoder_kind": cfg.kind,
-        "downsample_factor": autoencoder.downsample_factor,
-        "latent_channels": autoencoder.latent_channels,
-        "latent_shape": latent_shape,
-        "image_channels": image_channels,
-        "image_sizes": [f"{h}x{w}" for h, w in sorted(image_sizes)],
-        "reconstruction": ("posterior mode" if cfg.kind == "kl" else "nearest codes" if cfg.kind == "vq"
-                           else "identity") + ", clamped to [-1, 1]",
-        "psnr_ssim_on_8bit_levels": quantize,
-        "lpips": f"LPIPS-{getattr(lpips, 'net', '?')} v0.1" if lpips is not None else None,
-        "feature_network": ({"name": features.name, "protocol": features.protocol}
-                            if features is not None else None),
-    }
-    if is_vq:
-        settings["codebook_size"] = num_codes
-    if bicubic:
-        settings["bicubic"] = {
-            "factor": bicubic_factor(autoencoder.downsample_factor, autoencoder.latent_channels, image_channels),
-            "low_res_size": low_sizes,
-            "rule": BICUBIC_RULE,
-        }
+    metrics, notes = run.metrics()
     return {
         "metrics": metrics,
-        "num_images": count,
+        "num_images": run.count,
         "seconds": round(seconds, 3),
-        "images_per_second": round(count / seconds, 3) if seconds > 0 else None,
+        "images_per_second": round(run.count / seconds, 3) if seconds > 0 else None,
         "device": str(device),
-        "settings": settings,
+        "settings": run.settings(quantize),
         "notes": notes,
-        "examples": {name: torch.cat(parts) for name, parts in kept.items() if parts},
+        "examples": {name: torch.cat(parts) for name, parts in run.kept.items() if parts},
     }
+
+
+class _ReconstructionRun:
+    """Scores of the autoencoder (and of bicubic) accumulated batch by batch, with what the report records."""
+
+    def __init__(self, autoencoder: FirstStage, lpips: torch.nn.Module | None, features: FeatureExtractor | None, *,
+                 quantize: bool, bicubic: bool, examples: int):
+        self.autoencoder, self.lpips, self.features = autoencoder, lpips, features
+        self.quantize, self.bicubic, self.examples = quantize, bicubic, examples
+        self.is_vq = hasattr(autoencoder, "quantizer")
+        self.num_codes = int(autoencoder.quantizer.num_codes) if self.is_vq else 0
+        self.code_counts = torch.zeros(self.num_codes, dtype=torch.float64)
+        self.methods = ["autoencoder"] + (["bicubic"] if bicubic else [])
+        self.scores = {m: _Scores(features is not None) for m in self.methods}
+        self.real_moments = _FeatureMoments() if features is not None else None
+        self.kept: dict[str, list[torch.Tensor]] = {"original": [], **{m: [] for m in self.methods}}
+        self.kept_count = self.count = self.last_batch = self.image_channels = 0
+        self.image_sizes: set[tuple[int, int]] = set()
+        self.low_sizes: dict[str, list[int]] = {}
+        self.latent_shape: list[int] | None = None
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Score one batch x [B, C, H, W] in [-1, 1]."""
+        b, self.image_channels, height, width = x.shape
+        c, h, w = self.autoencoder.latent_shape(height, width)
+        self.latent_shape = [c, h, w]
+        self.image_sizes.add((height, width))
+        rec, aux = self.autoencoder(x, sample_posterior=False)
+        outputs = {"autoencoder": rec.float().clamp(-1, 1)}  # [B, C, H, W]
+        if self.is_vq and "indices" in aux:
+            self.code_counts += torch.bincount(aux["indices"].flatten().cpu(), minlength=self.num_codes).double()
+        if self.bicubic:
+            size = bicubic_size(height, width, self.autoencoder.downsample_factor, c, self.image_channels)
+            self.low_sizes[f"{height}x{width}"] = list(size)
+            outputs["bicubic"] = bicubic_roundtrip(x, size)
+        if self.real_moments is not None:
+            self.real_moments.update(self.features(_rgb(x)))
+        for name, y in outputs.items():
+            scores = self.scores[name]
+            scores.add("psnr", psnr(x, y, quantize=self.quantize))
+            scores.add("ssim", ssim(x, y, quantize=self.quantize))
+            if self.lpips is not None:
+                scores.add("lpips", self.lpips(_rgb(x), _rgb(y)))
+            if scores.moments is not None:
+                scores.moments.update(self.features(_rgb(y)))
+            scores.count += b
+        if self.kept_count < self.examples:
+            take = min(self.examples - self.kept_count, b)
+            self.kept["original"].append(x[:take].cpu())
+            for name, y in outputs.items():
+                self.kept[name].append(y[:take].cpu())
+            self.kept_count += take
+        self.count += b
+        self.last_batch = b
+
+    def metrics(self) -> tuple[dict[str, dict[str, float]], list[str]]:
+        """(metrics per method, notes on what was left out or how to read it)."""
+        notes: list[str] = []
+        metrics: dict[str, dict[str, float]] = {}
+        features = self.features
+        for name in self.methods:
+            values = self.scores[name].means()
+            if features is not None:
+                if self.count < 2:
+                    notes.append(f"{_fd_name(features)} needs at least 2 images; left out")
+                else:
+                    values[_fd_name(features)] = frechet_distance(*self.scores[name].moments.mean_and_covariance(),
+                                                                  *self.real_moments.mean_and_covariance())
+            metrics[name] = values
+        if self.is_vq:
+            perplexity, usage = perplexity_and_usage(self.code_counts)
+            metrics["autoencoder"]["codebook_usage"] = float(usage)
+            metrics["autoencoder"]["perplexity"] = float(perplexity)
+        if self.lpips is None:
+            notes.append("LPIPS left out (no LPIPS network given)")
+        if features is None:
+            notes.append("Fréchet distance left out (no feature network given)")
+        else:
+            notes.append(f"{_fd_name(features)} depends on the number of images ({self.count}) and is biased "
+                         "upwards for small sets; compare only numbers computed over the same images")
+        return metrics, notes
+
+    def settings(self, quantize: bool) -> dict[str, Any]:
+        """What was measured and how, for the JSON record."""
+        autoencoder, cfg, lpips, features = self.autoencoder, self.autoencoder.config, self.lpips, self.features
+        settings: dict[str, Any] = {
+            "autoencoder_kind": cfg.kind,
+            "downsample_factor": autoencoder.downsample_factor,
+            "latent_channels": autoencoder.latent_channels,
+            "latent_shape": self.latent_shape,
+            "image_channels": self.image_channels,
+            "image_sizes": [f"{h}x{w}" for h, w in sorted(self.image_sizes)],
+            "reconstruction": ("posterior mode" if cfg.kind == "kl" else "nearest codes" if cfg.kind == "vq"
+                               else "identity") + ", clamped to [-1, 1]",
+            "psnr_ssim_on_8bit_levels": quantize,
+            "lpips": f"LPIPS-{getattr(lpips, 'net', '?')} v0.1" if lpips is not None else None,
+            "feature_network": ({"name": features.name, "protocol": features.protocol}
+                                if features is not None else None),
+        }
+        if self.is_vq:
+            settings["codebook_size"] = self.num_codes
+        if self.bicubic:
+            settings["bicubic"] = {
+                "factor": bicubic_factor(autoencoder.downsample_factor, autoencoder.latent_channels,
+                                         self.image_channels),
+                "low_res_size": self.low_sizes,
+                "rule": BICUBIC_RULE,
+            }
+        return settings
 
 
 # --- reports -------------------------------------------------------------------------------------------------------
