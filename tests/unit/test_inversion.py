@@ -16,7 +16,7 @@ from ldmkit.errors import ConfigError
 from ldmkit.evaluation.reconstruction import psnr
 from ldmkit.model import LatentDiffusionModel
 from ldmkit.pipelines import LatentDiffusionPipeline
-from ldmkit.pipelines.inversion import invert, regenerate
+from ldmkit.pipelines.inversion import interpolate, invert, regenerate
 from ldmkit.samplers import SamplerOptions, sample
 from ldmkit.samplers.inversion import invert as invert_latents
 from tests.unit.test_samplers import MU, STD, make
@@ -175,6 +175,19 @@ def test_pipeline_round_trip_with_guidance_and_a_new_prompt(text_pipe):
     edited = regenerate(text_pipe, noise, prompt="a blue square", steps=20, output="tensor")
     assert (same - edited).abs().max() > 1e-3
     assert len(regenerate(text_pipe, noise.repeat(2, 1, 1, 1), prompt=PROMPT, steps=3)) == 2  # PIL images
+
+
+def test_interpolating_two_real_images_ends_on_their_round_trips(text_pipe):
+    a, b = image(2), image(3)
+    strip = interpolate(text_pipe, a, b, PROMPT, frames=3, steps=20, iterations=2, output="tensor")
+    assert strip.shape == (3, 3, 16, 16)
+    for end, picture in ((strip[:1], a), (strip[2:], b)):
+        back = regenerate(text_pipe, invert(text_pipe, picture, PROMPT, steps=20, iterations=2), PROMPT, steps=20,
+                          output="tensor")
+        assert torch.allclose(end, back, atol=1e-4)  # batch 3 against batch 1: float rounding only
+    assert min((strip[1] - strip[0]).abs().max(), (strip[1] - strip[2]).abs().max()) > 1e-2
+    with pytest.raises(ConfigError, match="one size"):
+        interpolate(text_pipe, a, torch.zeros(3, 16, 32), PROMPT, frames=2, steps=2)
 
 
 def test_pipeline_inversion_refuses_models_with_an_image_condition():

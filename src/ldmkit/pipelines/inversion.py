@@ -7,7 +7,7 @@ and gives back the image, up to the inversion's error, which falls with the step
 the tiny test model of tests/unit/test_inversion.py: 13.8 dB PSNR at 25 steps, 16.0 dB at 100, 54 dB at 40 steps
 with 4 iterations). Regenerating with another prompt edits the image while keeping its layout; interpolating
 between the inverted noise of two images (with :func:`~ldmkit.pipelines.text2img.slerp`) morphs one into the
-other.
+other (:func:`interpolate`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 
 from ldmkit import samplers
+from ldmkit.config.checks import check_count
+from ldmkit.errors import ConfigError
 from ldmkit.io.images import to_pil, to_unit
 from ldmkit.pipelines.img2img import ImageToImagePipeline
-from ldmkit.pipelines.text2img import LatentDiffusionPipeline
+from ldmkit.pipelines.text2img import LatentDiffusionPipeline, slerp
 from ldmkit.progress import progress_bar
 from ldmkit.runtime import autocast_dtype
 from ldmkit.samplers import SamplerOptions
@@ -85,4 +87,22 @@ def regenerate(pipe: LatentDiffusionPipeline, noise: torch.Tensor, prompt: str |
     return images if output == "tensor" else [to_pil(to_unit(image)) for image in images]
 
 
-__all__ = ["invert", "regenerate"]
+@torch.no_grad()
+def interpolate(pipe: LatentDiffusionPipeline, image_a: str | Path | Image.Image | torch.Tensor,
+                image_b: str | Path | Image.Image | torch.Tensor, prompt: str | None = None, *,
+                class_label: int | None = None, frames: int = 8, steps: int = 50, guidance: float = 1.0,
+                iterations: int = 0, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+    """A strip of ``frames`` images from ``image_a`` to ``image_b`` (same size): both inverted under one condition,
+    their noise interpolated spherically, each frame regenerated; the end frames are the round trips."""
+    check_count("frames", frames)
+    shared = dict(class_label=class_label, steps=steps, guidance=guidance)
+    a = invert(pipe, image_a, prompt, iterations=iterations, **shared)  # [1, c, h, w]
+    b = invert(pipe, image_b, prompt, iterations=iterations, **shared)
+    if a.shape != b.shape:
+        raise ConfigError(f"images to interpolate must have one size; their latents are {tuple(a.shape[1:])} and "
+                          f"{tuple(b.shape[1:])}")
+    noise = torch.cat([slerp(a, b, i / max(frames - 1, 1)) for i in range(frames)])  # [frames, c, h, w]
+    return regenerate(pipe, noise, prompt, output=output, **shared)
+
+
+__all__ = ["interpolate", "invert", "regenerate"]
