@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from ldmkit.conditioning.config import ConcatConfig
+
+
+def concat_route(kind: str) -> ConcatConfig:
+    """The concat route of a converted model's kind name, asked by its predicates (``inpainting``,
+    ``super_resolution``) rather than compared as a string outside conditioning/."""
+    return ConcatConfig(kind=kind)
+
 
 def _order(latent: int) -> list[int]:
     """For each ldmkit input channel, the foreign channel it reads: [z, masked, mask] from [z, mask, masked]."""

@@ -21,7 +21,7 @@ from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
 from ldmkit.denoisers.unet import UNet
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import CheckpointError, ConfigError
-from ldmkit.interop.concat_order import conv_in_to_ldmkit
+from ldmkit.interop.concat_order import concat_route, conv_in_to_ldmkit
 from ldmkit.interop.infer import UNET, foreign_layout, infer_autoencoder, infer_sd_config
 from ldmkit.interop.keys_unet import unet_rules
 from ldmkit.interop.keys_vae import VQ_TRAINING_BUFFERS, autoencoder_rules
@@ -134,7 +134,7 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
             notes.append("the checkpoint also holds EMA weights (model_ema.*): --ema converts those instead")
     unet_state = import_tensors(unet_rules(unet_config, "original"), unet_original, "UNet",
                                 expected=_meta(UNet, unet_config).state_dict())
-    if described.concat == "masked_image":
+    if concat_route(described.concat).inpainting:
         unet_state["conv_in.weight"] = conv_in_to_ldmkit(unet_state["conv_in.weight"], unet_config.in_channels)
         notes.append("inpainting: conv_in's input channels reordered from [z, mask, masked] to ldmkit's "
                      "[z, masked, mask]")
@@ -142,7 +142,7 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
     ae_state = _autoencoder_state(autoencoder, _first_stage_state(state, notes))
     clip, text_state, text_notes = text_from_original(state, described.text_encoder)
     notes += text_notes
-    if described.concat == "low_res":
+    if concat_route(described.concat).super_resolution:
         clip = dataclasses.replace(clip, vector_label=0)
         notes.append("x4 upscaler: the noise-level label is 0 (the low-resolution image is given clean)")
     _check_schedule(schedule, state, notes)

@@ -18,7 +18,7 @@ import torch
 from ldmkit.conditioning.clip_config import ClipTextConfig, clip_family
 from ldmkit.diffusion.schedules import ScheduleConfig
 from ldmkit.errors import CheckpointError, ConfigError
-from ldmkit.interop.concat_order import conv_in_to_ldmkit
+from ldmkit.interop.concat_order import concat_route, conv_in_to_ldmkit
 from ldmkit.interop.diffusers_config import autoencoder_from_diffusers, unet_from_diffusers
 from ldmkit.interop.keys_text import HF_PREFIX, hf_rules
 from ldmkit.interop.keys_unet import unet_rules
@@ -124,10 +124,10 @@ def parts_from_diffusers(folder: Path) -> ConvertedParts:
         expected = UNet(unet).state_dict()
     unet_state = import_tensors(unet_rules(unet, "diffusers"), component_weights(folder / "unet"), "unet/",
                                 expected=expected)
-    if concat == "masked_image":
+    if concat_route(concat).inpainting:
         unet_state["conv_in.weight"] = conv_in_to_ldmkit(unet_state["conv_in.weight"], unet.in_channels)
     clip = _clip_from_diffusers(read_json(folder / "text_encoder" / "config.json"), folder / "tokenizer")
-    if concat == "low_res":
+    if concat_route(concat).super_resolution:
         clip = dataclasses.replace(clip, vector_label=0)
     cond = conditioner_config(clip, concat, autoencoder.latent_channels, autoencoder.downsample_factor)
     module = meta_text_model(cond)

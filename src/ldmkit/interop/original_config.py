@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ldmkit.interop.concat_order import concat_route
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.schedules import ScheduleConfig
@@ -193,7 +194,7 @@ def model_from_original(data: Mapping[str, Any]) -> OriginalModel:
     if unet.concat_channels and concat == "none":
         raise ConfigError(f"original UNet takes {unet.concat_channels} extra input channels but {target} adds no "
                           "concat condition")
-    if concat == "low_res":
+    if concat_route(concat).super_resolution:
         notes.append("x4 upscaler: the low-resolution image is concatenated as is; its noise level reaches the UNet "
                      "as an integer label in Conditioning.vector")
     image = p.get("image_size")
