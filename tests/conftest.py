@@ -56,3 +56,12 @@ def recording_diffusion_losses():
             yield losses
 
     return record
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tests on tiny tensors only pay for thread contention (use with ``usefixtures``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ from tests.unit.test_samplers import MU, STD, make
 PROMPT = "a red circle"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add contention
 
 
 def gaussian_data(n=64, seed=0):

@@ -22,12 +22,7 @@ DETERMINISTIC = ["ddim", "dpm++2m", "dpm++3m", "euler", "heun", "plms", "unipc"]
 STOCHASTIC = ["ddpm", "dpm++2m-sde", "euler-a"]  # fresh noise at every step, whatever η
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add contention
 
 
 class GaussianPosterior(torch.nn.Module):
@@ -90,6 +85,9 @@ def exact_ode_map(denoiser, t0=999):
 def test_registry_and_one_signature():
     assert samplers.names() == sorted(["ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "dpm++3m", "euler", "euler-a",
                                        "flow-heun", "heun", "lcm", "plms", "unipc"])
+    from ldmkit.cli.common import SAMPLER_NAMES
+
+    assert list(SAMPLER_NAMES) == samplers.names()  # what `--help` lists
     shared = ["model", "x", "ladder", "callback", "generator"]
     for name in samplers.names():
         spec = samplers.get(name)

@@ -49,10 +49,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, group: str) -> None:
                         help="override config values, e.g. train.lr=1e-4 data.resolution=64")
 
 
+# The registered samplers (ldmkit.samplers.names()), written out so `ldm --help` need not import torch;
+# tests/unit/test_samplers.py keeps the two equal.
+SAMPLER_NAMES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "dpm++3m", "euler", "euler-a", "flow-heun", "heun", "lcm",
+                 "plms", "unipc")
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampler options shared by `ldm sample`, `ldm eval generation` and the task commands."""
-    parser.add_argument("--sampler", default="dpm++2m",
-                        help="ddpm, ddim, plms, dpm++2m, euler, heun (default dpm++2m)")
+    parser.add_argument("--sampler", default="dpm++2m", help=f"{', '.join(SAMPLER_NAMES)} (default dpm++2m; "
+                                                              "lcm for distilled students; docs/sampling.md)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1]")
