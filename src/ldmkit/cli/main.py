@@ -16,7 +16,7 @@ from ldmkit import __version__
 from ldmkit.errors import LdmkitError
 
 # Modules of ldmkit.cli, each adding one command group; the order is the order of `ldm --help`.
-GROUP_MODULES: tuple[str, ...] = ("demo", "data", "assets", "train", "encode", "sample", "img2img", "inpaint",
+GROUP_MODULES: tuple[str, ...] = ("demo", "fit", "data", "assets", "train", "encode", "sample", "img2img", "inpaint",
                                    "synthesize", "upscale", "distill", "eval", "report", "serve", "convert", "export")
 
 

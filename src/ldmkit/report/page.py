@@ -31,6 +31,10 @@ figcaption { font-size: .85em; color: #555; } pre { background: #f6f6f6; padding
 
 def write_report(run: str | Path) -> Path:
     """Build ``RUN/report.html`` (and its plots) from what the run directory holds; returns the page."""
+    from ldmkit.report.fit_page import is_fit_run, write_fit_report
+
+    if is_fit_run(Path(run)):  # an `ldm fit` run: its plan, stages and evaluation around two training runs
+        return write_fit_report(run)
     record = read_run(run)
     plots_dir = record.path / PLOTS_DIR
     for group in GROUPS:  # last time's plots: a group may have no scalars now
