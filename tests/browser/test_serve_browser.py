@@ -71,9 +71,12 @@ def _off_machine_requests(driver) -> list[str]:
 # --- driving the page -------------------------------------------------------------------------------------------------
 
 def _wait(driver, condition, message):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(lambda _: condition(), message)
+    # An element the page re-renders between finding and reading it is stale: look again at the next poll.
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda _: condition(), message)
 
 
 def _find(driver, css):

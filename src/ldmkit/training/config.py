@@ -44,6 +44,8 @@ class TrainConfig:
     num_workers: int = option(0, help="data-loader worker processes", min=0)
     log_every: int = option(10, help="steps between TensorBoard scalars", min=1)
     image_every: int = option(500, help="steps between image grids (0 disables)", min=0)
+    validate_every: int = option(0, help="steps between validations on held-out data (0 disables); the best "
+                                         "model by the task's validation score is kept in RUN/best", min=0)
     checkpoint_every: int = option(500, help="steps between checkpoints (0: only at the end)", min=0)
     keep_last: int = option(2, help="complete checkpoints kept (older ones deleted after a new one is complete)", min=1)
     keep_every: int = option(0, help="also keep every checkpoint whose step is a multiple of this (0: none)", min=0)

@@ -39,6 +39,7 @@ from ldmkit.training.init_from import check_same_autoencoder, load_component, re
 from ldmkit.training.optimizers import build_optimizer
 from ldmkit.training.trainable import trainable_parameters
 from ldmkit.training.loop import StepContext, Task, train
+from ldmkit.training.validation import HeldOut, ValidationConfig, validation_scores
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class DiffusionExperiment:
     huber_delta: float = option(0.1, help="δ of the huber loss: squared below, linear above", min=1e-6)
     ema_decay: float = option(0.9999, help="EMA decay of the denoiser weights (with warm-up)", min=0.0, max=1.0)
     preview: PreviewConfig = option(default_factory=PreviewConfig, help="sample grids during training")
+    validation: ValidationConfig = option(default_factory=ValidationConfig,
+                                          help="held-out scores every train.validate_every steps (loss, FD-EffLite0)")
 
     def __post_init__(self) -> None:
         if not self.autoencoder:
@@ -218,6 +221,19 @@ class DiffusionTask(Task):
 
     def no_sync(self):
         return no_sync(self.denoising_loss)
+
+    @property
+    def best_by(self) -> str:
+        return self.experiment.validation.best_by
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Held-out loss at fixed timesteps and noise (and FD-EffLite0) of the EMA weights (:mod:`.validation`)."""
+        if self.conditioner.concat_channels:
+            return {}  # image-conditioned models need their task's inputs (masks, low-res images) to be scored
+        if getattr(self, "_held_out", None) is None:
+            self._held_out = HeldOut.build(self.experiment.validation, self.experiment.data, self.autoencoder,
+                                           self.device)
+        return validation_scores(self.model(), self._held_out, self.experiment.validation)
 
     def _preview_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         preview = self.experiment.preview

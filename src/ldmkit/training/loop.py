@@ -13,6 +13,7 @@ and hands each to ``StepContext.step(name, loss)``, which does backward, clippin
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
@@ -44,7 +45,8 @@ from ldmkit.training.distributed import (
 from ldmkit.progress import progress_bar
 from ldmkit.training.rng import rng_state, set_rng_state
 from ldmkit.training.run_config import check_resume_config, describe_changes, record_config, record_start
-from ldmkit.training.run_dir import RunLock, check_run_contents, check_run_path, check_writable
+from ldmkit.training.run_dir import (BEST_DIR, VALIDATION_LOG, RunLock, check_run_contents, check_run_path,
+                                    check_writable)
 
 PREEMPTED_EXIT_CODE = 143
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C, as shells report it
@@ -88,6 +90,14 @@ class Task:
     def images(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """Named image grids [3, H, W] in [0, 1] for TensorBoard and the run directory (optional)."""
         return {}
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Scores on held-out data at ``step`` (optional; ``train.validate_every``). Must leave every random state
+        as it found it, so a validated run resumes exactly like one that is not. The score named by
+        :attr:`best_by` (lower is better) decides which model is kept in ``RUN/best``."""
+        return {}
+
+    best_by: str | None = None
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -401,6 +411,10 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
                 with _whole_networks(task):
                     if main:
                         _write_images(task, batch, step, run_dir, writer)
+            if train_cfg.validate_every and (step % train_cfg.validate_every == 0 or step == train_cfg.steps):
+                with _whole_networks(task):
+                    if main:
+                        _validate(task, step, run_dir, writer)
             out_of_time = bool(train_cfg.max_minutes) and time.perf_counter() - run_start > 60 * train_cfg.max_minutes
             # Every rank must take the same decision, or one would wait forever in the next collective.
             stopping, out_of_time = any_rank(preempt.raised, out_of_time, device=device)
@@ -464,6 +478,30 @@ def _tensorboard(directory: Path):
     except ImportError:
         return None
     return SummaryWriter(str(directory))
+
+
+def _validate(task: Task, step: int, run_dir: Path, writer) -> None:
+    """Run the task's validation, log it (TensorBoard, RUN/validation.jsonl) and keep the best model in RUN/best.
+
+    The best score so far is read back from the log, so a resumed run keeps comparing against it."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        scores = task.validate(step)  # no random state of the run moves: resume stays exact
+    if not scores:
+        return
+    log = run_dir / VALIDATION_LOG
+    earlier = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    earlier = [record for record in earlier if record["step"] < step]  # a redone step replaces its record
+    key = task.best_by
+    best = min((r["scores"][key] for r in earlier if key in r.get("scores", {})), default=math.inf)
+    improved = key is not None and key in scores and scores[key] < best
+    record = {"step": step, "scores": scores, "best": improved}
+    log.write_text("".join(json.dumps(r) + "\n" for r in [*earlier, record]))
+    if writer is not None:
+        for name, value in scores.items():
+            writer.add_scalar(f"{task.name}/val_{name}", value, step)
+    if improved:
+        task.write_model(run_dir / BEST_DIR)
+        print(f"step {step}: validation {key} {scores[key]:.4g} is the best so far; model kept in {run_dir / BEST_DIR}")
 
 
 def _write_images(task: Task, batch: dict[str, Any], step: int, run_dir: Path, writer) -> None:

@@ -15,8 +15,10 @@ from ldmkit.io.model_dir import check_replaceable
 
 LOCK_NAME = ".lock"
 # What a training writes into its run directory; anything else there means the directory belongs to someone else.
+VALIDATION_LOG = "validation.jsonl"  # one record per validation: step, scores, whether it was the best
+BEST_DIR = "best"  # the model directory of the best validation score so far
 RUN_ENTRIES = frozenset({"config.yaml", "config-history", "starts.jsonl", "checkpoints", "model", "tb", "images",
-                         "report.html", "report", LOCK_NAME})
+                         "report.html", "report", LOCK_NAME, VALIDATION_LOG, BEST_DIR})
 
 
 class RunDirectoryError(LdmkitError):
