@@ -239,3 +239,50 @@ def test_foreign_layouts_name_what_they_look_like():
                              "model.diffusion_model.label_emb.0.0.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="no Stable Diffusion UNet"):
         parts_from_original({"model.diffusion_model.foo": torch.zeros(1)})
+
+
+def test_a_converted_model_works_in_every_tool_and_trains_further(tmp_path, files):
+    """`ldm sample`, `img2img`, `inpaint`, the Python API and the web demo's model run a converted checkpoint;
+    `train.init_from` fine-tunes it (the issue's end-to-end item, on the tiny SD-1-shaped file)."""
+    import numpy as np
+    from PIL import Image
+
+    from ldmkit.cli.main import main as ldm
+    from ldmkit.config import to_dict
+    from ldmkit.pipelines import load_pipeline
+    from ldmkit.serve.model import ServedModel
+
+    ckpt, config, vocab_dir = files
+    model_dir = write_parts(_with_vocab(read_source(ckpt, config=config), vocab_dir), tmp_path / "model")
+    fast = ["--steps", "2", "--sampler", "ddim", "--device", "cpu"]
+    assert ldm(["sample", "--model", str(model_dir), "--prompt", "a cat", "--n", "2", *fast,
+                "--out", str(tmp_path / "samples")]) == 0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    image.save(tmp_path / "in.png")
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert ldm(["img2img", "--model", str(model_dir), "--image", str(tmp_path / "in.png"), "--prompt", "a dog",
+                *fast, "--out", str(tmp_path / "edits")]) == 0
+    assert ldm(["inpaint", "--model", str(model_dir), "--image", str(tmp_path / "in.png"), "--mask",
+                str(tmp_path / "mask.png"), "--prompt", "a dog", *fast, "--out", str(tmp_path / "fills")]) == 0
+    filled = np.asarray(Image.open(tmp_path / "fills" / "0000.png").convert("RGB")).astype(int)
+    assert np.abs(filled - np.asarray(image).astype(int))[mask == 0].max() <= 1  # the unmasked pixels are kept
+    images = load_pipeline(model_dir, device="cpu")(prompt=["a cat", "a dog"], steps=2, sampler="dpm++2m",
+                                                    output="tensor", progress=False)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    served = ServedModel.load(model_dir, device="cpu")
+    assert {"generate", "img2img", "inpaint"} <= set(served.tasks)
+    assert len(served.generate("a cat", steps=2, n=1)) == 1
+    # Fine-tuning from the converted weights: its configs, its first stage, a few steps on captioned images.
+    model = LatentDiffusionModel.load(model_dir)
+    experiment = {"autoencoder": str(model_dir / "autoencoder"), "unet": to_dict(model.unet.config),
+                  "schedule": to_dict(model.schedule.config), "conditioner": to_dict(model.conditioning),
+                  "data": {"source": "synthetic", "resolution": 16, "synthetic": {"count": 8, "supersample": 1}},
+                  "train": {"out": str(tmp_path / "tune"), "steps": 2, "batch_size": 2, "device": "cpu",
+                            "progress": False, "image_every": 0, "init_from": str(model_dir), "trainable": "unet"}}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(experiment))
+    assert ldm(["train", "diffusion", "--config", str(tmp_path / "tune.yaml")]) == 0
+    tuned = LatentDiffusionModel.load(tmp_path / "tune" / "model")
+    before, after = model.unet.state_dict(), tuned.unet.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
