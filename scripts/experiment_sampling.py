@@ -1,0 +1,143 @@
+"""Quality against cost of every sampler and of a distilled student: FD-EffLite0 against the held-out split at
+NFE ∈ {1, 2, 4, 8, 12, 25, 50}, with wall time per image, on the Fashion-MNIST class model.
+
+One call: train the teacher (or take ``--teacher DIR``), distil a student (``ldm distill``'s code; or take
+``--student DIR``), then for each sampler and each NFE sample ``--n`` images (classes cycled, guidance
+``--guidance``) and score them. NFE counts network evaluations per image: a guided step of the teacher costs
+one batched evaluation of the conditional and unconditional halves, counted here as one, as peers count it;
+Heun-type samplers take ⌈(NFE + 1) / 2⌉ steps. Writes ``results.json`` (a row per sampler × NFE) and
+``sampling.png`` after every sampler, so an interrupted call keeps what it measured.
+
+    python scripts/experiment_sampling.py --out $OUT --autoencoder .carry/ae --teacher-minutes 3 --student-minutes 3
+    python scripts/experiment_sampling.py --out /tmp/s --tiny          # CPU smoke test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ldmkit.config import load_config
+from ldmkit.data import build_dataset
+from ldmkit.evaluation.evaluate import compute_reference_stats
+from ldmkit.evaluation.generation import evaluate_generation
+from ldmkit.pipelines import load_pipeline
+from ldmkit.training.diffusion_task import DiffusionExperiment, run_diffusion_training
+from ldmkit.training.distill_task import run_distillation
+
+NFES = (1, 2, 4, 8, 12, 25, 50)
+TEACHER_SAMPLERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "plms", "euler-a", "dpm++2m-sde")
+TWO_EVALUATIONS = {"heun"}  # 2·steps − 1 evaluations per image
+
+
+def steps_for(sampler: str, nfe: int) -> int | None:
+    """Steps of ``sampler`` that cost ``nfe`` evaluations (None when it cannot: Heun at NFE 2 or less)."""
+    if sampler in TWO_EVALUATIONS:
+        steps = math.ceil((nfe + 1) / 2)
+        return steps if nfe >= 3 else None
+    return nfe
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        points = sorted((r["nfe"], r["fd"]) for r in rows if r["sampler"] == name and r.get("fd") is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name, lw=2.5 if name == "student (lcm)" else 1.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_ylabel("FD-EffLite0 (lower is better)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--autoencoder", type=Path, default=None, help="first stage of the teacher (required "
+                                                                       "unless --teacher or --tiny)")
+    parser.add_argument("--teacher", type=Path, default=None, help="a trained teacher model directory")
+    parser.add_argument("--student", type=Path, default=None, help="a distilled student model directory")
+    parser.add_argument("--teacher-minutes", type=float, default=3.0)
+    parser.add_argument("--student-minutes", type=float, default=3.0)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
+    parser.add_argument("--samplers", nargs="+", default=list(TEACHER_SAMPLERS))
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the synthetic set (smoke test)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tiny = ["data.source=synthetic", "data.resolution=16", "data.synthetic.count=32", "data.synthetic.supersample=1",
+            "data.channels=3", "conditioner.num_classes=16", "unet.model_channels=8", "unet.channel_mult=[1,2]",
+            "unet.num_res_blocks=1", "unet.attention_resolutions=[]", "unet.num_head_channels=null",
+            "unet.num_heads=2", "train.batch_size=4", "train.device=cpu"] if args.tiny else []
+    run_opts = ["train.progress=false", "train.image_every=0", "train.log_every=100", "train.checkpoint_every=100000",
+                "train.steps=1000000"]
+    if args.tiny and args.autoencoder is None:
+        from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
+
+        args.autoencoder = save_autoencoder(args.out / "ae", build_autoencoder(AutoencoderConfig(kind="identity")))
+    teacher = args.teacher
+    if teacher is None:
+        run = args.out / "runs" / "teacher"
+        run_diffusion_training("fashion-mnist-class", [f"autoencoder={args.autoencoder}", *tiny, *run_opts,
+                                                       f"train.out={run}", f"train.max_minutes={args.teacher_minutes}"])
+        teacher = run / "model"
+    student = args.student
+    if student is None:
+        run = args.out / "runs" / "student"
+        run_distillation([f"model={teacher}", f"train.out={run}", f"train.max_minutes={args.student_minutes}",
+                          "guidance_min=1", f"guidance_max={max(args.guidance, 1.0) + 2}", *run_opts,
+                          *([o for o in tiny if o.startswith("train.")])])
+        student = run / "model"
+    experiment = load_config(DiffusionExperiment, "fashion-mnist-class", [f"autoencoder={args.autoencoder}", *tiny],
+                             group="diffusion")
+    test_set = build_dataset(experiment.data, split="test" if not args.tiny else "val")
+    count = len(test_set)
+    reference = compute_reference_stats(
+        (torch.stack([test_set[i]["image"] for i in range(lo, min(lo + 500, count))]) for lo in range(0, count, 500)),
+        "efflite0", source="held-out split", progress=False)
+    labels = [i % experiment.conditioner.num_classes for i in range(args.n)]
+    rows: list[dict] = []
+    jobs = [(name, teacher) for name in args.samplers] + [("student (lcm)", student)]
+    for name, directory in jobs:
+        pipe = load_pipeline(directory)
+        sampler = "lcm" if name.startswith("student") else name
+        for nfe in args.nfe:
+            if sampler == "lcm" and nfe > 8:
+                continue  # a consistency student is meant for 1–4 (8) steps
+            steps = steps_for(sampler, nfe)
+            if steps is None:
+                continue
+            started = time.perf_counter()
+            result = evaluate_generation(pipe, reference, n=args.n, class_labels=labels, sampler=sampler, steps=steps,
+                                         guidance=args.guidance, metrics=("fd",), batch_size=min(args.n, 500),
+                                         progress=False)
+            fd = next(v for k, v in result["metrics"].items() if k.startswith("FD"))
+            rows.append({"sampler": name, "nfe": nfe, "steps": steps, "fd": fd,
+                         "seconds_per_image": result["sampling_seconds"] / args.n,
+                         "wall_seconds": round(time.perf_counter() - started, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+        (args.out / "results.json").write_text(json.dumps({
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "teacher": str(teacher), "student": str(student), "n": args.n,
+            "guidance": args.guidance, "rows": rows}, indent=2))
+        plot(rows, args.out / "sampling.png")
+
+
+if __name__ == "__main__":
+    main()
