@@ -16,6 +16,7 @@ from typing import Any, Iterable, Literal
 import torch
 from torch.utils.data import IterableDataset
 
+from ldmkit.adapters.config import LoraConfig
 from ldmkit.autoencoders import load_autoencoder
 from ldmkit.conditioning import ConditionerConfig, build_conditioner, load_conditioner
 from ldmkit.config import load_config, option, to_dict
@@ -35,9 +36,11 @@ from ldmkit.model import LatentDiffusionModel
 from ldmkit.runtime import autocast_dtype
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import ema_of, is_sharded, no_sync, wrap
+from ldmkit.training.dreambooth import ClassImages, DreamBoothConfig, InstanceCaptions
 from ldmkit.training.init_from import check_same_autoencoder, load_component, read_init
 from ldmkit.training.optimizers import build_optimizer
 from ldmkit.training.trainable import trainable_parameters
+from ldmkit.adapters.training import add_trained_lora, write_lora_model
 from ldmkit.training.loop import StepContext, Task, train
 from ldmkit.training.validation import HeldOut, ValidationConfig, validation_scores
 
@@ -86,6 +89,11 @@ class DiffusionExperiment:
     huber_delta: float = option(0.1, help="δ of the huber loss: squared below, linear above", min=1e-6)
     ema_decay: float = option(0.9999, help="EMA decay of the denoiser weights (with warm-up)", min=0.0, max=1.0)
     preview: PreviewConfig = option(default_factory=PreviewConfig, help="sample grids during training")
+    lora: LoraConfig = option(default_factory=LoraConfig, help="train low-rank adapters only (rank > 0); combine "
+                                                               "with train.init_from to adapt an existing model")
+    dreambooth: DreamBoothConfig = option(default_factory=DreamBoothConfig,
+                                          help="concept learning from a few images and a prompt with a rare token, "
+                                               "with optional prior preservation")
     validation: ValidationConfig = option(default_factory=ValidationConfig,
                                           help="held-out scores every train.validate_every steps (loss, FD-EffLite0)")
 
@@ -96,6 +104,7 @@ class DiffusionExperiment:
         if self.train.trainable not in ("all", "unet", "conditioner"):
             raise ConfigError(f"train.trainable={self.train.trainable} is a part of an autoencoder; the diffusion "
                               "trainer trains all, unet or conditioner")
+        self.dreambooth.check(self.conditioner.takes_text)
 
 
 class _DenoisingLoss(torch.nn.Module):
@@ -115,7 +124,14 @@ class _DenoisingLoss(torch.nn.Module):
         self.objective = {"offset_noise": experiment.offset_noise, "input_perturbation": experiment.input_perturbation,
                           "loss": experiment.loss, "huber_delta": experiment.huber_delta}
 
-    def forward(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any) -> torch.Tensor:
+    def forward(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any, prior: tuple | None = None) -> torch.Tensor:
+        loss = self._loss(z0, batch, cond)
+        if prior is not None:  # DreamBooth: + λ · the loss on the model's own class images (one forward for DDP)
+            prior_z0, prior_batch, prior_cond, weight = prior
+            loss = loss + weight * self._loss(prior_z0, prior_batch, prior_cond)
+        return loss
+
+    def _loss(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any) -> torch.Tensor:
         if "conditioner" in self.trained:
             cond = self.trained["conditioner"].encode(batch)
         # batch["loss_mask"] [B, 1, H, W], when the data supplies one, weighs the loss per pixel.
@@ -160,12 +176,14 @@ class DiffusionTask(Task):
         self.unet = backbone.network_class(self.unet_config).to(device)
         if init is not None:
             load_component(self.unet, init, backbone.name)
+        adapted_text = exp.lora.enabled and add_trained_lora(self.unet, self.conditioner, exp.lora,
+                                                             train_cfg.trainable)
         if device.type == "cuda" and train_cfg.channels_last:
             self.unet = self.unet.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule(exp.schedule)
         trained = torch.nn.ModuleDict({"unet": self.unet})
         self._freeze(train_cfg.trainable)
-        if self.conditioner.trainable and train_cfg.trainable != "unet":
+        if (self.conditioner.trainable and train_cfg.trainable != "unet") or adapted_text:
             trained["conditioner"] = self.conditioner
         self.trained = trained
         self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
@@ -174,10 +192,13 @@ class DiffusionTask(Task):
         self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,
                                    parallel=train_cfg.parallel, param_dtype=autocast_dtype(device, train_cfg.precision))
         self.ema = ema_of(trained, decay=exp.ema_decay)
-        self.optimizer = build_optimizer(train_cfg.optimizer, trainable_parameters(trained.parameters(),
-                                                                                   train_cfg.trainable),
+        # With LoRA only the adapters' A and B are unfrozen, and only they get optimiser state.
+        part = "adapters" if exp.lora.enabled else train_cfg.trainable
+        self.optimizer = build_optimizer(train_cfg.optimizer, trainable_parameters(trained.parameters(), part),
                                          lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999),
                                          device=device, sharded=is_sharded(self.denoising_loss))
+        self.class_images = (ClassImages.made_or_read(Path(train_cfg.out), exp.dreambooth, self.pipeline,
+                                                      self.autoencoder) if exp.dreambooth.prior else None)
 
     def _freeze(self, trainable: str) -> None:
         """``train.trainable``: unet freezes a trainable conditioner (then encoded outside the trained networks,
@@ -211,9 +232,14 @@ class DiffusionTask(Task):
 
     def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:
         z0 = self._latents(batch)
+        prior = None
         with ctx.autocast():
             cond = None if "conditioner" in self.trained else self.conditioner.encode(batch)
-            loss = self.denoising_loss(z0, batch, cond)
+            if self.class_images is not None:
+                prior_z0, prior_batch = self.class_images.batch(step, z0.shape[0], z0.device)
+                prior_cond = None if "conditioner" in self.trained else self.conditioner.encode(prior_batch)
+                prior = (prior_z0, prior_batch, prior_cond, self.experiment.dreambooth.prior_loss_weight)
+            loss = self.denoising_loss(z0, batch, cond, prior)
         grad_norm = ctx.step("model", loss)
         if ctx.updating:
             self.ema.update(self.trained)
@@ -279,6 +305,9 @@ class DiffusionTask(Task):
         return self.experiment.data.resolution // f, self.experiment.data.resolution // f
 
     def write_model(self, directory: Path) -> None:
+        if self.experiment.lora.enabled:  # the base model, and the adapter beside it in adapters/
+            write_lora_model(self.model(), directory, self.experiment.lora, to_dict(self.experiment))
+            return
         self.model().save(directory, experiment=to_dict(self.experiment))
 
 
@@ -293,6 +322,11 @@ def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path
     else:
         dataset = build_dataset(experiment.data, split="train")
         captions = dataset_captions(dataset) if experiment.conditioner.trains_text_encoder else None
+    dreambooth = experiment.dreambooth
+    if dreambooth.enabled:
+        dataset = InstanceCaptions(dataset, dreambooth.instance_prompt)
+        if captions is not None:  # a text encoder trained here learns its words from the captions
+            captions = [dreambooth.instance_prompt, dreambooth.class_prompt]
     task = DiffusionTask(experiment, dataset, captions)
     return train(task, experiment.train, training_dataset(experiment, dataset), experiment)
 

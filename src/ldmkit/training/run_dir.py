@@ -18,6 +18,7 @@ LOCK_NAME = ".lock"
 VALIDATION_LOG = "validation.jsonl"  # one record per validation: step, scores, whether it was the best
 BEST_DIR = "best"  # the model directory of the best validation score so far
 RUN_ENTRIES = frozenset({"config.yaml", "config-history", "starts.jsonl", "checkpoints", "model", "tb", "images",
+                         "class_images",  # DreamBooth: the class images the model made before training
                          "report.html", "report", LOCK_NAME, VALIDATION_LOG, BEST_DIR})
 
 
