@@ -6,14 +6,6 @@ import argparse
 from typing import Callable
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str,
-                handler: Callable[[argparse.Namespace], int | None], **texts: str) -> argparse.ArgumentParser:
-    """A top-level command (``ldm report``) run by ``handler``; ``texts``: ``help`` and ``description``."""
-    parser = subparsers.add_parser(name, **texts)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
 def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
     """A command group (``ldm data``) whose verbs are added to the returned sub-parsers."""
     group = subparsers.add_parser(name, help=help, description=help)

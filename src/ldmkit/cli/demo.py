@@ -10,8 +10,6 @@ Rerunning resumes or skips finished stages (each stage is an ordinary resumable 
 from __future__ import annotations
 
 import argparse
-
-from ldmkit.cli.common import add_command
 import time
 from pathlib import Path
 
@@ -69,11 +67,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "demo", _demo,
-        help="train a tiny autoencoder + text-conditional LDM on synthetic "
-             "shapes and sample from it (CPU, minutes)",
-        description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser("demo", help="train a tiny autoencoder + text-conditional LDM on synthetic "
+                                                "shapes and sample from it (CPU, minutes)",
+                                   description=__doc__.splitlines()[0])
+    parser.set_defaults(handler=_demo)
     parser.add_argument("--out", default="outputs/demo", help="output directory (rerunning resumes)")
     parser.add_argument("--ae", nargs="*", default=[], metavar="key=value",
                         help="overrides of the autoencoder stage, e.g. train.steps=200")

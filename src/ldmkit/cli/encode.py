@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ldmkit.cli.common import add_command, check_counts
+from ldmkit.cli.common import check_counts
 
 
 def _encode_text(args: argparse.Namespace) -> int:
@@ -104,13 +104,12 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "encode", _encode,
-        help="encode a data set into latents (or captions into text states)",
-        description="Encode a data set with a trained autoencoder into a latent cache "
-                    "(KL: posterior mean and std; rerunning resumes; under torchrun "
-                    "every process encodes its share), or with --text its captions "
-                    "with the frozen text encoder. See docs/latent-cache.md.")
+    parser = subparsers.add_parser("encode", help="encode a data set into latents (or captions into text states)",
+                                   description="Encode a data set with a trained autoencoder into a latent cache "
+                                               "(KL: posterior mean and std; rerunning resumes; under torchrun "
+                                               "every process encodes its share), or with --text its captions "
+                                               "with the frozen text encoder. See docs/latent-cache.md.")
+    parser.set_defaults(handler=_encode)
     parser.add_argument("--autoencoder", default=None, help="autoencoder model directory")
     parser.add_argument("--text", action="store_true",
                         help="encode captions (--data) and prompts (--prompts) with the frozen text encoder into "

@@ -8,8 +8,6 @@ see docs/fit.md.
 from __future__ import annotations
 
 import argparse
-
-from ldmkit.cli.common import add_command
 import os
 import re
 import sys
@@ -83,12 +81,12 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "fit", _fit,
-        help="folder of images -> trained, evaluated LDM in one command (plan, train, evaluate, report)",
+    parser = subparsers.add_parser(
+        "fit", help="folder of images -> trained, evaluated LDM in one command (plan, train, evaluate, report)",
         description="Survey FOLDER, print a plan chosen from the data, the device and --time (docs/fit.md), then "
                     "train the autoencoder, encode the latents, train the diffusion model, evaluate it on a "
                     "held-out split and write RUN/model and RUN/report.html. Rerunning the same command resumes.")
+    parser.set_defaults(handler=_fit)
     parser.add_argument("folder", help="folder of images (sub-folders: classes; .txt beside an image or a "
                                        "manifest.csv/jsonl: captions)")
     parser.add_argument("--out", required=True, help="run directory RUN")

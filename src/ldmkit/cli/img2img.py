@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ldmkit.cli.common import add_command
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
 
@@ -71,11 +70,10 @@ def _invert(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "img2img", _img2img,
-        help="image-to-image: redraw an image with a model (SDEdit)",
-        description="Encode an image, noise it to --strength and denoise it with "
-                    "the model's condition; the output has the input's size.")
+    parser = subparsers.add_parser("img2img", help="image-to-image: redraw an image with a model (SDEdit)",
+                                   description="Encode an image, noise it to --strength and denoise it with "
+                                               "the model's condition; the output has the input's size.")
+    parser.set_defaults(handler=_img2img)
     add_task_arguments(parser, strength=0.6)
     parser.add_argument("--invert", action="store_true",
                         help="instead of noising: DDIM-invert the image under --source-prompt and sample it back "

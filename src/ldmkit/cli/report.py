@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ldmkit.cli.common import add_command
-
 
 def _report(args: argparse.Namespace) -> int:
     from ldmkit.report import write_report
@@ -16,11 +14,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "report", _report,
-        help="write RUN/report.html: curves, image grids, settings and hardware of a training run",
+    parser = subparsers.add_parser(
+        "report", help="write RUN/report.html: curves, image grids, settings and hardware of a training run",
         description="Build one static page of a training run (the train.out of `ldm train autoencoder|diffusion`): "
                     "loss, learning-rate and throughput plots, the latest image grids, the settings of every "
                     "start and the hardware it ran on. Readable offline. Needs the report extra: "
                     'pip install "ldmkit[report]".')
+    parser.set_defaults(handler=_report)
     parser.add_argument("run", help="the run directory (train.out)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ldmkit.cli.common import add_command
 from ldmkit.cli.task_command import add_model_argument
 
 
@@ -25,12 +24,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "serve", _serve,
-        help="web demo of a model: generate, img2img, inpaint, upscale or synthesize in the browser",
+    parser = subparsers.add_parser(
+        "serve", help="web demo of a model: generate, img2img, inpaint, upscale or synthesize in the browser",
         description="Serve a browser app for one model directory, with a tab per task the model supports "
                     "(generation, image-to-image, inpainting, upscaling, semantic synthesis). Needs the ui extra: "
                     'pip install "ldmkit[ui]". Nothing is sent anywhere unless --share is given.')
+    parser.set_defaults(handler=_serve)
     add_model_argument(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")

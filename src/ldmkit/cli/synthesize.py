@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ldmkit.cli.common import add_command
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
 
@@ -18,12 +17,12 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "synthesize", _synthesize,
-        help="semantic synthesis: images laid out like a map of class ids",
+    parser = subparsers.add_parser(
+        "synthesize", help="semantic synthesis: images laid out like a map of class ids",
         description="Generate images that follow --map with a model trained on semantic maps "
                     "(conditioner.concat.kind=semantic); the output has the map's size, which may be larger "
                     "than the training images.")
+    parser.set_defaults(handler=_synthesize)
     add_model_argument(parser)
     parser.add_argument("--map", required=True,
                         help="PNG of class ids: grey levels (0, 1, 2, …) or palette indices; its size is the output "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ldmkit.cli.common import add_command, tile_size
+from ldmkit.cli.common import tile_size
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
 
@@ -26,12 +26,11 @@ def _upscale(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "upscale", _upscale,
-        help="super-resolution: upscale an image with a low_res model",
-        description="Upscale --image by the model's factor with a model trained with "
-                    "conditioner.concat.kind=low_res; --tile samples and decodes large "
-                    "outputs in overlapping tiles so memory stays bounded.")
+    parser = subparsers.add_parser("upscale", help="super-resolution: upscale an image with a low_res model",
+                                   description="Upscale --image by the model's factor with a model trained with "
+                                               "conditioner.concat.kind=low_res; --tile samples and decodes large "
+                                               "outputs in overlapping tiles so memory stays bounded.")
+    parser.set_defaults(handler=_upscale)
     add_model_argument(parser, "super-resolution model")
     parser.add_argument("--image", required=True, help="low-resolution input image")
     parser.add_argument("--tile", type=tile_size, default=None,
