@@ -91,3 +91,27 @@ def test_lora_with_a_trainable_part_is_refused(base, tmp_path):
         train_dm(tmp_path / "x", autoencoder, f"train.init_from={model}", *LORA, "train.trainable=unet")
     with pytest.raises(ConfigError, match="lora.targets: unknown group"):
         train_dm(tmp_path / "y", autoencoder, "lora.rank=2", "lora.targets=[attn]")
+
+
+def test_ldm_sample_with_several_adapters_and_ldm_lora_merge(adapted, tmp_path, capsys):
+    import json
+
+    from ldmkit.cli.main import main as ldm
+
+    task, written, _ = adapted
+    file = written / "adapters" / "lora.safetensors"
+    args = ["sample", "--model", str(written), "--prompt", "a red circle", "--n", "1", "--steps", "2",
+            "--device", "cpu"]
+    assert ldm([*args, "--lora", f"{file}:0.5", "--lora", f"{kohya_path(file)}:0.5", "--out", str(tmp_path / "s")]) == 0
+    record = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert [x["scale"] for x in record["lora"]] == [0.5, 0.5]
+    assert ldm(["lora", "merge", "--model", str(written), "--lora", str(file), "--out", str(tmp_path / "m")]) == 0
+    merged = LatentDiffusionModel.load(tmp_path / "m")
+    torch.testing.assert_close(probe(merged), probe(task.model()), rtol=1e-5, atol=1e-5)
+    assert not (tmp_path / "m" / "adapters").exists()
+    capsys.readouterr()
+    assert ldm([*args, "--lora", f"{file}:nan", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a finite number" in err and "\n" not in err
+    assert ldm([*args, "--lora", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "bad")]) == 2
+    assert "does not exist" in capsys.readouterr().err

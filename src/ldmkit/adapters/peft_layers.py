@@ -8,6 +8,7 @@ of any rank land exactly; several adapters may be active together, each with its
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -39,7 +40,9 @@ def add_layers(module: nn.Module, shapes: dict[str, tuple[int, float]], name: st
     first_rank, first_alpha = next(iter(shapes.values()))
     config = peft.LoraConfig(r=first_rank, lora_alpha=first_alpha, lora_dropout=dropout,
                              target_modules=_exact(list(shapes)), rank_pattern=ranks, alpha_pattern=alphas)
-    peft.inject_adapter_in_model(config, module, adapter_name=name)
+    with warnings.catch_warnings():  # several adapters in one module are what ldmkit means to have
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        peft.inject_adapter_in_model(config, module, adapter_name=name)
 
 
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -94,6 +97,8 @@ def remove_layers(module: nn.Module, merge: bool) -> None:
         parent_path, _, child = path.rpartition(".")
         parent = module.get_submodule(parent_path) if parent_path else module
         setattr(parent, child, layer.get_base_layer())
+    if "peft_config" in module.__dict__:  # peft's record of the adapters, gone with them
+        del module.peft_config
 
 
 def base_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(out)
     pipe = load_pipeline(args.model, device=args.device, precision=args.precision).tile_decoding(args.decode_tile)
+    loras = load_lora_args(pipe, args.lora)
     if args.compile:
         pipe.optimize(mode=args.compile)
     settings = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
@@ -52,12 +53,24 @@ def _sample(args: argparse.Namespace) -> int:
         save_grid(make_grid(to_unit(images)), out / name)
     seconds = time.perf_counter() - started
     record = dict(model=str(Path(args.model).resolve()), prompt=prompts, class_label=classes,
-                  negative_prompt=args.negative_prompt, n=int(images.shape[0]), seed=args.seed,
+                  negative_prompt=args.negative_prompt, n=int(images.shape[0]), seed=args.seed, lora=loras,
                   interpolate=args.interpolate, optimizations=list(pipe.optimizations), seconds=round(seconds, 3),
                   images_per_second=round(images.shape[0] / seconds, 3), device=str(pipe.device), **settings)
     (out / "settings.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")  # valid JSON only
     print(f"{images.shape[0]} images in {seconds:.1f}s → {out / name}")
     return 0
+
+
+def load_lora_args(pipe, specs: list[str] | None) -> list[dict]:
+    """Load each ``--lora FILE[:SCALE]`` onto ``pipe``; what was loaded, for settings.json."""
+    from ldmkit.adapters import parse_lora
+
+    loaded = []
+    for spec in specs or ():
+        path, scale = parse_lora(spec)
+        pipe.load_lora(path, scale)
+        loaded.append({"file": str(path.resolve()), "scale": scale})
+    return loaded
 
 
 def _sampler_kwargs(settings: dict) -> dict:
@@ -79,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--interpolate", action="store_true",
                         help="write a strip of --n frames: between two prompts (give two), else between seeds "
                              "--seed and --seed+1")
+    parser.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                        help="LoRA adapter (diffusers' or kohya's .safetensors layout) at SCALE (default 1); repeat "
+                             "for several")
     parser.add_argument("--out", default="outputs/samples", help="output directory")
     parser.add_argument("--compile", nargs="?", const="reduce-overhead", default=None, metavar="MODE",
                         choices=COMPILE_MODES,

@@ -119,6 +119,20 @@ class LatentDiffusionPipeline:
     autoencoder = property(lambda self: self.model.autoencoder)
     latent_size = property(lambda self: self.model.latent_size)
 
+    def load_lora(self, path: str | Path, scale: float = 1.0) -> str:
+        """Add a LoRA adapter file (diffusers' or kohya's layout) at ``scale``, beside those already loaded;
+        load adapters before :meth:`optimize`. Returns the adapter's name."""
+        from ldmkit.adapters import load_lora
+
+        return load_lora(self.model, path, scale)
+
+    def unload_loras(self) -> LatentDiffusionPipeline:
+        """Remove every loaded adapter: the base model again."""
+        from ldmkit.adapters import unload_loras
+
+        unload_loras(self.model)
+        return self
+
     def optimize(self, compile: bool = True, mode: str = "reduce-overhead", channels_last: bool = True,
                  bf16_weights: bool = True) -> LatentDiffusionPipeline:
         """Switch to the fast inference path on a GPU; on a CPU nothing changes. Returns the pipeline.
