@@ -48,8 +48,9 @@ class ResumableSampler(Sampler[Key]):
         self.epoch_keys = epoch_keys
         self.epoch, self.offset = 0, 0
 
-    def epoch_indices(self, epoch: int | None = None) -> list[int]:
-        """All of this rank's indices of ``epoch`` (default: the current one), from its start."""
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """All of this rank's indices of ``epoch`` (default: the current one), from its start: an int64 array, not
+        a list (8 bytes an item instead of ~36, which matters for caches of millions of latents)."""
         epoch = self.epoch if epoch is None else epoch
         n = self.num_samples
         if self.shuffle:
@@ -61,7 +62,7 @@ class ResumableSampler(Sampler[Key]):
         elif n % self.world_size:
             pad = self.world_size - n % self.world_size
             order = np.concatenate([order, np.resize(order, pad)])
-        return order[self.rank:: self.world_size].tolist()
+        return np.ascontiguousarray(order[self.rank:: self.world_size], dtype=np.int64)
 
     def __len__(self) -> int:
         """Samples of this rank in a whole epoch."""
@@ -72,8 +73,8 @@ class ResumableSampler(Sampler[Key]):
         indices = self.epoch_indices()[self.offset:]
         if self.epoch_keys:  # the epoch is read now, when the pass starts, not when a worker asks
             epoch = self.epoch
-            return iter([(epoch, i) for i in indices])
-        return iter(indices)
+            return ((epoch, int(i)) for i in indices)
+        return (int(i) for i in indices)  # Python ints, one at a time, as data sets expect
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
