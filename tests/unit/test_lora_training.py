@@ -18,7 +18,7 @@ from ldmkit.errors import ConfigError  # noqa: E402
 from ldmkit.model import LatentDiffusionModel  # noqa: E402
 from tests.unit.test_training_init_from import optimiser_entries, train_ae, train_dm  # noqa: E402
 
-LORA = ["lora.rank=2", "lora.alpha=4", "lora.targets=[attention,feedforward,text]", "ema_decay=0",
+LORA = ["lora.rank=2", "lora.alpha=4", "lora.targets=[attention,feedforward,text_encoder]", "ema_decay=0",
         "train.steps=3", "train.checkpoint_every=3", "train.lr=3e-2", "train.warmup_steps=0"]
 
 

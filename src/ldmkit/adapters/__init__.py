@@ -13,8 +13,16 @@ from ldmkit.adapters.apply import (
 )
 from ldmkit.adapters.config import LoraConfig
 from ldmkit.adapters.factors import Adapter, LoraFactor
-from ldmkit.adapters.files import KOHYA_SUFFIX, kohya_path, read_adapter, save_adapter
+from ldmkit.adapters.files import (
+    ADAPTERS_DIR,
+    KOHYA_SUFFIX,
+    find_adapters,
+    kohya_path,
+    read_adapter,
+    save_adapter,
+)
 
-__all__ = ["KOHYA_SUFFIX", "Adapter", "LoraConfig", "LoraFactor", "check_scale", "components", "kohya_path",
-           "load_lora", "loaded_loras", "merge_loras", "model_factors", "parse_lora", "read_adapter", "save_adapter",
+__all__ = ["ADAPTERS_DIR", "KOHYA_SUFFIX", "Adapter", "LoraConfig", "LoraFactor", "check_scale", "components",
+           "load_lora", "loaded_loras", "merge_loras", "model_factors", "parse_lora", "read_adapter",
+           "save_adapter",
            "unload_loras", "write_lora"]

@@ -10,14 +10,14 @@ from ldmkit.config import option
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA (Hu et al. 2021): each targeted layer W gains (α / r)·B·A with A [r, in], B [out, r]; only A and B train."""
+    """LoRA (Hu et al. 2021): each targeted layer W gains (α / r)·B·A, A [r, in], B [out, r]; only A and B train."""
 
     rank: int = option(0, help="rank r of the adapters (0: no LoRA, the networks train as train.trainable says)",
                        min=0)
     alpha: float = option(0.0, help="alpha α: the update is scaled by α / r (0: α = r, scaling 1)", min=0.0)
     dropout: float = option(0.0, help="dropout on the adapters' input while training", min=0.0, max=1.0)
     targets: tuple[str, ...] = option(("attention",), help="layer groups adapted: attention, feedforward, "
-                                                           "projections, convolutions, text (the text encoder)")
+                                                           "projections, convolutions, text_encoder")
     name: str = option("lora", help="file name of the adapter (model/adapters/NAME.safetensors)")
 
     def __post_init__(self) -> None:

@@ -25,6 +25,14 @@ from ldmkit.errors import CheckpointError
 from ldmkit.interop.rules import few
 
 KOHYA_SUFFIX = ".kohya.safetensors"
+ADAPTERS_DIR = "adapters"  # a model directory's adapters: <model>/adapters/NAME.safetensors (+ the kohya twin)
+
+
+def find_adapters(model_dir: str | Path) -> dict[str, Path]:
+    """{name: file} of the adapters beside a model (``<model>/adapters/*.safetensors``, kohya twins left out)."""
+    folder = Path(model_dir) / ADAPTERS_DIR
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return {p.name.removesuffix(".safetensors"): p for p in files if not p.name.endswith(KOHYA_SUFFIX)}
 
 
 def kohya_path(path: Path) -> Path:
@@ -125,8 +133,9 @@ def _check_shape(path: Path, name: str, factor: LoraFactor, layer: nn.Module) ->
     fits = (factor.up.shape[0] == weight.shape[0] and factor.up.flatten(1).shape[1] == factor.rank
             and factor.down.flatten(1).shape[1] == weight[0].numel())
     if not fits or not math.isfinite(factor.alpha):
-        raise CheckpointError(f"{path}: the adapter of {name} is {list(factor.up.shape[:1])}×{list(factor.down.shape)} "
-                              f"but the layer's weight is {list(weight.shape)}: it was made for another architecture")
+        raise CheckpointError(f"{path}: the adapter of {name} is {list(factor.up.shape[:1])}×"
+                              f"{list(factor.down.shape)} but the layer's weight is {list(weight.shape)}: it was made "
+                              "for another architecture")
 
 
-__all__ = ["KOHYA_SUFFIX", "kohya_path", "read_adapter", "save_adapter"]
+__all__ = ["ADAPTERS_DIR", "KOHYA_SUFFIX", "find_adapters", "kohya_path", "read_adapter", "save_adapter"]

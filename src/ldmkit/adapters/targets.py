@@ -9,7 +9,7 @@ attention      q/k/v/out projections of every attention layer (``to_qkv``, ``to_
 feedforward    the transformer blocks' feed-forward layers (``ff.proj_in``, ``ff.proj_out``)
 projections    a spatial transformer's ``proj_in`` / ``proj_out``
 convolutions   residual blocks' ``conv1``, ``conv2``, ``skip`` and the down/up-sampling convolutions
-text           the linear layers inside the text encoder's transformer layers (when the model has one)
+text_encoder   the linear layers inside the text encoder's transformer layers (when the model has one)
 =============  ===========================================================================================
 """
 
@@ -25,14 +25,15 @@ from ldmkit.nn import Downsample, ResnetBlock, SpatialSelfAttention, SpatialTran
 from ldmkit.nn.attention import CrossAttention, FeedForward
 
 UNET_GROUPS = ("attention", "feedforward", "projections", "convolutions")
-TARGET_GROUPS = UNET_GROUPS + ("text",)
+TARGET_GROUPS = UNET_GROUPS + ("text_encoder",)
 
 _LAYERS = (nn.Linear, nn.Conv2d)
 _IN_TEXT_LAYER = re.compile(r"(^|\.)(blocks|layers|layer)\.\d+\.")  # a layer inside a numbered transformer layer
 
 
 def _group_of(parent: nn.Module, child: str) -> str | None:
-    if isinstance(parent, CrossAttention) or (isinstance(parent, SpatialSelfAttention) and child in ("qkv", "proj_out")):
+    if isinstance(parent, CrossAttention) or (isinstance(parent, SpatialSelfAttention)
+                                              and child in ("qkv", "proj_out")):
         return "attention"
     if isinstance(parent, FeedForward):
         return "feedforward"
@@ -77,12 +78,13 @@ def check_groups(groups: tuple[str, ...]) -> None:
 def model_targets(unet: nn.Module, conditioner: nn.Module, groups: tuple[str, ...]) -> dict[str, list[str]]:
     """{component: module paths} that ``groups`` adapt (components ``unet`` and ``conditioner``)."""
     check_groups(groups)
-    out = {"unet": backbone_targets(unet, tuple(g for g in groups if g != "text"))}
-    if "text" in groups:
+    out = {"unet": backbone_targets(unet, tuple(g for g in groups if g in UNET_GROUPS))}
+    if "text_encoder" in groups:
         names = text_targets(conditioner)
         if not names:
-            raise ConfigError("lora.targets has text, but this model's conditioner has no text encoder layers in "
-                              "its module tree (only text, clip_text conditioners do); drop text from lora.targets")
+            raise ConfigError("lora.targets has text_encoder, but this model's conditioner has no text encoder layers "
+                              "that train (ldmkit's own text encoder and CLIP have); drop text_encoder from "
+                              "lora.targets")
         out["conditioner"] = names
     if not any(out.values()):
         raise ConfigError(f"lora.targets={','.join(groups)} picks no layer of this model; add attention or "

@@ -12,11 +12,10 @@ from torch import nn
 
 from ldmkit.adapters.apply import write_lora
 from ldmkit.adapters.config import LoraConfig
+from ldmkit.adapters.files import ADAPTERS_DIR
 from ldmkit.adapters.peft_layers import add_layers, lora_layers, remove_layers
 from ldmkit.adapters.targets import model_targets
 from ldmkit.errors import ConfigError
-
-ADAPTERS_DIR = "adapters"
 
 
 def add_trained_lora(unet: nn.Module, conditioner: nn.Module, config: LoraConfig, trainable: str) -> bool:

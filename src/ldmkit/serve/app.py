@@ -123,10 +123,13 @@ def _caption(task: str, values: dict[str, Any], images: list) -> str:
             f"{values['sampler']} with {int(values['steps'])} steps")
 
 
-def _runner(gr: Any, task: str, handler: Callable[..., list]) -> Callable[..., tuple[list, str]]:
+def _runner(gr: Any, task: str, handler: Callable[..., list],
+            use_loras: Callable[..., None] | None = None) -> Callable[..., tuple[list, str]]:
     """The event function of ``task``: widget values by name → (images for the gallery, their caption)."""
     def run(progress=gr.Progress(), **values: Any) -> tuple[list, str]:  # noqa: B008 (gradio's way to ask for progress)
         try:
+            if use_loras is not None:  # the checked adapters, loaded before the task runs
+                use_loras(values.pop("loras", None) or [], values.pop("lora_scale", 1.0))
             images = handler(**values, progress=lambda fraction, text: progress(fraction, desc=text))
         except LdmkitError as exc:
             raise user_error(gr, str(exc)) from None
@@ -163,6 +166,14 @@ def _sampling_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
     widgets["n"] = gr.Slider(1, MAX_IMAGES, value=1 if model.tasks == ("upscale",) else 4, step=1,
                              label="Number of images")
     return widgets
+
+
+def _lora_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
+    """A checklist of the adapters found beside the model and their scale (nothing when there are none)."""
+    if not model.lora_files:
+        return {}
+    return {"loras": gr.CheckboxGroup(choices=list(model.lora_files), value=[], label="LoRA adapters"),
+            "lora_scale": gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale")}
 
 
 def _brush_radius(size: tuple[int, int]) -> int:
@@ -240,6 +251,7 @@ def build_app(model: ServedModel) -> Any:
             with gr.Column(scale=1, min_width=280):
                 shared = _named(gr, _condition_widgets(gr, model))
                 shared.update(_named(gr, _sampling_widgets(gr, model)))
+                shared.update(_named(gr, _lora_widgets(gr, model)))
             with gr.Column(scale=2):
                 tabs: list[tuple[str, dict[str, Any], Any]] = []
                 with gr.Tabs():
@@ -254,7 +266,8 @@ def build_app(model: ServedModel) -> Any:
                 gallery = gr.Gallery(label="Images", format="png", columns=4, object_fit="contain",
                                      buttons=["download", "fullscreen"], elem_id="ldm-gallery")
         for task, inputs, button in tabs:
-            button.click(_runner(gr, task, getattr(model, task)), inputs_kwargs={**inputs, **shared},
+            button.click(_runner(gr, task, getattr(model, task), model.use_loras if model.lora_files else None),
+                         inputs_kwargs={**inputs, **shared},
                          outputs=[gallery, caption], show_progress_on=caption, api_name=task,
                          api_description=API_DESCRIPTIONS[task])
     demo.queue(default_concurrency_limit=1)  # one request at a time on the one loaded model

@@ -107,6 +107,8 @@ class ServedModel:
         self.map_class_names = (_numbered(map_class_names, config.concat.semantic_classes)
                                 if config.concat.semantic_map else [])
         self._pipes: dict[str, LatentDiffusionPipeline] = {}
+        self.lora_files: dict[str, Path] = {}  # adapters found beside the model, offered as a checklist
+        self._loras: tuple[tuple[str, ...], float] = ((), 1.0)  # the adapters loaded now and their scale
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> ServedModel:
@@ -115,8 +117,27 @@ class ServedModel:
 
         pipe = load_pipeline(directory, device=device, precision=precision)
         extra = read_model_dir(directory, kind="ldm").extra
-        return cls(pipe, name=_model_name(directory), class_names=_names_from_experiment(extra, "labels"),
-                   map_class_names=_names_from_experiment(extra, "map"))
+        served = cls(pipe, name=_model_name(directory), class_names=_names_from_experiment(extra, "labels"),
+                     map_class_names=_names_from_experiment(extra, "map"))
+        from ldmkit.adapters import find_adapters
+
+        served.lora_files = find_adapters(directory)
+        return served
+
+    def use_loras(self, names: Sequence[str], scale: float = 1.0) -> None:
+        """Have exactly the adapters ``names`` (of :attr:`lora_files`) loaded, at ``scale``."""
+        unknown = [n for n in names if n not in self.lora_files]
+        if unknown:
+            raise ConfigError(f"no adapter {', '.join(unknown)} beside this model; pick from "
+                              f"{', '.join(self.lora_files) or 'none'}")
+        wanted = (tuple(sorted(names)), float(scale))
+        if wanted == self._loras:
+            return
+        self.pipe.unload_loras()
+        self._loras = ((), 1.0)
+        for name in wanted[0]:
+            self.pipe.load_lora(self.lora_files[name], wanted[1])
+        self._loras = wanted
 
     # ----- what the model is ------------------------------------------------------------------------
     @property
