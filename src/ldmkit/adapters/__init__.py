@@ -23,6 +23,5 @@ from ldmkit.adapters.files import (
 )
 
 __all__ = ["ADAPTERS_DIR", "KOHYA_SUFFIX", "Adapter", "LoraConfig", "LoraFactor", "check_scale", "components",
-           "load_lora", "loaded_loras", "merge_loras", "model_factors", "parse_lora", "read_adapter",
-           "save_adapter",
-           "unload_loras", "write_lora"]
+           "find_adapters", "kohya_path", "load_lora", "loaded_loras", "merge_loras", "model_factors", "parse_lora",
+           "read_adapter", "save_adapter", "unload_loras", "write_lora"]

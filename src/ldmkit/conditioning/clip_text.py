@@ -96,10 +96,12 @@ class ClipTextConditioner(CaptionConditioner):
                                         max_length=self.config.clip.max_length, return_tensors="pt")
         return tokens.input_ids
 
-    @torch.no_grad()
     def _encode_texts(self, prompts: list[str]) -> Conditioning:
         device = self.encoder.get_input_embeddings().weight.device
-        states = self.encoder(input_ids=self.token_ids(prompts).to(device)).last_hidden_state  # [B, T, width]
+        # Frozen: no autograd, unless LoRA adapters inside it train (lora.targets with text_encoder).
+        adapted = any(p.requires_grad for p in self.encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and adapted):
+            states = self.encoder(input_ids=self.token_ids(prompts).to(device)).last_hidden_state  # [B, T, width]
         label = self.config.clip.vector_label
         vector = None if label is None else torch.full((len(prompts),), label, dtype=torch.long, device=device)
         return Conditioning(context=states, vector=vector)
