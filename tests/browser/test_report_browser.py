@@ -9,13 +9,9 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from ldmkit.cli.main import main as ldm  # noqa: E402
+from tests.unit.test_report import TINY as REPORT_RUN  # noqa: E402
 
-TINY = ["--config", "synthetic-kl-f4", "model.base_channels=8", "model.channel_mult=[1,2]",
-        "model.num_res_blocks=1", "model.latent_channels=3", "model.mid_attention=false", "loss.perceptual_weight=0",
-        "loss.disc_channels=8", "loss.disc_layers=2", "loss.disc_start=2", "data.resolution=16",
-        "data.synthetic.count=8", "data.synthetic.supersample=1", "train.batch_size=4", "train.device=cpu",
-        "train.progress=false", "train.log_every=1", "train.image_every=2", "train.checkpoint_every=2",
-        "scale_samples=4", "train.steps=4"]
+TINY = [*REPORT_RUN, "train.steps=4"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder
 from ldmkit.conditioning import ConcatConfig, ConditionerConfig, build_conditioner
 from ldmkit.conditioning.config import TextEncoderConfig
 from ldmkit.conditioning.types import Conditioning
-from ldmkit.denoisers import UNet, UNetConfig
 from ldmkit.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from ldmkit.errors import ConfigError
 from ldmkit.evaluation.reconstruction import psnr
@@ -19,6 +18,7 @@ from ldmkit.pipelines import LatentDiffusionPipeline
 from ldmkit.pipelines.inversion import interpolate, invert, regenerate
 from ldmkit.samplers import SamplerOptions, sample
 from ldmkit.samplers.inversion import invert as invert_latents
+from tests.unit.test_pinned_outputs import jittered_unet
 from tests.unit.test_samplers import MU, STD, make
 
 PROMPT = "a red circle"
@@ -115,12 +115,7 @@ def tiny_pipeline(cond: ConditionerConfig, captions=None) -> LatentDiffusionPipe
                                                       num_res_blocks=1, latent_channels=3, mid_attention=False))
     torch.manual_seed(1)
     conditioner = build_conditioner(cond, captions=captions)
-    unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                           attention_resolutions=(2,), num_heads=2, vector_dim=cond.vector_dim,
-                           context_dim=cond.context_dim, concat_channels=conditioner.concat_channels))
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
+    unet = jittered_unet(conditioner)
     model = LatentDiffusionModel(unet=unet.eval(), schedule=NoiseSchedule(ScheduleConfig()),
                                  conditioner=conditioner.eval(), autoencoder=autoencoder.eval(), latent_size=(8, 8))
     return LatentDiffusionPipeline(model, precision="fp32")

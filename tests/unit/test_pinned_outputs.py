@@ -64,17 +64,25 @@ def tiny_first_stage(root: Path, kind: str = "kl") -> Path:
     return save_autoencoder(root / f"ae-{kind}", build_autoencoder(cfg), cfg)
 
 
-def tiny_ldm(root: Path, name: str, cond: ConditionerConfig, autoencoder: Path, captions=None) -> Path:
-    """An untrained LDM (KL f = 2 first stage, 16 px images, 8x8x3 latents) with weights jittered so seeds,
-    conditions and samplers all change the output."""
-    torch.manual_seed(1)
-    conditioner = build_conditioner(cond, captions=captions)
+def jittered_unet(conditioner) -> UNet:
+    """The tiny UNet of these tests for ``conditioner``'s routes, weights jittered (drawn from the global RNG after
+    the conditioner, so the pins stay put) so that seeds, conditions and samplers all change the output."""
+    cond = conditioner.config
     unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                            attention_resolutions=(2,), num_heads=2, vector_dim=cond.vector_dim,
                            context_dim=cond.context_dim, concat_channels=conditioner.concat_channels))
     with torch.no_grad():
         for parameter in unet.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
+    return unet
+
+
+def tiny_ldm(root: Path, name: str, cond: ConditionerConfig, autoencoder: Path, captions=None) -> Path:
+    """An untrained LDM (KL f = 2 first stage, 16 px images, 8x8x3 latents) with weights jittered so seeds,
+    conditions and samplers all change the output."""
+    torch.manual_seed(1)
+    conditioner = build_conditioner(cond, captions=captions)
+    unet = jittered_unet(conditioner)
     model = LatentDiffusionModel(unet=unet, schedule=NoiseSchedule(ScheduleConfig()), conditioner=conditioner,
                                  autoencoder=load_autoencoder(autoencoder), latent_size=(8, 8),
                                  autoencoder_source=Path(autoencoder))
