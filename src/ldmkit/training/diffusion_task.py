@@ -22,6 +22,7 @@ from ldmkit.conditioning import ConditionerConfig, build_conditioner, load_condi
 from ldmkit.config import load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset, dataset_captions
 from ldmkit.data.latents import check_cache_autoencoder, LatentDataset, read_latent_index
+from ldmkit.data.captions import CaptionConfig, CaptionedItems, ChainedHooks, ItemCaptions
 from ldmkit.data.masked import ItemMasks, MaskedItems
 from ldmkit.denoisers.dit_config import DiTConfig
 from ldmkit.denoisers.registry import BACKBONES
@@ -94,6 +95,9 @@ class DiffusionExperiment:
     dreambooth: DreamBoothConfig = option(default_factory=DreamBoothConfig,
                                           help="concept learning from a few images and a prompt with a rare token, "
                                                "with optional prior preservation")
+    captions: CaptionConfig = option(default_factory=CaptionConfig,
+                                     help="caption variants per epoch for text models: tag shuffling and dropout, "
+                                          "one of several captions per image")
     validation: ValidationConfig = option(default_factory=ValidationConfig,
                                           help="held-out scores every train.validate_every steps (loss, FD-EffLite0)")
 
@@ -333,21 +337,31 @@ def run_diffusion_training(config: str | None, overrides: Iterable[str]) -> Path
 
 def training_dataset(experiment: DiffusionExperiment, dataset: Any) -> Any:
     """What the training loop iterates: ``dataset``, plus a training ``mask`` per item when the model learns
-    inpainting (concat kind masked_image, §4.5).
+    inpainting (concat kind masked_image, §4.5), and captions varied per epoch when ``captions`` says so.
 
-    Masks are drawn with each item, in the data-loader workers, from (train.seed, epoch, item index): a map-style
-    data set is wrapped (:class:`~ldmkit.data.masked.MaskedItems`); streamed shards get the same drawer as their
-    ``item_hook``. Another iterable data set is returned unchanged: its batches come without masks, and the
-    conditioner draws them in the training process.
+    Masks and caption variants are drawn with each item, in the data-loader workers, from (train.seed, epoch, item
+    index): a map-style data set is wrapped (:class:`~ldmkit.data.masked.MaskedItems`,
+    :class:`~ldmkit.data.captions.CaptionedItems`); streamed shards get the same drawers as their ``item_hook``.
+    Another iterable data set is returned unchanged: its batches come without masks, and the conditioner draws
+    them in the training process.
     """
-    concat = experiment.conditioner.concat
-    if not concat.inpainting:
+    concat, seed = experiment.conditioner.concat, experiment.train.seed
+    hooks = []
+    if concat.inpainting:
+        if isinstance(dataset, LatentDataset):
+            raise ConfigError("inpainting (conditioner.concat.kind=masked_image) trains on images, which a latent "
+                              "cache does not hold: set latents: null")
+        hooks.append(ItemMasks(concat.masks, seed=seed))
+    if experiment.captions != CaptionConfig() and experiment.conditioner.takes_text:
+        hooks.append(ItemCaptions(experiment.captions, seed=seed))
+    if not hooks:
         return dataset
-    if isinstance(dataset, LatentDataset):
-        raise ConfigError("inpainting (conditioner.concat.kind=masked_image) trains on images, which a latent "
-                          "cache does not hold: set latents: null")
     if isinstance(dataset, IterableDataset):
         if hasattr(dataset, "item_hook"):
-            dataset.item_hook = ItemMasks(concat.masks, seed=experiment.train.seed)
+            dataset.item_hook = hooks[0] if len(hooks) == 1 else ChainedHooks(*hooks)
         return dataset
-    return MaskedItems(dataset, concat.masks, seed=experiment.train.seed)
+    if concat.inpainting:
+        dataset = MaskedItems(dataset, concat.masks, seed=seed)
+    if len(hooks) > int(concat.inpainting):
+        dataset = CaptionedItems(dataset, experiment.captions, seed=seed)
+    return dataset
