@@ -17,7 +17,7 @@ from ldmkit.errors import LdmkitError
 
 # Modules of ldmkit.cli, each adding one command group; the order is the order of `ldm --help`.
 GROUP_MODULES: tuple[str, ...] = ("demo", "fit", "data", "assets", "train", "encode", "sample", "img2img", "inpaint",
-                                   "synthesize", "upscale", "distill", "lora", "eval", "report", "serve",
+                                   "synthesize", "upscale", "distill", "lora", "ema", "eval", "report", "serve",
                                    "convert", "export")
 
 

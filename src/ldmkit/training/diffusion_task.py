@@ -34,7 +34,7 @@ from ldmkit.errors import ConfigError
 from ldmkit.io import load_weights, read_model_dir
 from ldmkit.io.images import make_grid, to_unit
 from ldmkit.model import LatentDiffusionModel
-from ldmkit.runtime import autocast_dtype
+from ldmkit.runtime import autocast_dtype, is_main_process
 from ldmkit.training.config import TrainConfig
 from ldmkit.training.distributed import ema_of, is_sharded, no_sync, wrap
 from ldmkit.training.dreambooth import ClassImages, DreamBoothConfig, InstanceCaptions
@@ -43,6 +43,7 @@ from ldmkit.training.optimizers import build_optimizer
 from ldmkit.training.trainable import trainable_parameters
 from ldmkit.adapters.training import add_trained_lora, write_lora_model
 from ldmkit.training.loop import StepContext, Task, train
+from ldmkit.training.posthoc_ema import PosthocEMAConfig, PowerEMA, gamma_from_sigma_rel, write_snapshot
 from ldmkit.training.validation import HeldOut, ValidationConfig, validation_scores
 
 
@@ -98,6 +99,9 @@ class DiffusionExperiment:
     captions: CaptionConfig = option(default_factory=CaptionConfig,
                                      help="caption variants per epoch for text models: tag shuffling and dropout, "
                                           "one of several captions per image")
+    posthoc_ema: PosthocEMAConfig = option(default_factory=PosthocEMAConfig,
+                                           help="two power-function EMAs kept as snapshots, for `ldm ema` to "
+                                                "reconstruct the model of any EMA length afterwards")
     validation: ValidationConfig = option(default_factory=ValidationConfig,
                                           help="held-out scores every train.validate_every steps (loss, FD-EffLite0)")
 
@@ -196,6 +200,12 @@ class DiffusionTask(Task):
         self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,
                                    parallel=train_cfg.parallel, param_dtype=autocast_dtype(device, train_cfg.precision))
         self.ema = ema_of(trained, decay=exp.ema_decay)
+        posthoc = exp.posthoc_ema  # power-function EMAs of the denoiser for `ldm ema` (EDM2 §3)
+        if posthoc.snapshot_every and is_sharded(self.denoising_loss):
+            raise ConfigError("posthoc_ema with train.parallel=fsdp is not supported: use ddp, or set "
+                              "posthoc_ema.snapshot_every=0")
+        self.power_emas = ([PowerEMA(self.unet, gamma_from_sigma_rel(s)) for s in posthoc.sigma_rels]
+                           if posthoc.snapshot_every else [])
         # With LoRA only the adapters' A and B are unfrozen, and only they get optimiser state.
         part = "adapters" if exp.lora.enabled else train_cfg.trainable
         self.optimizer = build_optimizer(train_cfg.optimizer, trainable_parameters(trained.parameters(), part),
@@ -223,10 +233,12 @@ class DiffusionTask(Task):
         return {"trained": self.trained}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"ema": self.ema.state_dict()}
+        return {"ema": self.ema.state_dict(), "power_emas": [ema.state_dict() for ema in self.power_emas]}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.ema.load_state_dict(state["ema"])
+        for ema, saved in zip(self.power_emas, state.get("power_emas", [])):
+            ema.load_state_dict(saved)
 
     def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
         if "latent" in batch:
@@ -247,7 +259,19 @@ class DiffusionTask(Task):
         grad_norm = ctx.step("model", loss)
         if ctx.updating:
             self.ema.update(self.trained)
+            self._update_power_emas(step + 1)
         return {"loss": loss.detach(), "grad_norm": grad_norm}
+
+    def _update_power_emas(self, t: int) -> None:
+        """The two power-function EMAs of post-hoc EMA, and their snapshots (rank 0 writes them)."""
+        config = self.experiment.posthoc_ema
+        if not config.snapshot_every:
+            return
+        for ema in self.power_emas:
+            ema.update(self.unet, t)
+        if t % config.snapshot_every == 0 and is_main_process():
+            for ema in self.power_emas:
+                write_snapshot(ema, self.run_dir, t)
 
     def no_sync(self):
         return no_sync(self.denoising_loss)

@@ -311,6 +311,7 @@ def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: An
     main = is_main_process()
     # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrapping).
     seed_everything(train_cfg.seed)
+    task.run_dir = run_dir  # for tasks that write files of their own there as they train (EMA snapshots)
     task.setup(device, train_cfg)
     optimizers = task.optimizers()
     if main:

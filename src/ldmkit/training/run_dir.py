@@ -19,7 +19,7 @@ VALIDATION_LOG = "validation.jsonl"  # one record per validation: step, scores, 
 BEST_DIR = "best"  # the model directory of the best validation score so far
 RUN_ENTRIES = frozenset({"config.yaml", "config-history", "starts.jsonl", "checkpoints", "model", "tb", "images",
                          "class_images",  # DreamBooth: the class images the model made before training
-                         "report.html", "report", LOCK_NAME, VALIDATION_LOG, BEST_DIR})
+                         "report.html", "report", LOCK_NAME, VALIDATION_LOG, BEST_DIR, "ema-snapshots"})
 
 
 class RunDirectoryError(LdmkitError):
