@@ -82,6 +82,11 @@ def _encode(args: argparse.Namespace) -> int:
     info = read_model_dir(args.autoencoder, kind="autoencoder")
     data_cfg = load_config(DataConfig, args.data, args.overrides, group="data")
     data_cfg = dataclasses.replace(data_cfg, flip=False)  # latents of the images as they are
+    if data_cfg.buckets.enabled:
+        from ldmkit.errors import ConfigError
+
+        raise ConfigError("a latent cache holds latents of one shape: encode with buckets.enabled=false, or train "
+                          "on the images (latents: null) to use aspect-ratio buckets")
     dataset = build_dataset(data_cfg, split=args.split)
     check_writable(Path(args.out))
     dtype = autocast_dtype(device, args.precision)

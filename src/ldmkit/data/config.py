@@ -17,6 +17,7 @@ from typing import Literal
 from PIL import ImageColor
 
 from ldmkit.config import option
+from ldmkit.data.buckets import BucketConfig
 from ldmkit.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross")
@@ -99,6 +100,8 @@ class DataConfig:
                                      min=0.0, max=1.0)
     max_pixels: int = option(50_000_000, help="images with more pixels are refused (decompression bombs)", min=1)
     synthetic: SyntheticConfig = option(default_factory=SyntheticConfig, help="options of the synthetic source")
+    buckets: BucketConfig = option(default_factory=BucketConfig,
+                                   help="aspect-ratio buckets for folders of mixed shapes (training split)")
 
     def __post_init__(self) -> None:
         try:

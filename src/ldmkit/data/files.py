@@ -71,6 +71,7 @@ class FileImages(Dataset):
         for name, reason in bad_entries:
             self.bad.add(name, reason)
         good = []
+        self.dims: list[tuple[int, int]] = []  # (width, height) of each good entry, when probed
         for entry in entries:
             if probe:
                 try:
@@ -79,14 +80,25 @@ class FileImages(Dataset):
                 except BadImage as exc:
                     self.bad.add(str(entry.path), str(exc))
                     continue
+                self.dims.append((width, height))
             good.append(_with_caption_text(entry))
         if not good:
             raise DataError(f"{what} holds no readable images"
                             + (f" ({len(self.bad.bad)} bad files)" if self.bad.bad else ""))
         self.entries = good
+        self.buckets: list[tuple[int, int]] = []
+        self.bucket_of: list[int] | None = None  # set by use_buckets()
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def use_buckets(self, buckets: list[tuple[int, int]]) -> None:
+        """Give each image the aspect-ratio bucket nearest its shape (:mod:`ldmkit.data.buckets`)."""
+        from ldmkit.data.buckets import assign_buckets
+
+        if len(self.dims) != len(self.entries):
+            raise DataError("aspect-ratio buckets need the images' sizes: the folder must be read with probing")
+        self.buckets, self.bucket_of = buckets, assign_buckets(self.dims, buckets)
 
     def caption(self, i: int) -> str:
         entry = self.entries[i]
@@ -102,7 +114,8 @@ class FileImages(Dataset):
             j = (i + step) % len(self.entries)
             entry = self.entries[j]
             try:
-                pixels = self.transform(load_image(entry.path, self.cfg.max_pixels))
+                size = self.buckets[self.bucket_of[j]] if self.bucket_of is not None else None
+                pixels = self.transform(load_image(entry.path, self.cfg.max_pixels), size)
             except BadImage as exc:
                 self.bad.add(str(entry.path), str(exc))  # raises past max_bad_fraction
                 continue

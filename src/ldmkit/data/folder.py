@@ -215,7 +215,12 @@ def folder_dataset(cfg: DataConfig, split: str = "train") -> FileImages:
     entries = select_split(entries, [e.key for e in entries], split, cfg.val_fraction, cfg.split_seed)
     if not entries:
         raise DataError(f"split '{split}' of image folder {root} is empty (val_fraction={cfg.val_fraction:g})")
-    return FileImages(cfg, entries, what=f"image folder {root}", class_names=class_names, bad_entries=bad)
+    images = FileImages(cfg, entries, what=f"image folder {root}", class_names=class_names, bad_entries=bad)
+    if cfg.buckets.enabled and split == "train":  # held-out splits stay square: they are scored as one set
+        from ldmkit.data.buckets import make_buckets
+
+        images.use_buckets(make_buckets(cfg.resolution, cfg.buckets))
+    return images
 
 
 def _caption_file(path: Path, texts: set[Path]) -> Path | None:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ldmkit import runtime
 from ldmkit.config import Registry
+from ldmkit.data.buckets import BucketSampler, bucketed
 from ldmkit.data.config import DataConfig
 from ldmkit.data.sampler import ResumableSampler
 from ldmkit.data.splits import check_split
@@ -163,6 +164,13 @@ def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed
         return ResumableDataLoader(dataset, position=dataset, **common), dataset
     # A data set whose items depend on the epoch (``takes_epoch_keys``, e.g. ldmkit.data.masked.MaskedItems)
     # gets (epoch, index) keys: persistent workers could not learn the epoch otherwise.
+    epoch_keys = bool(getattr(dataset, "takes_epoch_keys", False))
+    buckets = bucketed(dataset)
+    if buckets is not None:  # every batch from one aspect-ratio bucket (ldmkit.data.buckets)
+        sampler = BucketSampler(buckets[0], batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                                epoch_keys=epoch_keys)
+        common["persistent_workers"] = num_workers > 0
+        return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)))
     common["persistent_workers"] = num_workers > 0  # the sampler (the position) lives in this process

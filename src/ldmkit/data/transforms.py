@@ -92,31 +92,32 @@ class ImageTransform:
             raise BadImage(f"{width}x{height} would be resized to {w}x{h}, more than max_pixels={self.cfg.max_pixels} "
                            f"(aspect ratio {max(width, height) / max(min(width, height), 1):.0f}:1); crop it")
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``size``: (height, width) of the output (an aspect-ratio bucket); default the square resolution."""
         cfg = self.cfg
         self.check_size(*image.size)  # before any copy: the resize is where such an image would blow up
         image = flatten_alpha(image, self.background)
         image = image.convert("L") if cfg.channels == 1 else image.convert("RGB")
         if cfg.pad:
             image = ImageOps.expand(image, border=cfg.pad, fill=self._fill(image.mode))
-        size = cfg.resolution
+        th, tw = size if size is not None else (cfg.resolution, cfg.resolution)
         w, h = image.size
-        if cfg.resize and min(w, h) != size:
-            scale = size / min(w, h)
-            new = (max(size, round(w * scale)), max(size, round(h * scale)))
+        scale = max(tw / w, th / h)  # the smallest scale that covers the output: no distortion, least cropped
+        if cfg.resize and scale != 1:
+            new = (max(tw, round(w * scale)), max(th, round(h * scale)))
             image = image.resize(new, self.filter)
-        elif min(w, h) < size:
-            canvas = Image.new(image.mode, (max(w, size), max(h, size)), self._fill(image.mode))
+        elif w < tw or h < th:
+            canvas = Image.new(image.mode, (max(w, tw), max(h, th)), self._fill(image.mode))
             canvas.paste(image, ((canvas.width - w) // 2, (canvas.height - h) // 2))
             image = canvas
         w, h = image.size
-        if (w, h) != (size, size):
+        if (w, h) != (tw, th):
             if cfg.crop == "random":
-                left = int(torch.randint(0, w - size + 1, ()).item())
-                top = int(torch.randint(0, h - size + 1, ()).item())
+                left = int(torch.randint(0, w - tw + 1, ()).item())
+                top = int(torch.randint(0, h - th + 1, ()).item())
             else:
-                left, top = (w - size) // 2, (h - size) // 2
-            image = image.crop((left, top, left + size, top + size))
+                left, top = (w - tw) // 2, (h - th) // 2
+            image = image.crop((left, top, left + tw, top + th))
         array = np.asarray(image)
         if cfg.flip and bool(torch.rand(()) < 0.5):
             array = array[:, ::-1]
