@@ -325,3 +325,28 @@ def test_sampling_steps_never_read_tensors_on_the_host(name, monkeypatch):
     guard["on"] = False
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert guard["reads"] == []
+
+
+# ------------------------------------------------------------------------------------ round-2 benchmark scripts
+def test_vae_tiling_script_measures_both_sides_whole_and_tiled(tmp_path):
+    pytest.importorskip("diffusers")
+    run_script("vae_tiling", "--tiny", "--device", "cpu", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "vae_tiling.json").read_text())
+    for size in ("64", "128"):
+        for side in ("ldmkit", "diffusers"):
+            row = report["decode"][size][side]
+            assert row["whole_ms"] > 0 and row["tiled_ms"] > 0 and row["tiled_vs_whole"] >= 0
+    assert report["decode"]["128"]["ldmkit"]["tiled_vs_whole"] < 0.1  # the blend hides the seams on random weights
+
+
+def test_finetune_memory_script_trains_every_variant_with_tiny_unets(tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    run_script("finetune_memory", "--tiny", "--device", "cpu", "--iters", "1", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "finetune_memory.json").read_text())
+    rows = report["train"]
+    assert set(rows) == {"full", "full+ckpt", "lora", "lora+ckpt"}  # 8-bit AdamW needs CUDA: skipped and listed
+    assert any("8-bit" in s["reason"] for s in report["skipped"])
+    for side in ("ldmkit", "diffusers"):
+        assert rows["lora"][side]["trainable"] < rows["full"][side]["trainable"] / 5
+        assert rows["full"][side]["img_s"] > 0
