@@ -350,3 +350,13 @@ def test_finetune_memory_script_trains_every_variant_with_tiny_unets(tmp_path):
     for side in ("ldmkit", "diffusers"):
         assert rows["lora"][side]["trainable"] < rows["full"][side]["trainable"] / 5
         assert rows["full"][side]["img_s"] > 0
+
+
+def test_latency_script_times_every_part_of_one_image_on_both_sides(tmp_path):
+    pytest.importorskip("diffusers")
+    run_script("latency", "--tiny", "--device", "cpu", "--iters", "1", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "latency.json").read_text())
+    for side in ("ldmkit", "diffusers"):
+        row = report["latency"][side]
+        assert all(row[k] > 0 for k in ("text_ms", "unet_eval_ms", "sampling_ms", "decode_ms", "end_to_end_ms"))
+        assert row["sampling_ms"] > row["unet_eval_ms"]  # 25 guided steps cost more than one evaluation
