@@ -40,11 +40,12 @@ def test_the_sampler_deals_one_bucket_per_batch_seeded_resumable_and_disjoint():
     order = sampler.epoch_indices(0)
     batches = order.reshape(-1, 3)
     assert all(len({bucket_of[i] for i in batch}) == 1 for batch in batches)
-    assert len(set(order.tolist())) == len(order) == 3 * (3 + 2 + 1)  # full batches: 3 + 2 + 1
+    assert len(set(order.tolist())) == len(order) == len(sampler) == 3 * (3 + 2 + 1)  # full batches: 3 + 2 + 1
     assert not np.array_equal(order, sampler.epoch_indices(1))
     assert np.array_equal(order, BucketSampler(bucket_of, 3, seed=1).epoch_indices(0))
     ranks = [BucketSampler(bucket_of, 3, seed=1, rank=r, world_size=2).epoch_indices(0) for r in (0, 1)]
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist()) and len(ranks[0]) == len(ranks[1]) == 9
+    assert len(BucketSampler(bucket_of, 3, seed=1, rank=1, world_size=2)) == 9
     resumed = BucketSampler(bucket_of, 3, seed=1)
     resumed.load_state_dict({"epoch": 0, "offset": 6})
     assert list(resumed) == order[6:].tolist()

@@ -12,12 +12,12 @@ an epoch's order is the same after a resume (position: samples consumed, as for 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ldmkit.config import option
+from ldmkit.data.sampler import EpochSampler
 from ldmkit.errors import DataError
 
 
@@ -56,7 +56,7 @@ def assign_buckets(sizes: list[tuple[int, int]], buckets: list[tuple[int, int]])
     return [int(np.abs(ratios - math.log(height / width)).argmin()) for width, height in sizes]
 
 
-class BucketSampler:
+class BucketSampler(EpochSampler):
     """Indices of this rank's batches of an epoch, each batch from one bucket (``batch_size`` items)."""
 
     def __init__(self, bucket_of: list[int], batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
@@ -66,7 +66,11 @@ class BucketSampler:
         self.bucket_of, self.batch_size = np.asarray(bucket_of, dtype=np.int64), batch_size
         self.shuffle, self.seed, self.rank, self.world_size, self.epoch_keys = shuffle, seed, rank, world_size, epoch_keys
         self.epoch, self.offset = 0, 0
-        if len(self) == 0:
+        # Whole batches per bucket, the same every epoch: so is this rank's count, computed once.
+        counts = np.bincount(self.bucket_of)
+        batches = int((counts // batch_size).sum()) // world_size
+        self._length = batches * batch_size
+        if self._length == 0:
             raise DataError(f"no bucket holds {batch_size * world_size} images (a batch on every rank): lower "
                             "train.batch_size or widen the buckets (buckets.step)")
 
@@ -87,35 +91,12 @@ class BucketSampler:
         return np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.epoch_indices(0))
+        return self._length
 
-    def __iter__(self) -> Iterator:
-        indices = self.epoch_indices()[self.offset:]
-        if self.epoch_keys:
-            epoch = self.epoch
-            return ((epoch, int(i)) for i in indices)
-        return (int(i) for i in indices)
-
-    # -- position (the protocol of ldmkit.data.sampler.ResumableSampler) --------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.offset = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        epoch, offset = int(state["epoch"]), int(state["offset"])
+    def check_offset(self, offset: int) -> None:
         if offset % self.batch_size or not 0 <= offset <= len(self):
             raise DataError(f"bucket sampler offset {offset} does not fall on a batch of {self.batch_size} in "
                             f"0..{len(self)}; the data set or batch size changed since the checkpoint")
-        self.epoch, self.offset = epoch, offset
-
-    def advance(self, n: int) -> None:
-        self.offset = min(self.offset + n, len(self))
-
-    def finish_epoch(self) -> None:
-        self.epoch, self.offset = self.epoch + 1, 0
 
 
 def bucketed(dataset) -> tuple[list[int], list[tuple[int, int]]] | None:

@@ -34,7 +34,50 @@ from ldmkit.errors import DataError
 Key = int | tuple[int, int]
 
 
-class ResumableSampler(Sampler[Key]):
+class EpochSampler(Sampler[Key]):
+    """The position protocol and iteration of a sampler whose subclass says which indices an epoch holds
+    (:meth:`epoch_indices`, an int64 array of this rank's indices) and how many (``__len__``)."""
+
+    epoch: int
+    offset: int
+    epoch_keys: bool
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Key]:
+        indices = self.epoch_indices()[self.offset:]
+        if self.epoch_keys:  # the epoch is read now, when the pass starts, not when a worker asks
+            epoch = self.epoch
+            return ((epoch, int(i)) for i in indices)
+        return (int(i) for i in indices)  # Python ints, one at a time, as data sets expect
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.offset = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def check_offset(self, offset: int) -> None:
+        """A one-line DataError when a restored ``offset`` cannot belong to this sampler."""
+        if not 0 <= offset <= len(self):
+            raise DataError(f"sampler offset {offset} is outside 0..{len(self)}; the data set changed size since "
+                            "the checkpoint was written")
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        epoch, offset = int(state["epoch"]), int(state["offset"])
+        self.check_offset(offset)
+        self.epoch, self.offset = epoch, offset
+
+    def advance(self, n: int) -> None:
+        self.offset = min(self.offset + n, len(self))
+
+    def finish_epoch(self) -> None:
+        self.epoch, self.offset = self.epoch + 1, 0
+
+
+class ResumableSampler(EpochSampler):
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False):
         if num_samples < 1:
@@ -68,30 +111,3 @@ class ResumableSampler(Sampler[Key]):
         """Samples of this rank in a whole epoch."""
         n, w = self.num_samples, self.world_size
         return n // w if self.drop_last else -(-n // w)
-
-    def __iter__(self) -> Iterator[Key]:
-        indices = self.epoch_indices()[self.offset:]
-        if self.epoch_keys:  # the epoch is read now, when the pass starts, not when a worker asks
-            epoch = self.epoch
-            return ((epoch, int(i)) for i in indices)
-        return (int(i) for i in indices)  # Python ints, one at a time, as data sets expect
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.offset = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        epoch, offset = int(state["epoch"]), int(state["offset"])
-        if not 0 <= offset <= len(self):
-            raise DataError(f"sampler offset {offset} is outside 0..{len(self)}; the data set changed size since "
-                            "the checkpoint was written")
-        self.epoch, self.offset = epoch, offset
-
-    def advance(self, n: int) -> None:
-        self.offset = min(self.offset + n, len(self))
-
-    def finish_epoch(self) -> None:
-        self.epoch, self.offset = self.epoch + 1, 0

@@ -52,6 +52,7 @@ class HeldOut:
         self.latents = latents
         self.labels, self.captions, self.images = labels, captions, images
         self.noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+        self.reference = None  # FD's statistics of the held-out images, computed at the first FD
 
     @classmethod
     def build(cls, config: ValidationConfig, data, autoencoder, device: torch.device) -> "HeldOut":
@@ -121,7 +122,7 @@ def _fd(model, held_out: HeldOut, config: ValidationConfig, request: dict[str, A
     from ldmkit.evaluation.generation import evaluate_generation
     from ldmkit.pipelines.text2img import LatentDiffusionPipeline
 
-    if not hasattr(held_out, "reference"):
+    if held_out.reference is None:
         images = held_out.images
         if images is None:  # a latent cache: the reference is the decoded held-out latents
             images = torch.cat([model.decode(held_out.latents[lo:lo + 32]).cpu()
