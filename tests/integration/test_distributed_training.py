@@ -37,13 +37,14 @@ HANG = 600
 
 
 def _torchrun(args: list[str], digest_dir, timeout: float = HANG) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LDMKIT_DEBUG_DIGEST_DIR": str(digest_dir)}
+    # PYTHONFAULTHANDLER: a rank that dies of a signal prints its Python stack first.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LDMKIT_DEBUG_DIGEST_DIR": str(digest_dir), "PYTHONFAULTHANDLER": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "ldmkit.cli.main", "train", *args]
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-12000:]
     return result
 
 

@@ -1,10 +1,11 @@
-"""Feature extraction sharded over two CPU processes (gloo) gives the features of one process."""
+"""Feature extraction sharded over two CPU processes (gloo) gives the features of one process; inside
+``this_rank_alone`` one rank evaluates everything by itself while the other waits."""
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ldmkit.evaluation.distributed import gather_rows, shard_indices
+from ldmkit.evaluation.distributed import gather_rows, shard_indices, this_rank_alone
 from ldmkit.evaluation.extract import extract_features
 from ldmkit.evaluation.random_features import RandomConvFeatures
 
@@ -21,9 +22,16 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         rows = gather_rows(torch.full((rank * 2, 3), float(rank)))  # rank 0 has no rows at all
         mine = list(shard_indices(7))
         out = extract_features(RandomConvFeatures(), _images()[mine], batch_size=2)
+        alone = {}
+        if rank == 0:  # as a run's validation: rank 0 evaluates while rank 1 waits at the barrier
+            with this_rank_alone():
+                alone = {"indices": list(shard_indices(7)),
+                         "features": extract_features(RandomConvFeatures(), _images(), batch_size=2).features}
+        dist.barrier()
+        after = gather_rows(torch.full((1, 1), float(rank)))  # outside, the two ranks gather again
         if rank == 0:
             torch.save({"rows": rows, "indices": mine, "features": out.features, "fingerprint": out.fingerprint,
-                        "size": out.image_size}, out_file)
+                        "size": out.image_size, "alone": alone, "after": after}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -38,3 +46,6 @@ def test_two_process_gather_matches_single_process(tmp_path):
     order = [0, 2, 4, 6, 1, 3, 5]  # rank 0's share, then rank 1's
     torch.testing.assert_close(result["features"], single.features[order], rtol=1e-4, atol=1e-5)
     assert result["fingerprint"] == single.fingerprint and result["size"] == (16, 16)
+    assert result["alone"]["indices"] == list(range(7))
+    torch.testing.assert_close(result["alone"]["features"], single.features, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result["after"], torch.tensor([[0.0], [1.0]]))

@@ -7,6 +7,7 @@ checkpoint under the same and under the other parallelism. Resumes reseed every 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import shutil
@@ -68,6 +69,7 @@ def _run(out: Path, autoencoder: Path, parallel: str, steps: int, *extra: str) -
 
 
 def _worker(rank: int, world: int, root: str, autoencoder: str) -> None:
+    faulthandler.enable()  # a rank that dies of a signal prints its Python stack first
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world)

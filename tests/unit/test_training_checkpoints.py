@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from ldmkit.cli.main import main as ldm_main
 from ldmkit.errors import CheckpointError, LdmkitError
@@ -18,6 +20,7 @@ from ldmkit.io import save_model_dir
 from ldmkit.training import checkpoint as checkpoint_module
 from ldmkit.training.checkpoint import MANIFEST, STATE, CheckpointManager
 from ldmkit.training.config import TrainConfig
+from ldmkit.training.distributed import wrap
 from ldmkit.training.loop import NonFiniteError, StepContext, Task, train
 from ldmkit.training.run_dir import check_writable
 
@@ -346,6 +349,44 @@ def test_too_many_consecutive_nonfinite_steps_abort(tmp_path, two):
         train(task, _cfg(tmp_path), Points(), {})
     assert len(task.weights) == 5  # stopped during step 5: training steps are counted, not updates
     assert not (tmp_path / "run" / "model").exists()
+
+
+class RankLocalNonFinite(LinearTask):
+    """Under DDP; at step 2 rank 1 alone sees an infinite loss (a constant added: the averaged gradient is finite)."""
+
+    def setup(self, device, train):
+        super().setup(device, train)
+        self.network = wrap(self.model, device)
+
+    def train_step(self, batch, step, ctx: StepContext):
+        loss = self.network(batch["x"]).pow(2).mean()
+        if step == 2 and dist.get_rank() == 1:
+            loss = loss + float("inf")
+        ctx.step("model", loss)
+        self.weights.append(self.model.weight.detach().clone())
+        return {"loss": loss.detach()}
+
+
+def _rank_local_worker(rank: int, world: int, root: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world)
+    try:
+        task = RankLocalNonFinite()
+        train(task, _cfg(Path(root), steps=4, batch_size=2), Points(), {})
+        torch.save(task.weights, f"{root}/rank-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed (Gloo)")
+def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    mp.spawn(_rank_local_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank-{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0[2], rank0[1])  # rank 0's own loss was finite, and it skipped too
+    assert not torch.equal(rank0[3], rank0[2])
+    for mine, theirs in zip(rank0, rank1, strict=True):
+        assert torch.equal(mine, theirs)
 
 
 def test_resume_from_a_damaged_latest_checkpoint_is_refused(tmp_path):

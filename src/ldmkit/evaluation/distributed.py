@@ -1,16 +1,37 @@
 """Sharding and gathering for evaluation under ``torchrun``: each rank extracts features of its share,
-then every rank receives all rows (padded ``all_gather``, so ranks may hold different counts)."""
+then every rank receives all rows (padded ``all_gather``, so ranks may hold different counts).
+
+Work that rank 0 does while the other ranks wait (a training run's validation, ``ldm fit``'s evaluation) runs
+inside :func:`this_rank_alone`: there evaluation neither shards nor gathers, since no other rank would answer.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
 from ldmkit import runtime
 
+_alone = False  # inside this_rank_alone()
+
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether evaluation shares its work with other ranks."""
+    return not _alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def this_rank_alone() -> Iterator[None]:
+    """Evaluate as the only process: every item on this rank, no collective (the others are not taking part)."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def init_distributed_if_launched() -> bool:

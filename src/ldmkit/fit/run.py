@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ldmkit.evaluation.distributed import this_rank_alone
 from ldmkit.fit.plan import Plan
 from ldmkit.fit.record import STAGES, read_stages, stage, stage_done
 from ldmkit.fit.stages import (check_reused_autoencoder, data_config, encode_latents, train_autoencoder,
@@ -64,7 +65,8 @@ def _run_stage(name: str, plan: Plan, data, ae_model: Path, run: Path, device: t
             train_autoencoder(plan, data, run, str(device))
         elif main:
             record["reused"] = str(ae_model)
-            record["check"] = check_reused_autoencoder(str(ae_model), data, device)
+            with this_rank_alone():  # the others wait at the barrier
+                record["check"] = check_reused_autoencoder(str(ae_model), data, device)
     elif name == "latents":
         encode_latents(ae_model, data, run / "latents", device, batch=max(plan.ae.batch, 32))
     elif name == "diffusion":
@@ -76,7 +78,8 @@ def _run_stage(name: str, plan: Plan, data, ae_model: Path, run: Path, device: t
     elif name == "evaluation":
         from ldmkit.fit.evaluate import evaluate_fit
 
-        summary = evaluate_fit(plan, data, run / "model", run, device)
+        with this_rank_alone():  # the others wait at the barrier
+            summary = evaluate_fit(plan, data, run / "model", run, device)
         record["generation"] = summary["generation"]["metrics"]
     elif name == "report":
         from ldmkit.report import write_report

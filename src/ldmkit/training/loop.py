@@ -170,7 +170,9 @@ class StepContext:
         self.scaler.unscale_(optimizer)
         max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        # Each rank's loss is its own: all ranks skip alike, or their weights (and next collectives) part ways.
+        (nonfinite,) = any_rank(not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)), device=self.device)
+        finite = not nonfinite
         if not finite and self.scaler.is_enabled():
             # fp16 overflow: the scaler skips the step and lowers its scale; that is normal, not a fault.
             self.scaler.step(optimizer)
@@ -485,7 +487,11 @@ def _validate(task: Task, step: int, run_dir: Path, writer) -> None:
     """Run the task's validation, log it (TensorBoard, RUN/validation.jsonl) and keep the best model in RUN/best.
 
     The best score so far is read back from the log, so a resumed run keeps comparing against it."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+    from ldmkit.evaluation.distributed import this_rank_alone
+
+    # Rank 0 alone validates while the others wait: its FD evaluation must not shard over them.
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []), \
+            this_rank_alone():
         scores = task.validate(step)  # no random state of the run moves: resume stays exact
     if not scores:
         return
