@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+HELP = ("turn a .ckpt / .safetensors (CompVis, Stable Diffusion 1.x/2.x) or a diffusers folder into an ldmkit "
+        "model directory")
+DESCRIPTION = ("Read a checkpoint without running any code it holds and write an ldmkit model directory: kind "
+               "'ldm' for a whole latent diffusion model, 'autoencoder' for a first stage alone. Without --config "
+               "the architecture is read from the tensors, and what was assumed is printed.")
 
-def _convert(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from ldmkit.interop.convert import convert
 
     parts = convert(args.source, args.out, config=args.config, ema=args.ema, prediction=args.prediction)
@@ -15,14 +21,7 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert", help="turn a .ckpt / .safetensors (CompVis, Stable Diffusion 1.x/2.x) or a diffusers folder into "
-                        "an ldmkit model directory",
-        description="Read a checkpoint without running any code it holds and write an ldmkit model directory: kind "
-                    "'ldm' for a whole latent diffusion model, 'autoencoder' for a first stage alone. Without "
-                    "--config the architecture is read from the tensors, and what was assumed is printed.")
-    parser.set_defaults(handler=_convert)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a .ckpt / .safetensors / .pt file, or a diffusers folder")
     parser.add_argument("--out", required=True, help="the model directory to write (must not exist)")
     parser.add_argument("--config", default=None, help="the original YAML (e.g. v1-inference.yaml)")

@@ -13,6 +13,9 @@ import argparse
 import time
 from pathlib import Path
 
+HELP = "train a tiny autoencoder + text-conditional LDM on synthetic shapes and sample from it (CPU, minutes)"
+DESCRIPTION = __doc__.splitlines()[0]
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue")
 
@@ -61,16 +64,12 @@ def run_demo(out: Path, overrides_ae: list[str], overrides_ldm: list[str], seeds
     return path
 
 
-def _demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), args.ae, args.ldm)
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="train a tiny autoencoder + text-conditional LDM on synthetic "
-                                                "shapes and sample from it (CPU, minutes)",
-                                   description=__doc__.splitlines()[0])
-    parser.set_defaults(handler=_demo)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output directory (rerunning resumes)")
     parser.add_argument("--ae", nargs="*", default=[], metavar="key=value",
                         help="overrides of the autoencoder stage, e.g. train.steps=200")

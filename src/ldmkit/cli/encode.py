@@ -13,6 +13,11 @@ import argparse
 
 from ldmkit.cli.common import check_counts
 
+HELP = "encode a data set into latents (or captions into text states)"
+DESCRIPTION = ("Encode a data set with a trained autoencoder into a latent cache (KL: posterior mean and std; "
+               "rerunning resumes; under torchrun every process encodes its share), or with --text its captions "
+               "with the frozen text encoder. See docs/latent-cache.md.")
+
 
 def _encode_text(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -53,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.text:
         check_counts(args, "batch_size")
         return _encode_text(args)
@@ -108,13 +113,7 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("encode", help="encode a data set into latents (or captions into text states)",
-                                   description="Encode a data set with a trained autoencoder into a latent cache "
-                                               "(KL: posterior mean and std; rerunning resumes; under torchrun "
-                                               "every process encodes its share), or with --text its captions "
-                                               "with the frozen text encoder. See docs/latent-cache.md.")
-    parser.set_defaults(handler=_encode)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autoencoder", default=None, help="autoencoder model directory")
     parser.add_argument("--text", action="store_true",
                         help="encode captions (--data) and prompts (--prompts) with the frozen text encoder into "

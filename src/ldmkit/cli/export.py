@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "write an ldmkit model as a diffusers folder or a Stable Diffusion single file"
+DESCRIPTION = ("diffusers: a folder StableDiffusionPipeline.from_pretrained (or AutoencoderKL / VQModel for a "
+               "first stage) loads. sd-safetensors: one .safetensors file in the original key layout.")
 
-def _export(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from ldmkit.interop.export import export
 
     path = export(args.model, args.to, args.out)
@@ -13,12 +17,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export", help="write an ldmkit model as a diffusers folder or a Stable Diffusion single file",
-        description="diffusers: a folder StableDiffusionPipeline.from_pretrained (or AutoencoderKL / VQModel for a "
-                    "first stage) loads. sd-safetensors: one .safetensors file in the original key layout.")
-    parser.set_defaults(handler=_export)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an ldmkit model directory (kind ldm or autoencoder)")
     parser.add_argument("--to", required=True, choices=("diffusers", "sd-safetensors"), help="the format to write")
     parser.add_argument("--out", required=True, help="the folder or file to write (must not exist)")

@@ -15,6 +15,11 @@ from pathlib import Path
 
 from ldmkit.errors import ConfigError
 
+HELP = "folder of images -> trained, evaluated LDM in one command (plan, train, evaluate, report)"
+DESCRIPTION = ("Survey FOLDER, print a plan chosen from the data, the device and --time (docs/fit.md), then train "
+               "the autoencoder, encode the latents, train the diffusion model, evaluate it on a held-out split "
+               "and write RUN/model and RUN/report.html. Rerunning the same command resumes.")
+
 _TIME = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
@@ -68,7 +73,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return out + (["--set", *args.overrides] if args.overrides else [])
 
 
-def _fit(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     args.argv = _argv(args)
     if _relaunch(args):
         return 0
@@ -80,13 +85,7 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "fit", help="folder of images -> trained, evaluated LDM in one command (plan, train, evaluate, report)",
-        description="Survey FOLDER, print a plan chosen from the data, the device and --time (docs/fit.md), then "
-                    "train the autoencoder, encode the latents, train the diffusion model, evaluate it on a "
-                    "held-out split and write RUN/model and RUN/report.html. Rerunning the same command resumes.")
-    parser.set_defaults(handler=_fit)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder of images (sub-folders: classes; .txt beside an image or a "
                                        "manifest.csv/jsonl: captions)")
     parser.add_argument("--out", required=True, help="run directory RUN")

@@ -7,6 +7,10 @@ import argparse
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
 
+HELP = "image-to-image: redraw an image with a model (SDEdit)"
+DESCRIPTION = ("Encode an image, noise it to --strength and denoise it with the model's condition; the output has "
+               "the input's size.")
+
 #: What an image-to-image call takes besides the sampling options.
 IMAGE_TASK_NAMES = ("prompt", "class_label", "negative_prompt", "strength", "n", "batch_size")
 
@@ -27,7 +31,7 @@ def pipeline_arguments(args: argparse.Namespace) -> dict:
     return task_arguments(args, IMAGE_TASK_NAMES, size_from="the size of --image")
 
 
-def _img2img(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ldmkit.errors import ConfigError
     from ldmkit.pipelines import ImageToImagePipeline
 
@@ -69,11 +73,7 @@ def _invert(args: argparse.Namespace) -> int:
     return run_task(args, ImageToImagePipeline, call, inputs={"image": args.image}, kwargs=record)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("img2img", help="image-to-image: redraw an image with a model (SDEdit)",
-                                   description="Encode an image, noise it to --strength and denoise it with "
-                                               "the model's condition; the output has the input's size.")
-    parser.set_defaults(handler=_img2img)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_task_arguments(parser, strength=0.6)
     parser.add_argument("--invert", action="store_true",
                         help="instead of noising: DDIM-invert the image under --source-prompt and sample it back "

@@ -8,8 +8,15 @@ import argparse
 from ldmkit.cli.img2img import add_task_arguments, pipeline_arguments
 from ldmkit.cli.task_command import add_output_argument, run_task
 
+HELP = "fill a masked region (a model trained for inpainting, or zero-shot with any model)"
+DESCRIPTION = ("Fill the white region of --mask with the model's completion; pixels under black stay exactly as in"
+               " --image. A model trained for inpainting (conditioner.concat.kind=masked_image) sees the masked "
+               "image and the mask and samples from pure noise; any other model is guided zero-shot by replacing "
+               "the known region at every step. --prompt is optional for a text model trained for inpainting and "
+               "refused by models without text.")
 
-def _inpaint(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from ldmkit.pipelines import InpaintPipeline
 
     kwargs = pipeline_arguments(args)
@@ -17,15 +24,7 @@ def _inpaint(args: argparse.Namespace) -> int:
                     inputs={"image": args.image, "mask": args.mask}, kwargs=kwargs)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "inpaint", help="fill a masked region (a model trained for inpainting, or zero-shot with any model)",
-        description="Fill the white region of --mask with the model's completion; pixels under black stay exactly "
-                    "as in --image. A model trained for inpainting (conditioner.concat.kind=masked_image) sees the "
-                    "masked image and the mask and samples from pure noise; any other model is guided zero-shot by "
-                    "replacing the known region at every step. --prompt is optional for a text model trained for "
-                    "inpainting and refused by models without text.")
-    parser.set_defaults(handler=_inpaint)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_task_arguments(parser, strength=1.0)
     parser.add_argument("--mask", required=True, help="black-and-white image of the input's size; white = fill in")
     add_output_argument(parser, "inpaint")

@@ -1,7 +1,9 @@
 """The ``ldm`` command: ``ldm <group> <verb> [options]``.
 
-Each group lives in its own module with an ``add_parser(subparsers)`` function; handlers import the
-heavy parts of the library lazily so ``ldm --help`` stays instant. A user mistake (any
+Each command lives in its own module of ``ldmkit.cli``: a single command defines ``HELP``, optionally
+``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args)``; a group of verbs (``ldm data check``) defines
+``add_parser(subparsers)`` instead. Handlers import the heavy parts of the library lazily so ``ldm --help``
+stays instant. A user mistake (any
 :class:`~ldmkit.errors.LdmkitError`) is printed as one line and exits with status 2.
 """
 
@@ -15,7 +17,7 @@ from typing import Sequence
 from ldmkit import __version__
 from ldmkit.errors import LdmkitError
 
-# Modules of ldmkit.cli, each adding one command group; the order is the order of `ldm --help`.
+# Modules of ldmkit.cli, each adding one command or group; the order is the order of `ldm --help`.
 GROUP_MODULES: tuple[str, ...] = ("demo", "fit", "data", "assets", "train", "encode", "sample", "img2img", "inpaint",
                                    "synthesize", "upscale", "distill", "lora", "ema", "eval", "report", "serve",
                                    "convert", "export")
@@ -29,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ldmkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     for name in GROUP_MODULES:
-        importlib.import_module(f"ldmkit.cli.{name}").add_parser(subparsers)
+        module = importlib.import_module(f"ldmkit.cli.{name}")
+        if hasattr(module, "add_parser"):  # a group of verbs
+            module.add_parser(subparsers)
+            continue
+        command = subparsers.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        command.set_defaults(handler=module.run)
+        module.add_arguments(command)
     return parser
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "write RUN/report.html: curves, image grids, settings and hardware of a training run"
+DESCRIPTION = ("Build one static page of a training run (the train.out of `ldm train autoencoder|diffusion`): "
+               "loss, learning-rate and throughput plots, the latest image grids, the settings of every start and "
+               'the hardware it ran on. Readable offline. Needs the report extra: pip install "ldmkit[report]".')
 
-def _report(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from ldmkit.report import write_report
 
     page = write_report(args.run)
@@ -13,12 +18,5 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report", help="write RUN/report.html: curves, image grids, settings and hardware of a training run",
-        description="Build one static page of a training run (the train.out of `ldm train autoencoder|diffusion`): "
-                    "loss, learning-rate and throughput plots, the latest image grids, the settings of every "
-                    "start and the hardware it ran on. Readable offline. Needs the report extra: "
-                    'pip install "ldmkit[report]".')
-    parser.set_defaults(handler=_report)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="the run directory (train.out)")

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from ldmkit.cli.common import add_sampling_arguments
 
+HELP = "sample images from a trained latent diffusion model"
+DESCRIPTION = "Sample images from a latent diffusion model directory."
+
 # The modes of LatentDiffusionPipeline.optimize (kept here so `ldm --help` does not import torch).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _sample(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ldmkit.errors import ConfigError
     from ldmkit.io.images import make_grid, save_grid, to_unit
     from ldmkit.pipelines import load_pipeline
@@ -78,10 +81,7 @@ def _sampler_kwargs(settings: dict) -> dict:
     return {k: settings[k] for k in keep}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("sample", help="sample images from a trained latent diffusion model",
-                                   description="Sample images from a latent diffusion model directory.")
-    parser.set_defaults(handler=_sample)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory written by `ldm train diffusion`")
     parser.add_argument("--prompt", nargs="+", default=None, help="caption(s) for a text-conditional model")
     parser.add_argument("--class", dest="class_label", nargs="+", type=int, default=None,

@@ -6,8 +6,13 @@ import argparse
 
 from ldmkit.cli.task_command import add_model_argument
 
+HELP = "web demo of a model: generate, img2img, inpaint, upscale or synthesize in the browser"
+DESCRIPTION = ("Serve a browser app for one model directory, with a tab per task the model supports (generation, "
+               "image-to-image, inpainting, upscaling, semantic synthesis). Needs the ui extra: pip install "
+               '"ldmkit[ui]". Nothing is sent anywhere unless --share is given.')
 
-def _serve(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from ldmkit.serve.app import import_gradio
 
     import_gradio()  # a one-line error before the model loads when the extra is missing
@@ -23,13 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve", help="web demo of a model: generate, img2img, inpaint, upscale or synthesize in the browser",
-        description="Serve a browser app for one model directory, with a tab per task the model supports "
-                    "(generation, image-to-image, inpainting, upscaling, semantic synthesis). Needs the ui extra: "
-                    'pip install "ldmkit[ui]". Nothing is sent anywhere unless --share is given.')
-    parser.set_defaults(handler=_serve)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")

@@ -9,6 +9,10 @@ from ldmkit.cli.common import tile_size
 from ldmkit.cli.task_command import (add_condition_arguments, add_count_arguments, add_model_argument,
                                      add_output_argument, add_sampling_arguments, run_task, task_arguments)
 
+HELP = "super-resolution: upscale an image with a low_res model"
+DESCRIPTION = ("Upscale --image by the model's factor with a model trained with conditioner.concat.kind=low_res; "
+               "--tile samples and decodes large outputs in overlapping tiles so memory stays bounded.")
+
 
 def upscale_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of an :class:`~ldmkit.pipelines.UpscalePipeline` call; refuses options that do not apply."""
@@ -16,7 +20,7 @@ def upscale_arguments(args: argparse.Namespace) -> dict[str, Any]:
                           size_from="the model's factor times the size of --image")
 
 
-def _upscale(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ldmkit.pipelines import UpscalePipeline
 
     kwargs = upscale_arguments(args)
@@ -25,12 +29,7 @@ def _upscale(args: argparse.Namespace) -> int:
                     settings=lambda pipe, images: {"factor": pipe.factor, "size": list(images.shape[-2:])})
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("upscale", help="super-resolution: upscale an image with a low_res model",
-                                   description="Upscale --image by the model's factor with a model trained with "
-                                               "conditioner.concat.kind=low_res; --tile samples and decodes large "
-                                               "outputs in overlapping tiles so memory stays bounded.")
-    parser.set_defaults(handler=_upscale)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser, "super-resolution model")
     parser.add_argument("--image", required=True, help="low-resolution input image")
     parser.add_argument("--tile", type=tile_size, default=None,
