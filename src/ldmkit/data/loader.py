@@ -14,6 +14,7 @@ those start afresh for each pass and see the restored position. A map-style data
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Protocol
 
 import torch
@@ -29,39 +30,28 @@ from ldmkit.data.splits import check_split
 SOURCES: Registry[Callable[[DataConfig, str], Dataset]] = Registry("data source")
 
 
-@SOURCES.register("synthetic")
-def _synthetic(cfg: DataConfig, split: str) -> Dataset:
-    from ldmkit.data.synthetic import SyntheticShapes
-
-    return SyntheticShapes(cfg, split)
-
-
-@SOURCES.register("folder")
-def _folder(cfg: DataConfig, split: str) -> Dataset:
-    from ldmkit.data.folder import folder_dataset
-
-    return folder_dataset(cfg, split)
+# Each source is built by a class or function (cfg, split) -> Dataset, imported on first use so that
+# importing ldmkit.data stays light.
+_SOURCE_BUILDERS = {
+    "synthetic": "ldmkit.data.synthetic:SyntheticShapes",
+    "folder": "ldmkit.data.folder:folder_dataset",
+    "shards": "ldmkit.data.shards:ShardDataset",
+    "fashion_mnist": "ldmkit.data.fashion_mnist:FashionMNIST",
+    "emoji": "ldmkit.data.emoji:emoji_dataset",
+}
 
 
-@SOURCES.register("shards")
-def _shards(cfg: DataConfig, split: str) -> Dataset:
-    from ldmkit.data.shards import ShardDataset
+def _imported_on_use(target: str) -> Callable[[DataConfig, str], Dataset]:
+    module, name = target.split(":")
 
-    return ShardDataset(cfg, split)
+    def build(cfg: DataConfig, split: str) -> Dataset:
+        return getattr(importlib.import_module(module), name)(cfg, split)
 
-
-@SOURCES.register("fashion_mnist")
-def _fashion_mnist(cfg: DataConfig, split: str) -> Dataset:
-    from ldmkit.data.fashion_mnist import FashionMNIST
-
-    return FashionMNIST(cfg, split)
+    return build
 
 
-@SOURCES.register("emoji")
-def _emoji(cfg: DataConfig, split: str) -> Dataset:
-    from ldmkit.data.emoji import emoji_dataset
-
-    return emoji_dataset(cfg, split)
+for _name, _target in _SOURCE_BUILDERS.items():
+    SOURCES.register(_name)(_imported_on_use(_target))
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
