@@ -28,6 +28,7 @@ from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
 from ldmkit.training.fsdp import shard
 from ldmkit.training.loop import train
+from tests.unit.test_training_resume import assert_same
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with Gloo is needed")
@@ -42,7 +43,7 @@ OVERRIDES = [
     "train.checkpoint_every=2", "train.keep_last=5", "ema_decay=0.9",
     "train.image_every=2", "preview.steps=2", "preview.count=2",  # previews sample the EMA gathered on rank 0
 ]
-RTOL, ATOL = 1e-4, 1e-6  # reduce-scatter vs all-reduce: the same sums, summed in another order
+TOLERANCE = (1e-4, 1e-6)  # rtol, atol: reduce-scatter vs all-reduce, the same sums in another order
 
 
 class _Recording(DiffusionTask):
@@ -113,23 +114,6 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
     return root, results
 
 
-def _assert_close_tree(a: Any, b: Any, where: str) -> None:
-    """Same nested structure, dtypes and shapes; tensors equal within float tolerance."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m: f"{where}: {m}")
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: {sorted(map(str, a))} != {sorted(map(str, b))}"
-        for key in a:
-            _assert_close_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_close_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def test_fsdp_shards_the_networks_and_the_ema(runs):
     _, results = runs
     sharded = results["sharded"]
@@ -150,7 +134,7 @@ def test_fsdp_losses_match_ddp_on_the_same_seed(runs):
     assert sorted(ddp) == sorted(fsdp) == [0, 1]
     assert ddp[0] != ddp[1]  # the second step trained on updated weights
     for step in ddp:
-        assert fsdp[step] == pytest.approx(ddp[step], rel=RTOL)
+        assert fsdp[step] == pytest.approx(ddp[step], rel=TOLERANCE[0])
 
 
 def test_resume_takes_the_same_next_step_from_either_checkpoint_under_either_parallelism(runs):
@@ -160,7 +144,7 @@ def test_resume_takes_the_same_next_step_from_either_checkpoint_under_either_par
     assert sorted(reference) == [2]  # resumed at step 2, trained only step 3
     for name in ("fsdp-resumed", "ddp-to-fsdp", "fsdp-to-ddp"):
         assert sorted(losses[name]) == [2], name
-        assert losses[name][2] == pytest.approx(reference[2], rel=RTOL), name
+        assert losses[name][2] == pytest.approx(reference[2], rel=TOLERANCE[0]), name
 
 
 def _state(run: Path, step: int) -> dict[str, Any]:
@@ -175,7 +159,7 @@ def test_checkpoints_match_ddp_in_format_and_values(runs, run, step):
     ddp, other = _state(root / "ddp", step), _state(root / run, step)
     assert set(ddp) == set(other)
     for key in ("step", "modules", "optimizers", "schedulers", "task", "data", "guard"):
-        _assert_close_tree(ddp[key], other[key], f"{run} step {step}: {key}")
+        assert_same(ddp[key], other[key], f"{run} step {step}: {key}", TOLERANCE)
     assert other["task"]["ema"]["updates"] == step
     moments = other["optimizers"]["model"]
     assert sorted(moments["state"]) == list(range(len(moments["state"]))) == moments["param_groups"][0]["params"]
@@ -194,16 +178,16 @@ def test_fsdp_model_directory_loads_with_the_pipeline_loader(runs):
     ddp_dir, fsdp_dir = root / "ddp" / "model", root / "fsdp" / "model"
     assert sorted(p.name for p in fsdp_dir.iterdir()) == sorted(p.name for p in ddp_dir.iterdir())
     for weights in sorted(ddp_dir.glob("*.safetensors")):
-        _assert_close_tree(load_file(str(weights)), load_file(str(fsdp_dir / weights.name)), weights.name)
+        assert_same(load_file(str(weights)), load_file(str(fsdp_dir / weights.name)), weights.name, TOLERANCE)
     ddp_info, fsdp_info = (json.loads((d / "config.json").read_text()) for d in (ddp_dir, fsdp_dir))
     assert set(fsdp_info) == set(ddp_info) and fsdp_info["config"] == ddp_info["config"]
     assert fsdp_info["files"].keys() == ddp_info["files"].keys()
     assert {k: v for k, v in fsdp_info["extra"].items() if k != "experiment"} == \
         {k: v for k, v in ddp_info["extra"].items() if k != "experiment"}
     # Checkpoint weights are written by the same code at every save.
-    _assert_close_tree(load_file(str(fsdp_dir / "unet.safetensors")),
-                       load_file(str(root / "fsdp" / "checkpoints" / "step-00000003" / "weights" / "unet.safetensors")),
-                       "checkpoint unet")
+    assert_same(load_file(str(fsdp_dir / "unet.safetensors")),
+                load_file(str(root / "fsdp" / "checkpoints" / "step-00000003" / "weights" / "unet.safetensors")),
+                "checkpoint unet", TOLERANCE)
     pipe = load_pipeline(fsdp_dir, device="cpu")
     images = pipe(class_label=[1], sampler="ddim", steps=2, guidance=1.0, seed=0, output="tensor",
                   progress=False)

@@ -65,7 +65,11 @@ class RecordingAutoencoderTask(Recorder, AutoencoderTask):
 def run_ae(out: Path, *extra: str, stop_after: int | None = None, crash_at: int | None = None):
     experiment = ae_experiment(out, *extra)
     dataset = build_dataset(experiment.data, split="train")
-    task = RecordingAutoencoderTask(experiment, dataset)
+    return train_recording(RecordingAutoencoderTask(experiment, dataset), experiment, dataset, stop_after, crash_at)
+
+
+def train_recording(task, experiment, dataset, stop_after: int | None, crash_at: int | None):
+    """Train ``task`` (a :class:`Recorder`) stopped or crashed at a step; its log and how the run ended."""
     task.stop_after, task.crash_at = stop_after, crash_at
     try:
         train(task, experiment.train, dataset, experiment)
@@ -78,21 +82,24 @@ def run_ae(out: Path, *extra: str, stop_after: int | None = None, crash_at: int 
     return task.log, "done"
 
 
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    """Recursive bitwise equality of nested dicts/lists/tensors."""
+def assert_same(a: Any, b: Any, where: str = "state", tolerance: tuple[float, float] | None = None) -> None:
+    """Recursive equality of nested dicts/lists/tensors: bitwise, or within ``tolerance`` (rtol, atol)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), where
         assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), f"{where} differs"
+        if tolerance is not None:
+            torch.testing.assert_close(a, b, rtol=tolerance[0], atol=tolerance[1], msg=lambda m: f"{where}: {m}")
+        else:
+            assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                         and torch.equal(a.nan_to_num(), b.nan_to_num())), f"{where} differs"
     elif isinstance(a, dict):
         assert set(a) == set(b), f"{where}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"
         for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
+            assert_same(a[key], b[key], f"{where}.{key}", tolerance)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
+            assert_same(x, y, f"{where}[{i}]", tolerance)
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
@@ -191,16 +198,7 @@ def run_dm(out: Path, autoencoder: Path, stop_after: int | None = None, crash_at
                              [*DM_OVERRIDES, f"autoencoder={autoencoder}", f"train.out={out}"], group="diffusion")
     dataset = build_dataset(experiment.data, split="train")
     task = RecordingDiffusionTask(experiment, dataset, dataset_captions(dataset))
-    task.stop_after, task.crash_at = stop_after, crash_at
-    try:
-        train(task, experiment.train, dataset, experiment)
-    except Preempted:
-        return task.log, "preempted"
-    except RuntimeError as exc:
-        if "simulated crash" not in str(exc):
-            raise
-        return task.log, "crashed"
-    return task.log, "done"
+    return train_recording(task, experiment, dataset, stop_after, crash_at)
 
 
 @pytest.fixture(scope="module")
