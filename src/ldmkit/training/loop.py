@@ -310,142 +310,179 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
 
 def _train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any, device: torch.device,
            run_dir: Path) -> Path:
-    main = is_main_process()
-    # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrapping).
-    seed_everything(train_cfg.seed)
-    task.run_dir = run_dir  # for tasks that write files of their own there as they train (EMA snapshots)
-    task.setup(device, train_cfg)
-    optimizers = task.optimizers()
-    if main:
-        check_writable(run_dir, needed_bytes=estimate_checkpoint_bytes(task, optimizers))
-    schedulers = {name: lr_scheduler(opt, train_cfg.lr_schedule, warmup=train_cfg.warmup_steps,
-                                     total=train_cfg.decay_total, min_ratio=train_cfg.lr_min_ratio)
-                  for name, opt in optimizers.items()}
-    ctx = StepContext(optimizers, schedulers, train_cfg, device)
-    stream = BatchStream(dataset, train_cfg.batch_size, seed=train_cfg.seed, num_workers=train_cfg.num_workers)
-    checkpoints = CheckpointManager(run_dir / "checkpoints", train_cfg.keep_last, train_cfg.keep_every)
-
-    step = 0
-    found, latest = (checkpoints.complete() or [(0, None)])[-1]
-    # Checked before loading: restoring sharded (FSDP) state is collective, so every rank must take part.
-    if not same_on_all_ranks(found, device):
-        raise CheckpointError(f"the processes found different checkpoints in {run_dir / 'checkpoints'} "
-                              f"(this one: step {found}); put train.out on a file system every node shares")
-    if latest is not None:
-        changes = check_resume_config(run_dir, resolved_config, found)
-        state = checkpoints.load_state(latest)
-        step = _restore(state, task, optimizers, schedulers, ctx, stream, latest)
-        if main:
-            print(f"resuming {run_dir} from step {step} ({latest.name})")
-            if changes:
-                print(f"config changed since the last start: {describe_changes(changes)}")
+    run = _Run(task, train_cfg, dataset, device, run_dir)
+    step = run.resume(resolved_config)
     if is_distributed():
         # Distinct noise, timesteps and dropout per rank (rank 0's saved generator state is not reused).
         seed_everything(rank_seed(train_cfg.seed, step))
-    if main:
+    if run.main:
         record_config(run_dir, resolved_config, step)
         record_start(run_dir, step, device, world_size())
-
-    def save(at_step: int, start: tuple[dict, dict] | None = None) -> None:
-        """``start``: the data position and RNG state at the start of the step, for a save in the middle of an
-        accumulated update (the weights have not moved yet; resuming redoes the step's micro-batches)."""
-        # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.
-        modules = task.modules()
-        with _whole_networks(task):
-            state = {
-                "step": at_step,
-                "modules": {name: module_state_dict(m) for name, m in modules.items()},
-                "optimizers": {name: optimizer_state_dict(o, modules) for name, o in optimizers.items()},
-                "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
-                "scaler": ctx.scaler.state_dict(),
-                "data": stream.state_dict() if start is None else start[0],
-                "rng": rng_state() if start is None else start[1],
-                "guard": ctx.guard_state(),
-                "task": task.extra_state(),
-            }
-            if main:
-                checkpoints.save(at_step, state, task.write_model)
-
-    accumulate = train_cfg.accumulate
-    writer = _tensorboard(run_dir / "tb") if main else None
-    progress = None
-    if main and train_cfg.progress:
-        progress = progress_bar(total=train_cfg.steps, initial=step, desc=f"train {task.name}")
-    batches: Iterator[dict[str, Any]] = iter(stream)
-    run_start = window_start = time.perf_counter()
-    window_images = 0
-    processes = world_size()
+    run.open_logs(step)
     with _PreemptionFlag() as preempt:
         while step < train_cfg.steps:
-            start = (stream.state_dict(), rng_state()) if accumulate > 1 else None
-            micro_logs = []
-            for micro in range(accumulate):
-                try:
-                    batch = _to_device(next(batches), device)
-                except Exception:
-                    # Ctrl-C reaches data-loader workers too, which then end: the signal, not the loader, is the
-                    # news. (Several processes stop together at the end of a step instead: a save here would be
-                    # one-sided.)
-                    if not preempt.raised or is_distributed():
-                        raise
-                    save(step, start)
-                    print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
-                    raise Preempted(preempt.exit_code) from None
-                ctx.step_index, ctx.batch_index, ctx.micro = step, stream.batches_consumed, micro
-                with task.no_sync() if micro < accumulate - 1 else contextlib.nullcontext():
-                    micro_logs.append(task.train_step(batch, step, ctx))
-            logs = micro_logs[0] if accumulate == 1 else _mean_logs(micro_logs)
+            logs, batch = run.update(step, preempt)
             step += 1
-            window_images += train_cfg.batch_size * accumulate * processes
-            if main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                scalars = {k: _scalar(v) for k, v in logs.items()}
-                scalars["img_per_s"] = window_images / elapsed
-                scalars["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
-                if writer is not None:
-                    for key, value in scalars.items():
-                        writer.add_scalar(f"{task.name}/{key}", value, step)
-                if progress is not None:
-                    progress.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "lr"}, refresh=False)
-                window_start, window_images = time.perf_counter(), 0
-            if progress is not None:
-                progress.update(1)
-            if train_cfg.image_every and (step % train_cfg.image_every == 0 or step == train_cfg.steps):
-                with _whole_networks(task):
-                    if main:
-                        _write_images(task, batch, step, run_dir, writer)
-            if train_cfg.validate_every and (step % train_cfg.validate_every == 0 or step == train_cfg.steps):
-                with _whole_networks(task):
-                    if main:
-                        _validate(task, step, run_dir, writer)
-            out_of_time = bool(train_cfg.max_minutes) and time.perf_counter() - run_start > 60 * train_cfg.max_minutes
+            run.log(step, logs)
+            run.look(step, batch)
+            out_of_time = bool(train_cfg.max_minutes) and run.minutes() > train_cfg.max_minutes
             # Every rank must take the same decision, or one would wait forever in the next collective.
             stopping, out_of_time = any_rank(preempt.raised, out_of_time, device=device)
             if stopping or out_of_time or step == train_cfg.steps or (
                 train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
             ):
-                save(step)
+                run.save(step)
             if stopping:
-                if progress is not None:
-                    progress.close()
+                run.close_progress()
                 print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
                 raise Preempted(preempt.exit_code)
             if out_of_time:
                 print(f"time budget of {train_cfg.max_minutes:g} min reached at step {step}; finishing the run")
                 break
-    if progress is not None:
-        progress.close()
-    model_dir = run_dir / "model"
-    ema = getattr(task, "ema", None)
-    write_digest({**task.modules(), **({"ema": ema.model} if ema is not None else {})})
-    with _whole_networks(task):
-        if main:
-            task.finish(run_dir)
-            task.write_model(model_dir)
-            if writer is not None:
-                writer.close()
-            print(f"model written to {model_dir}")
-    return model_dir
+    return run.finish()
+
+
+class _Run:
+    """One start of a training run on this rank: the task's networks and optimisers, the data stream, the
+    checkpoints, and (rank 0) the logs. Every rank calls every method; rank 0 alone writes files."""
+
+    def __init__(self, task: Task, train_cfg: TrainConfig, dataset: Any, device: torch.device, run_dir: Path):
+        self.task, self.train, self.device, self.run_dir = task, train_cfg, device, run_dir
+        self.main = is_main_process()
+        # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrapping).
+        seed_everything(train_cfg.seed)
+        task.run_dir = run_dir  # for tasks that write files of their own there as they train (EMA snapshots)
+        task.setup(device, train_cfg)
+        self.optimizers = task.optimizers()
+        if self.main:
+            check_writable(run_dir, needed_bytes=estimate_checkpoint_bytes(task, self.optimizers))
+        self.schedulers = {name: lr_scheduler(opt, train_cfg.lr_schedule, warmup=train_cfg.warmup_steps,
+                                              total=train_cfg.decay_total, min_ratio=train_cfg.lr_min_ratio)
+                           for name, opt in self.optimizers.items()}
+        self.ctx = StepContext(self.optimizers, self.schedulers, train_cfg, device)
+        self.stream = BatchStream(dataset, train_cfg.batch_size, seed=train_cfg.seed,
+                                  num_workers=train_cfg.num_workers)
+        self.checkpoints = CheckpointManager(run_dir / "checkpoints", train_cfg.keep_last, train_cfg.keep_every)
+        self.writer = self.progress = None
+
+    def resume(self, resolved_config: Any) -> int:
+        """Restore the latest complete checkpoint, if any; the step training continues from."""
+        found, latest = (self.checkpoints.complete() or [(0, None)])[-1]
+        # Checked before loading: restoring sharded (FSDP) state is collective, so every rank must take part.
+        if not same_on_all_ranks(found, self.device):
+            raise CheckpointError(f"the processes found different checkpoints in {self.run_dir / 'checkpoints'} "
+                                  f"(this one: step {found}); put train.out on a file system every node shares")
+        if latest is None:
+            return 0
+        changes = check_resume_config(self.run_dir, resolved_config, found)
+        state = self.checkpoints.load_state(latest)
+        step = _restore(state, self.task, self.optimizers, self.schedulers, self.ctx, self.stream, latest)
+        if self.main:
+            print(f"resuming {self.run_dir} from step {step} ({latest.name})")
+            if changes:
+                print(f"config changed since the last start: {describe_changes(changes)}")
+        return step
+
+    def open_logs(self, step: int) -> None:
+        """TensorBoard and the progress bar (rank 0), and the clocks of the run and of the throughput window."""
+        if self.main:
+            self.writer = _tensorboard(self.run_dir / "tb")
+            if self.train.progress:
+                self.progress = progress_bar(total=self.train.steps, initial=step, desc=f"train {self.task.name}")
+        self.batches: Iterator[dict[str, Any]] = iter(self.stream)
+        self.start_time = self.window_start = time.perf_counter()
+        self.window_images = 0
+
+    def minutes(self) -> float:
+        return (time.perf_counter() - self.start_time) / 60
+
+    def update(self, step: int, preempt: "_PreemptionFlag") -> tuple[dict[str, Any], dict[str, Any]]:
+        """One optimiser update over ``train.accumulate`` micro-batches; its logs and last batch."""
+        accumulate = self.train.accumulate
+        start = (self.stream.state_dict(), rng_state()) if accumulate > 1 else None
+        micro_logs = []
+        for micro in range(accumulate):
+            try:
+                batch = _to_device(next(self.batches), self.device)
+            except Exception:
+                # Ctrl-C reaches data-loader workers too, which then end: the signal, not the loader, is the
+                # news. (Several processes stop together at the end of a step instead: a save here would be
+                # one-sided.)
+                if not preempt.raised or is_distributed():
+                    raise
+                self.save(step, start)
+                print(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
+                raise Preempted(preempt.exit_code) from None
+            self.ctx.step_index, self.ctx.batch_index, self.ctx.micro = step, self.stream.batches_consumed, micro
+            with self.task.no_sync() if micro < accumulate - 1 else contextlib.nullcontext():
+                micro_logs.append(self.task.train_step(batch, step, self.ctx))
+        self.window_images += self.train.batch_size * accumulate * world_size()
+        return (micro_logs[0] if accumulate == 1 else _mean_logs(micro_logs)), batch
+
+    def log(self, step: int, logs: dict[str, Any]) -> None:
+        """Scalars every ``train.log_every`` steps (rank 0): TensorBoard and the progress bar."""
+        if self.main and (step % self.train.log_every == 0 or step == self.train.steps):
+            elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+            scalars = {k: _scalar(v) for k, v in logs.items()}
+            scalars["img_per_s"] = self.window_images / elapsed
+            scalars["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+            if self.writer is not None:
+                for key, value in scalars.items():
+                    self.writer.add_scalar(f"{self.task.name}/{key}", value, step)
+            if self.progress is not None:
+                self.progress.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "lr"}, refresh=False)
+            self.window_start, self.window_images = time.perf_counter(), 0
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def look(self, step: int, batch: dict[str, Any]) -> None:
+        """Image grids every ``train.image_every`` steps and validation every ``train.validate_every`` (rank 0,
+        on whole networks: a sharded EMA is gathered around them)."""
+        for every, action in ((self.train.image_every, _write_images), (self.train.validate_every, _validate)):
+            if every and (step % every == 0 or step == self.train.steps):
+                with _whole_networks(self.task):
+                    if self.main:
+                        action(self.task, step, self.run_dir, self.writer, batch)
+
+    def save(self, at_step: int, start: tuple[dict, dict] | None = None) -> None:
+        """A checkpoint of step ``at_step``. ``start``: the data position and RNG state at the start of the step,
+        for a save in the middle of an accumulated update (the weights have not moved yet; resuming redoes the
+        step's micro-batches)."""
+        # Every rank takes part: sharded (FSDP) weights, optimiser states and EMA are gathered onto rank 0.
+        modules = self.task.modules()
+        with _whole_networks(self.task):
+            state = {
+                "step": at_step,
+                "modules": {name: module_state_dict(m) for name, m in modules.items()},
+                "optimizers": {name: optimizer_state_dict(o, modules) for name, o in self.optimizers.items()},
+                "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+                "scaler": self.ctx.scaler.state_dict(),
+                "data": self.stream.state_dict() if start is None else start[0],
+                "rng": rng_state() if start is None else start[1],
+                "guard": self.ctx.guard_state(),
+                "task": self.task.extra_state(),
+            }
+            if self.main:
+                self.checkpoints.save(at_step, state, self.task.write_model)
+
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def finish(self) -> Path:
+        """The model directory of the trained networks (rank 0 writes it); the digests of every rank's networks."""
+        self.close_progress()
+        model_dir = self.run_dir / "model"
+        ema = getattr(self.task, "ema", None)
+        write_digest({**self.task.modules(), **({"ema": ema.model} if ema is not None else {})})
+        with _whole_networks(self.task):
+            if self.main:
+                self.task.finish(self.run_dir)
+                self.task.write_model(model_dir)
+                if self.writer is not None:
+                    self.writer.close()
+                print(f"model written to {model_dir}")
+        return model_dir
 
 
 def _whole_networks(task: Task) -> contextlib.AbstractContextManager:
@@ -483,7 +520,7 @@ def _tensorboard(directory: Path):
     return SummaryWriter(str(directory))
 
 
-def _validate(task: Task, step: int, run_dir: Path, writer) -> None:
+def _validate(task: Task, step: int, run_dir: Path, writer, batch: dict[str, Any]) -> None:
     """Run the task's validation, log it (TensorBoard, RUN/validation.jsonl) and keep the best model in RUN/best.
 
     The best score so far is read back from the log, so a resumed run keeps comparing against it."""
@@ -511,7 +548,7 @@ def _validate(task: Task, step: int, run_dir: Path, writer) -> None:
         print(f"step {step}: validation {key} {scores[key]:.4g} is the best so far; model kept in {run_dir / BEST_DIR}")
 
 
-def _write_images(task: Task, batch: dict[str, Any], step: int, run_dir: Path, writer) -> None:
+def _write_images(task: Task, step: int, run_dir: Path, writer, batch: dict[str, Any]) -> None:
     from ldmkit.io.images import save_grid
 
     grids = task.images(batch, step)
