@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,text,ui
 # Assets the test suite needs (see `ldm assets list`).
-TEST_ASSETS ?= lpips efficientnet-lite0 minilm
+TEST_ASSETS ?= lpips efficientnet-lite0 minilm clip-vocab
 DEMO_ASSETS ?= lpips
 DEMO_OUT ?= outputs/demo
 # The web demo's browser test drives Debian's chromium through its chromedriver (selenium comes with the dev extra).
