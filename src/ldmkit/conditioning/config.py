@@ -135,6 +135,9 @@ class ConditionerConfig:
                               min=0)
     embed_dim: int = option(512, help="size of the class vector (kind class) or of the text context tokens "
                                       "(kind text); pretrained_text always gives 384", min=1)
+    class_route: Literal["vector", "context"] = option(
+        "vector", help="how the class embedding reaches the UNet (kind class): vector (added to the timestep "
+                       "embedding) or context (one cross-attention token [B, 1, D], as CompVis' ImageNet LDMs)")
     drop_prob: float = option(0.1, help="probability of replacing the condition by the null condition during "
                                         "training (classifier-free guidance)", min=0.0, max=1.0)
     text: TextEncoderConfig = option(default_factory=TextEncoderConfig, help="text encoder trained from scratch")
@@ -142,6 +145,10 @@ class ConditionerConfig:
                                               help="frozen pretrained text encoder")
     concat: ConcatConfig = option(default_factory=ConcatConfig, help="image-like condition on the latent grid")
     clip: ClipTextConfig = option(default_factory=ClipTextConfig, help="frozen CLIP text encoder (kind clip_text)")
+    size_conditioning: bool = option(
+        False, help="condition on each image's original size and crop and on the output size (SDXL §2.2-2.3 "
+                    "micro-conditioning), recorded by image folders and aspect-ratio buckets; at sampling the "
+                    "original size defaults to the output size and the crop to (0, 0)")
 
     def __post_init__(self) -> None:
         if self.kind == "class" and self.num_classes < 1:
@@ -181,9 +188,11 @@ class ConditionerConfig:
             return MINILM_DIM
         if self.kind == "clip_text":
             return self.clip.width
+        if self.kind == "class" and self.class_route == "context":
+            return self.embed_dim
         return None
 
     @property
     def vector_dim(self) -> int | None:
         """Width D of the vector route, or None when there is none."""
-        return self.embed_dim if self.kind == "class" else None
+        return self.embed_dim if self.kind == "class" and self.class_route == "vector" else None
