@@ -73,3 +73,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-tile", type=tile_size, default=None, metavar="N|auto",
                         help="decode one image and one overlapping tile of N latent cells at a time ('auto': the "
                              "trained latent size), so large images decode in bounded memory (default: whole images)")
+    parser.add_argument("--original-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="size-conditioned models: the original image size to imitate (default: the output "
+                             "size; smaller values imitate upscaled, blurrier images)")
+    parser.add_argument("--crop-top-left", type=int, nargs=2, default=(0, 0), metavar=("TOP", "LEFT"),
+                        help="size-conditioned models: the crop corner to imitate (default 0 0: well framed)")
+
+
+def configure_pipeline(pipe, args: argparse.Namespace):
+    """Apply the pipeline-wide options of :func:`add_sampling_arguments` (decoding tiles, size conditions)."""
+    pipe.tile_decoding(args.decode_tile)
+    pipe.size_conditions(tuple(args.original_size) if args.original_size else None, tuple(args.crop_top_left))
+    return pipe

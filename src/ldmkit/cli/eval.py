@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.cli.common import add_group, add_verb, check_counts
+from ldmkit.cli.common import add_group, add_verb, check_counts, configure_pipeline
 
 METRIC_CHOICES = ("fd", "kd", "pr", "is")  # accuracy needs labels: see evaluate_images
 
@@ -211,7 +211,7 @@ def _generation(args: argparse.Namespace) -> int:
             split = args.split or split
         prompts = captions_from_data(data, args.overrides, split=split, n=args.n, seed=args.seed)
         prompt_source = {"data": data, "overrides": list(args.overrides), "split": split}
-    pipe = load_pipeline(args.model, device=args.device, precision=args.precision).tile_decoding(args.decode_tile)
+    pipe = configure_pipeline(load_pipeline(args.model, device=args.device, precision=args.precision), args)
     result = evaluate_generation(
         pipe, reference, n=args.n, prompts=prompts, class_labels=args.class_label, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale, eta=args.eta,

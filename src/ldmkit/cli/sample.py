@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ldmkit.cli.common import add_sampling_arguments
+from ldmkit.cli.common import add_sampling_arguments, configure_pipeline
 
 HELP = "sample images from a trained latent diffusion model"
 DESCRIPTION = "Sample images from a latent diffusion model directory."
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --prompt or --class, not both")
     out = Path(args.out)
     check_writable(out)
-    pipe = load_pipeline(args.model, device=args.device, precision=args.precision).tile_decoding(args.decode_tile)
+    pipe = configure_pipeline(load_pipeline(args.model, device=args.device, precision=args.precision), args)
     loras = load_lora_args(pipe, args.lora)
     if args.compile:
         pipe.optimize(mode=args.compile)

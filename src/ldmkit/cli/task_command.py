@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ldmkit.cli.common import add_sampling_arguments
+from ldmkit.cli.common import add_sampling_arguments, configure_pipeline
 
 #: Options every task pipeline call takes, by their ``argparse`` names.
 SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "eta", "spacing", "seed")
@@ -64,7 +64,7 @@ def run_task(args: argparse.Namespace, pipeline_class: type, call: Callable[[Any
     out = Path(args.out)
     check_writable(out)
     pipe = pipeline_class.load(args.model, device=args.device, precision=args.precision)
-    pipe.tile_decoding(args.decode_tile)
+    configure_pipeline(pipe, args)
     started = time.perf_counter()
     images = call(pipe)
     record = dict(model=str(Path(args.model).resolve()), **{k: str(Path(v).resolve()) for k, v in inputs.items()},

@@ -5,7 +5,8 @@ A :class:`Conditioner` turns a training batch (or prompts / labels at sampling t
 ``context``); an optional :class:`~ldmkit.conditioning.concat.ConcatEncoder` adds the ``concat`` route.
 During training the main condition of each sample is replaced by the null condition with probability
 ``config.drop_prob`` (classifier-free guidance); the concat route is always kept, as guidance for
-inpainting and super-resolution steers the text/class condition only.
+inpainting and super-resolution steers the text/class condition only. With ``config.size_conditioning`` the
+batch's image geometry becomes the ``sizes`` route (:mod:`ldmkit.conditioning.sizes`), also kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ldmkit.conditioning.concat import ConcatEncoder, ImageEncoder
 from ldmkit.conditioning.config import ConditionerConfig
 from ldmkit.conditioning.dropout import sample_drop_mask
 from ldmkit.conditioning.merge import merge_conditionings
+from ldmkit.conditioning.sizes import batch_sizes
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.config import to_dict
 from ldmkit.errors import ConfigError, DataError
@@ -96,6 +98,8 @@ class Conditioner(nn.Module):
         cond = self._encode_main(batch, drop, size)
         if self.concat_encoder is not None:
             cond = merge_conditionings(cond, self.concat_encoder(batch, generator=generator))
+        if self.config.size_conditioning:
+            cond = merge_conditionings(cond, Conditioning(sizes=batch_sizes(batch)))
         return cond
 
     def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> Conditioning:
@@ -109,7 +113,7 @@ class Conditioner(nn.Module):
         raise NotImplementedError
 
     def unconditional_like(self, cond: Conditioning) -> Conditioning:
-        """The null main condition for ``cond``'s batch, keeping ``cond``'s concat route.
+        """The null main condition for ``cond``'s batch, keeping ``cond``'s concat and size routes.
 
         This is the second branch of classifier-free guidance; it uses the same routes as ``cond``, so
         ``Conditioning.cat([cond, conditioner.unconditional_like(cond)])`` works.
@@ -119,7 +123,8 @@ class Conditioner(nn.Module):
             return cond
         device = next(iter(cond._tensors().values())).device
         null = self.null(size, device)
-        return merge_conditionings(null, Conditioning(concat=cond.concat)) if cond.concat is not None else null
+        kept = Conditioning(concat=cond.concat, sizes=cond.sizes)
+        return merge_conditionings(null, kept) if kept.batch_size is not None else null
 
     def encode_prompts(self, prompts: Sequence[str], *, drop: torch.Tensor | None = None) -> Conditioning:
         """The condition of text prompts (text kinds only)."""

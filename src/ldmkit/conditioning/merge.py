@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ldmkit.conditioning.types import Conditioning
 
-_ROUTES = ("context", "vector", "concat")
+_ROUTES = ("context", "vector", "concat", "sizes")
 
 
 def merge_conditionings(*items: Conditioning) -> Conditioning:
     """One Conditioning holding every route set in ``items``.
 
-    Each route (``context`` with its ``context_mask``, ``vector``, ``concat``) may be set by at most one
+    Each route (``context`` with its ``context_mask``, ``vector``, ``concat``, ``sizes``) may be set by at most one
     item, and all items must have the same batch size; otherwise a ValueError names the clash.
     """
     merged: dict[str, object] = {}

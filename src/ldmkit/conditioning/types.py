@@ -8,7 +8,10 @@ Three routes, each optional:
 - ``concat``: an image-like condition on the latent grid, concatenated to the UNet input,
   ``[B, C, h, w]`` (masked image + mask, low-resolution image, semantic map);
 - ``guidance``: the classifier-free guidance scale ``[B]`` a guidance-distilled network is asked to reproduce
-  in one pass (embedded like the timestep; Meng et al. 2023, LCM §4.1), set by the pipeline, not the conditioner.
+  in one pass (embedded like the timestep; Meng et al. 2023, LCM §4.1), set by the pipeline, not the conditioner;
+- ``sizes``: micro-conditioning (Podell et al. 2023, "SDXL", §2.2-2.3), ``[B, 6]`` float: each image's original
+  height and width, the top-left corner of its crop, and the output height and width, in pixels; embedded with
+  sinusoidal features and added to the timestep embedding.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Conditioning:
     vector: torch.Tensor | None = None  # [B, D] added to the timestep embedding
     concat: torch.Tensor | None = None  # [B, C, h, w] concatenated to the latent input
     guidance: torch.Tensor | None = None  # [B] guidance scale w of a guidance-distilled network
+    sizes: torch.Tensor | None = None  # [B, 6] original h, w, crop top, left, output h, w in pixels (SDXL)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

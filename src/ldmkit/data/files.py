@@ -115,9 +115,10 @@ class FileImages(Dataset):
             entry = self.entries[j]
             try:
                 size = self.buckets[self.bucket_of[j]] if self.bucket_of is not None else None
-                pixels = self.transform(load_image(entry.path, self.cfg.max_pixels), size)
+                pixels, placement = self.transform.placed(load_image(entry.path, self.cfg.max_pixels), size)
             except BadImage as exc:
                 self.bad.add(str(entry.path), str(exc))  # raises past max_bad_fraction
                 continue
-            return {"image": pixels, "label": entry.label, "caption": self.caption(j)}
+            # The image's original size and crop travel along, for size conditioning.
+            return {"image": pixels, "label": entry.label, "caption": self.caption(j), **placement.sample_keys()}
         raise DataError(f"{self.what} holds no readable images")

@@ -10,10 +10,14 @@ Order (each step optional through :class:`~ldmkit.data.config.DataConfig`):
 6. a random horizontal flip (``flip``);
 7. ``uint8 [H, W, C]`` -> ``float32 [C, H, W]`` in ``[-1, 1]``.
 
-Random choices draw from torch's generator, which the data loader seeds per worker.
+Random choices draw from torch's generator, which the data loader seeds per worker. :meth:`ImageTransform.placed`
+also says where the output came from (a :class:`Placement`: the original size and the crop's corner), which
+image data sets put in each sample for size conditioning (:mod:`ldmkit.conditioning.sizes`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +25,9 @@ from PIL import Image, ImageOps
 
 from ldmkit.data.config import DataConfig
 from ldmkit.data.images import BadImage
+
+#: Sample keys of an image's geometry: [2] integers each, (height, width) and (top, left) in pixels.
+ORIGINAL_SIZE, CROP_TOP_LEFT = "original_size", "crop_top_left"
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -61,6 +68,19 @@ def _to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a transformed image came from: the decoded image's (height, width), and the (top, left) corner of the
+    output in the resized image (negative where the output was padded around a smaller image), as seen in the
+    output after any flip."""
+
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+
+    def sample_keys(self) -> dict[str, torch.Tensor]:
+        return {ORIGINAL_SIZE: torch.tensor(self.original_size), CROP_TOP_LEFT: torch.tensor(self.crop_top_left)}
+
+
 class ImageTransform:
     """Callable: PIL image (any mode, any size) -> ``float32 [C, resolution, resolution]`` in ``[-1, 1]``."""
 
@@ -94,8 +114,13 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
         """``size``: (height, width) of the output (an aspect-ratio bucket); default the square resolution."""
+        return self.placed(image, size)[0]
+
+    def placed(self, image: Image.Image, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, Placement]:
+        """The output of :meth:`__call__` and where in the original it lies."""
         cfg = self.cfg
         self.check_size(*image.size)  # before any copy: the resize is where such an image would blow up
+        original = (image.height, image.width)
         image = flatten_alpha(image, self.background)
         image = image.convert("L") if cfg.channels == 1 else image.convert("RGB")
         if cfg.pad:
@@ -106,11 +131,14 @@ class ImageTransform:
         if cfg.resize and scale != 1:
             new = (max(tw, round(w * scale)), max(th, round(h * scale)))
             image = image.resize(new, self.filter)
-        elif w < tw or h < th:
+        content_width, pad_top, pad_left = image.width, 0, 0  # the resized image inside any padding
+        if not (cfg.resize and scale != 1) and (w < tw or h < th):
             canvas = Image.new(image.mode, (max(w, tw), max(h, th)), self._fill(image.mode))
-            canvas.paste(image, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+            pad_left, pad_top = (canvas.width - w) // 2, (canvas.height - h) // 2
+            canvas.paste(image, (pad_left, pad_top))
             image = canvas
         w, h = image.size
+        left = top = 0
         if (w, h) != (tw, th):
             if cfg.crop == "random":
                 left = int(torch.randint(0, w - tw + 1, ()).item())
@@ -121,4 +149,6 @@ class ImageTransform:
         array = np.asarray(image)
         if cfg.flip and bool(torch.rand(()) < 0.5):
             array = array[:, ::-1]
-        return to_tensor(array)
+            # Mirrored, the output's left edge lies this far from the resized image's (once its right) edge.
+            return to_tensor(array), Placement(original, (top - pad_top, pad_left + content_width - left - tw))
+        return to_tensor(array), Placement(original, (top - pad_top, left - pad_left))

@@ -49,6 +49,13 @@ def network_inputs(config: Any, x: torch.Tensor, cond: Conditioning,
     if not takes_guidance and cond.guidance is not None:
         raise ConfigError(f"conditioning has a guidance scale but this {network} has no guidance embedding; "
                           "set guidance_embed (a distilled student) or sample with classifier-free guidance")
+    takes_sizes = getattr(c, "size_embed", False)
+    if takes_sizes and (cond.sizes is None or cond.sizes.shape != (x.shape[0], 6)):
+        got = "none" if cond.sizes is None else str(list(cond.sizes.shape))
+        raise ConfigError(f"this {network} is size-conditioned: it needs Conditioning.sizes [{x.shape[0]}, 6] "
+                          f"(original size, crop corner, output size); got {got}")
+    if not takes_sizes and cond.sizes is not None:
+        raise ConfigError(f"conditioning has sizes but this {network} has no size embedding; set size_embed")
     if c.concat_channels == 0:
         if cond.concat is not None:
             raise ConfigError(f"conditioning has a concat image but this {network} has no concat route; "

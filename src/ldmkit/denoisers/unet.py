@@ -29,6 +29,7 @@ from ldmkit.denoisers.unet_config import UNET_PRESETS, UNetConfig
 from ldmkit.nn import (
     Downsample,
     ResnetBlock,
+    SizeEmbedding,
     SpatialSelfAttention,
     SpatialTransformer,
     TimestepEmbedding,
@@ -89,6 +90,8 @@ class UNet(nn.Module):
         if c.guidance_embed:  # w → sinusoidal features of 1000·w → MLP, zero at first so a student starts as its teacher
             self.guidance_embedding = TimestepEmbedding(mc, emb_dim)
             zero_module(self.guidance_embedding.linear_2)
+        if c.size_embed:  # original size, crop corner, output size → sinusoidal features → MLP, zero at first
+            self.size_embedding = SizeEmbedding(mc, emb_dim)
         if c.class_embeddings is not None:  # integer labels → rows of a table [class_embeddings, 4*mc]
             self.class_embed = nn.Embedding(c.class_embeddings, emb_dim)
         self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, mc, 3, padding=1)
@@ -193,6 +196,8 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(labels).to(emb.dtype)  # [B, 4*mc]
         if self.config.guidance_embed:
             emb = emb + self.guidance_embedding(GUIDANCE_SCALE * cond.guidance.float()).to(emb.dtype)  # [B, 4*mc]
+        if self.config.size_embed:
+            emb = emb + self.size_embedding(cond.sizes.float()).to(emb.dtype)  # [B, 4*mc]
         context, mask = cond.context, cond.context_mask
 
         h = self.conv_in(h)  # [B, mc, h, w]

@@ -48,6 +48,10 @@ class UNetConfig:
     guidance_embed: bool = option(
         False, help="take the guidance scale w as an input (Conditioning.guidance), embedded like the timestep and "
                     "added to its embedding: a guidance-distilled student (LCM); starts at zero")
+    size_embed: bool = option(
+        False, help="take Conditioning.sizes [B, 6] (original size, crop corner, output size; SDXL micro-"
+                    "conditioning), embedded with sinusoidal features and an MLP and added to the timestep "
+                    "embedding; starts at zero (set by conditioner.size_conditioning)")
     conv_resample: bool = option(True, help="3x3 convolutions in Downsample/Upsample (false: avg-pool / nearest only)")
     # Options that Stable Diffusion checkpoints need; their defaults keep the network above unchanged.
     norm_groups: int | None = option(

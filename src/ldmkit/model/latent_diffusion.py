@@ -8,6 +8,7 @@ a pipeline never reassembles the parts, and a converted checkpoint is usable as 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from ldmkit.autoencoders.base import FirstStage
 from ldmkit.conditioning.base import Conditioner
 from ldmkit.conditioning.config import ConditionerConfig
+from ldmkit.conditioning.sizes import requested_sizes
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.wrapper import Denoiser
 from ldmkit.diffusion.schedules import NoiseSchedule
@@ -71,6 +73,22 @@ class LatentDiffusionModel:
         """Whether the network takes the guidance scale as an input (a guidance-distilled student, ``ldm distill``):
         then guidance costs no second pass and no null condition."""
         return bool(getattr(self.unet.config, "guidance_embed", False))
+
+    @property
+    def takes_sizes(self) -> bool:
+        """Whether the network is size-conditioned (``conditioner.size_conditioning``): every call then carries
+        ``Conditioning.sizes`` (:meth:`with_sizes`)."""
+        return bool(getattr(self.unet.config, "size_embed", False))
+
+    def with_sizes(self, cond: Conditioning | None, count: int, height: int, width: int,
+                   original_size: tuple[int, int] | None = None,
+                   crop_top_left: tuple[int, int] = (0, 0)) -> Conditioning | None:
+        """``cond`` of ``count`` images with the sizes route of ``height × width``-pixel outputs when the network takes
+        one (the original size defaults to the output size, the crop to (0, 0)); ``cond`` itself otherwise."""
+        if cond is None or not self.takes_sizes:
+            return cond
+        sizes = requested_sizes(count, height, width, original_size, crop_top_left, device=self.device)
+        return dataclasses.replace(cond, sizes=sizes)
 
     @property
     def size_multiple(self) -> int:

@@ -12,7 +12,7 @@ from ldmkit.nn.attention import (
     SpatialSelfAttention,
     SpatialTransformer,
 )
-from ldmkit.nn.embeddings import TimestepEmbedding, timestep_embedding
+from ldmkit.nn.embeddings import SizeEmbedding, TimestepEmbedding, timestep_embedding
 from ldmkit.nn.norm import group_norm, num_groups
 from ldmkit.nn.resnet import ResnetBlock
 from ldmkit.nn.updown import Downsample, Upsample
@@ -24,6 +24,7 @@ __all__ = [
     "Downsample",
     "FeedForward",
     "ResnetBlock",
+    "SizeEmbedding",
     "SpatialSelfAttention",
     "SpatialTransformer",
     "TimestepEmbedding",

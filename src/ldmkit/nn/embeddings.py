@@ -1,4 +1,4 @@
-"""Timestep embeddings: sinusoidal features (Vaswani et al. 2017, as in DDPM/ADM) and their MLP."""
+"""Timestep (and size) embeddings: sinusoidal features (Vaswani et al. 2017, as in DDPM/ADM) and their MLP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import nn
+
+from ldmkit.nn.init import zero_module
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -46,3 +48,24 @@ class TimestepEmbedding(nn.Module):
         freq = timestep_embedding(t, self.frequency_dim, self.max_period)  # [B, F] float32
         freq = freq.to(self.linear_1.weight.dtype)
         return self.linear_2(self.act(self.linear_1(freq)))  # [B, E]
+
+
+class SizeEmbedding(nn.Module):
+    """Size micro-conditioning (Podell et al. 2023, "SDXL", §2.2): each of the numbers ``sizes`` [B, N] (original
+    size, crop corner, output size, in pixels) as ``frequency_dim`` sinusoidal features, concatenated, then
+    ``Linear → SiLU → Linear`` to the timestep embedding's width.
+
+    The last layer starts at zero, so the route starts silent: a model given it for fine-tuning begins as it was.
+    """
+
+    def __init__(self, frequency_dim: int, embed_dim: int, count: int = 6):
+        super().__init__()
+        self.frequency_dim, self.count = frequency_dim, count
+        self.linear_1 = nn.Linear(count * frequency_dim, embed_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = zero_module(nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, sizes: torch.Tensor) -> torch.Tensor:
+        b = sizes.shape[0]  # sizes: [B, N]
+        freq = timestep_embedding(sizes.reshape(-1), self.frequency_dim).reshape(b, -1)  # [B, N*F] float32
+        return self.linear_2(self.act(self.linear_1(freq.to(self.linear_1.weight.dtype))))  # [B, E]

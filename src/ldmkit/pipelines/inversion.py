@@ -64,8 +64,9 @@ def invert(pipe: LatentDiffusionPipeline, image: str | Path | Image.Image | torc
     dtype = autocast_dtype(pipe.device, pipe.precision)
     try:
         with torch.autocast(pipe.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            noise = invert_latents(options, pipe.denoiser, latents.to(pipe.device), cond, uncond,
-                                   iterations=iterations,
+            latents = latents.to(pipe.device)
+            noise = invert_latents(options, pipe.denoiser, latents, pipe.sized(cond, latents),
+                                   pipe.sized(uncond, latents), iterations=iterations,
                                    callback=advance if bar is not None else None)
     finally:
         if bar is not None:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ldmkit import samplers
 from ldmkit.conditioning.config import ConditionerConfig
+from ldmkit.conditioning.sizes import check_size_request
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.errors import ConfigError
@@ -111,6 +112,8 @@ class LatentDiffusionPipeline:
         self.optimizations: tuple[str, ...] = ()  # what optimize() applied
         self.decode_tile: tuple[int, int] | None = None  # latent cells per decoding tile (tile_decoding())
         self.decode_overlap: int | None = None
+        self.original_size: tuple[int, int] | None = None  # what a size-conditioned model imitates (size_conditions())
+        self.crop_top_left: tuple[int, int] = (0, 0)
 
     # The model's parts, read through the pipeline (``pipe.unet``, ``pipe.autoencoder``, …).
     unet = property(lambda self: self.model.unet)
@@ -184,11 +187,30 @@ class LatentDiffusionPipeline:
         self.decode_overlap = overlap
         return self
 
+    def size_conditions(self, original_size: tuple[int, int] | None = None,
+                        crop_top_left: tuple[int, int] = (0, 0)) -> LatentDiffusionPipeline:
+        """What a size-conditioned model (``conditioner.size_conditioning``, SDXL §2.2) is told about the images it
+        makes: the original (height, width) to imitate (None: the output size: a full-resolution image) and the
+        crop's (top, left) corner ((0, 0): well framed; larger values imitate an image cut off at the top or left).
+        Other models ignore this. Returns the pipeline."""
+        check_size_request(tuple(original_size) if original_size is not None else (1, 1), tuple(crop_top_left))
+        self.original_size = tuple(original_size) if original_size is not None else None
+        self.crop_top_left = tuple(crop_top_left)
+        return self
+
+    def sized(self, cond: Conditioning | None, latents: torch.Tensor) -> Conditioning | None:
+        """``cond`` with the sizes route of the images ``latents`` [B, c, h, w] decode to, as
+        :meth:`size_conditions` says (only for a size-conditioned model)."""
+        f = self.autoencoder.downsample_factor
+        return self.model.with_sizes(cond, latents.shape[0], latents.shape[-2] * f, latents.shape[-1] * f,
+                                     self.original_size, self.crop_top_left)
+
     @classmethod
     def from_pipeline(cls, pipe: LatentDiffusionPipeline) -> LatentDiffusionPipeline:
         """The same model parts (no copies) behind this class's interface (a task pipeline's checks run here)."""
         made = cls(pipe.model, precision=pipe.precision)
         made.decode_tile, made.decode_overlap = pipe.decode_tile, pipe.decode_overlap
+        made.original_size, made.crop_top_left = pipe.original_size, pipe.crop_top_left
         return made
 
     @classmethod
@@ -250,6 +272,7 @@ class LatentDiffusionPipeline:
                        callback: samplers.Callback | None = None, progress: bool = False) -> torch.Tensor:
         """Latents [B, c, h, w] from ``noise`` (and img2img ``start``) as ``options`` say; ``options.seed`` drives
         the noise that stochastic samplers (DDPM, DDIM η > 0) add per step."""
+        cond, uncond = self.sized(cond, noise), self.sized(uncond, noise)
         if self.model.takes_guidance:  # a distilled student reproduces guidance w in one pass: w is its input
             cond = dataclasses.replace(cond, guidance=torch.full((noise.shape[0],), float(options.guidance),
                                                                   device=self.device))

@@ -176,14 +176,20 @@ class DiffusionTask(Task):
                                                     source=f"train.init_from={init.path} (conditioner)").to(device)
         z_channels = self.autoencoder.latent_channels
         backbone = BACKBONES.get(exp.backbone)
+        sizes = {}
+        if exp.conditioner.size_conditioning:
+            if not hasattr(getattr(exp, backbone.name), "size_embed"):
+                raise ConfigError(f"conditioner.size_conditioning needs a backbone with a size embedding (unet); "
+                                  f"backbone {backbone.name} has none")
+            sizes = {"size_embed": True}
         self.unet_config = replace(
             getattr(exp, backbone.name), in_channels=z_channels, out_channels=z_channels,
             context_dim=self.conditioner.context_dim, vector_dim=self.conditioner.vector_dim,
-            concat_channels=self.conditioner.concat_channels,
+            concat_channels=self.conditioner.concat_channels, **sizes,
         )
         self.unet = backbone.network_class(self.unet_config).to(device)
-        if init is not None:
-            load_component(self.unet, init, backbone.name)
+        if init is not None:  # a size embedding added for fine-tuning starts at zero
+            load_component(self.unet, init, backbone.name, may_add=("size_embedding.",) if sizes else ())
         adapted_text = exp.lora.enabled and add_trained_lora(self.unet, self.conditioner, exp.lora,
                                                              train_cfg.trainable)
         if device.type == "cuda" and train_cfg.channels_last:

@@ -142,7 +142,7 @@ class DistillTask(Task):
             else:
                 z0 = self.teacher.autoencoder.encode_distribution(batch["image"].to(self.device)).sample()
             cond = self.teacher.conditioner.encode(batch)
-            uncond = self.teacher.conditioner.null(z0.shape[0], self.device)
+            uncond = self.teacher.conditioner.unconditional_like(cond)  # keeps the concat and size routes
         return z0, cond, uncond
 
     def train_step(self, batch: dict[str, Any], step: int, ctx: StepContext) -> dict[str, Any]:

@@ -25,13 +25,20 @@ def read_init(path: str, kind: str) -> ModelDirInfo:
         raise CheckpointError(f"train.init_from: {exc}") from None
 
 
-def load_component(module: torch.nn.Module, info: ModelDirInfo, name: str) -> None:
-    """Load component ``name`` of ``info`` into ``module``, refusing weights of another architecture."""
+def load_component(module: torch.nn.Module, info: ModelDirInfo, name: str, *, may_add: tuple[str, ...] = ()) -> None:
+    """Load component ``name`` of ``info`` into ``module``, refusing weights of another architecture.
+
+    ``may_add``: prefixes of parameters the saved weights may lack, a route added for fine-tuning (it starts at
+    zero, so the model begins as it was); they keep ``module``'s own values."""
     if name not in info.files:
         have = ", ".join(sorted(info.files)) or "none"
         raise CheckpointError(f"train.init_from={info.path} has no {name} weights (it holds: {have}); "
                               "start from a model with the same network")
-    load_state_strict(module, load_weights(info, name), f"train.init_from={info.path} ({name})")
+    state = load_weights(info, name)
+    if may_add:
+        added = {k: v for k, v in module.state_dict().items() if k.startswith(may_add) and k not in state}
+        state = {**state, **added}
+    load_state_strict(module, state, f"train.init_from={info.path} ({name})")
 
 
 def check_same_autoencoder(info: ModelDirInfo, autoencoder: str | Path) -> None:

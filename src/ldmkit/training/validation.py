@@ -90,6 +90,8 @@ def validation_scores(model, held_out: HeldOut, config: ValidationConfig) -> dic
     request = _request(takes, held_out)
     cond, _, _ = model.condition(**request)
     z0, noise = held_out.latents.to(device), held_out.noise.to(device)
+    f = model.autoencoder.downsample_factor
+    cond = model.with_sizes(cond, z0.shape[0], z0.shape[-2] * f, z0.shape[-1] * f)  # a size-conditioned model: full-size images
     scores: dict[str, float] = {}
     with torch.no_grad():
         for t in config.timesteps:
