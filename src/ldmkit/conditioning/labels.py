@@ -15,7 +15,8 @@ from ldmkit.errors import ConfigError, DataError
 
 
 class ClassConditioner(Conditioner):
-    """Label y ∈ {0 … K−1} → ``vector`` [B, D]; index K is the learned null class.
+    """Label y ∈ {0 … K−1} → ``vector`` [B, D] (or, with ``class_route: context``, one ``context`` token
+    [B, 1, D]); index K is the learned null class.
 
     A label of −1 (a sample without a label) is encoded as the null class, so unlabelled images train the
     unconditional model.
@@ -49,9 +50,15 @@ class ClassConditioner(Conditioner):
         if drop is not None:
             drop = torch.as_tensor(drop, dtype=torch.bool).to(device)
             labels = torch.where(drop, torch.full_like(labels, self.null_index), labels)
-        return Conditioning(vector=self.embedding(labels))  # [B, D]
+        return self._route(self.embedding(labels))
 
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
         labels = torch.full((batch_size,), self.null_index, dtype=torch.long, device=self.embedding.weight.device)
         vector = self.embedding(labels)  # [B, D]
-        return Conditioning(vector=vector.to(device) if device is not None else vector)
+        return self._route(vector.to(device) if device is not None else vector)
+
+    def _route(self, embedded: torch.Tensor) -> Conditioning:
+        """[B, D] embeddings → the route the config names."""
+        if self.config.class_route == "context":
+            return Conditioning(context=embedded[:, None])  # [B, 1, D]
+        return Conditioning(vector=embedded)  # [B, D]
