@@ -1,9 +1,10 @@
 """Any supported checkpoint → ldmkit configs and state dicts (:class:`ConvertedParts`) → a model directory.
 
-Sources: a single file in the original layout (``.ckpt``, ``.safetensors``: a whole latent diffusion model or
-a first stage only) or a diffusers folder (see :mod:`ldmkit.interop.diffusers_folder`). Networks are built on
-the ``meta`` device and take the checkpoint's tensors as they are (``assign=True``), so the weights are never
-held twice; the model directory is written beside ``--out`` and renamed into place when complete.
+Sources: a single file in the original layout (``.ckpt``, ``.safetensors``: a whole latent diffusion model, Stable
+Diffusion or a CompVis LDM without a text encoder, or a first stage only) or a diffusers folder (see
+:mod:`ldmkit.interop.diffusers_folder`). Networks are built on the ``meta`` device and take the checkpoint's
+tensors as they are (``assign=True``), so the weights are never held twice; the model directory is written beside
+``--out`` and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ldmkit.autoencoders.build import build_autoencoder, save_autoencoder
 from ldmkit.denoisers.unet import UNet
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import CheckpointError, ConfigError
+from ldmkit.interop.compvis_stages import COND_STAGE, compvis_conditioner_state, fold_channel_mapper
 from ldmkit.interop.concat_order import concat_route, conv_in_to_ldmkit
 from ldmkit.interop.infer import UNET, foreign_layout, infer_autoencoder, infer_sd_config
 from ldmkit.interop.keys_unet import unet_rules
@@ -92,6 +94,22 @@ def _check_schedule(schedule, state: Mapping[str, torch.Tensor], notes: list[str
     notes.append("noise schedule checked against the checkpoint's alphas_cumprod")
 
 
+def _stored_scale_factor(config, state: Mapping[str, torch.Tensor], params: Mapping[str, Any], notes: list[str]):
+    """A ``scale_by_std`` model (lsun_churches) measured its factor when training began and stored it as a buffer:
+    the stored value is the one its latents were scaled by."""
+    stored = state.get("scale_factor")
+    if stored is None:
+        if params.get("scale_by_std"):
+            raise CheckpointError("the YAML has scale_by_std: true but the checkpoint stores no scale_factor, so the "
+                                  "latent scale it was trained with is unknown")
+        return config
+    value = float(stored)
+    if abs(value - config.scale_factor) <= 1e-6 * abs(config.scale_factor):
+        return config
+    notes.append(f"scale_factor {value:.6g} taken from the checkpoint (the YAML says {config.scale_factor:g})")
+    return dataclasses.replace(config, scale_factor=value)
+
+
 def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str, Any] | None = None, *,
                         ema: bool = False, prediction: str | None = None) -> ConvertedParts:
     """A single file's tensors in the original layout (+ its YAML, read or inferred) → ConvertedParts."""
@@ -121,9 +139,9 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
     unet_config, schedule = described.unet, described.schedule
     if prediction is not None:
         schedule = dataclasses.replace(schedule, prediction=prediction)
-    if described.text_encoder is None:
-        raise ConfigError("only text-conditioned latent diffusion models (Stable Diffusion 1.x / 2.x) convert to a "
-                          "whole model; convert the first stage alone or give a text-conditioned YAML")
+    compvis = described.compvis
+    if compvis is not None:  # checked first: the semantic map's channel_mapper is folded into conv_in
+        cond, cond_state = compvis.conditioner, compvis_conditioner_state(state, compvis)
     has_ema = any(k.startswith("model_ema.diffusion_model") for k in keys)
     if ema:
         unet_original = _ema_unet(state)
@@ -132,28 +150,33 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
         unet_original = strip_prefix(state, UNET)
         if has_ema:
             notes.append("the checkpoint also holds EMA weights (model_ema.*): --ema converts those instead")
+    if compvis is not None and cond.concat.semantic_map:
+        unet_original = dict(unet_original, **{"input_blocks.0.0.weight": fold_channel_mapper(
+            unet_original["input_blocks.0.0.weight"], state[COND_STAGE + "channel_mapper.weight"],
+            unet_config.in_channels)})
     unet_state = import_tensors(unet_rules(unet_config, "original"), unet_original, "UNet",
                                 expected=_meta(UNet, unet_config).state_dict())
-    if concat_route(described.concat).inpainting:
+    if compvis is None and concat_route(described.concat).inpainting:  # SD's [z, mask, masked] order
         unet_state["conv_in.weight"] = conv_in_to_ldmkit(unet_state["conv_in.weight"], unet_config.in_channels)
         notes.append("inpainting: conv_in's input channels reordered from [z, mask, masked] to ldmkit's "
                      "[z, masked, mask]")
-    autoencoder = described.autoencoder
+    autoencoder = _stored_scale_factor(described.autoencoder, state, original["model"].get("params") or {}, notes)
     ae_state = _autoencoder_state(autoencoder, _first_stage_state(state, notes))
-    clip, text_state, text_notes = text_from_original(state, described.text_encoder)
-    notes += text_notes
-    if concat_route(described.concat).super_resolution:
-        clip = dataclasses.replace(clip, vector_label=0)
-        notes.append("x4 upscaler: the noise-level label is 0 (the low-resolution image is given clean)")
+    if compvis is None:
+        clip, cond_state, text_notes = text_from_original(state, described.text_encoder)
+        notes += text_notes
+        if concat_route(described.concat).super_resolution:
+            clip = dataclasses.replace(clip, vector_label=0)
+            notes.append("x4 upscaler: the noise-level label is 0 (the low-resolution image is given clean)")
+        cond = conditioner_config(clip, described.concat, autoencoder.latent_channels, autoencoder.downsample_factor)
     _check_schedule(schedule, state, notes)
     known = (UNET, FIRST_STAGE, SD1_TEXT, SD2_TEXT, "model_ema.", "low_scale_model.", "cond_stage_model.")
     stray = [k for k in keys if not k.startswith(known) and k not in SCHEDULE_BUFFERS]
     if stray:
         raise CheckpointError(f"the checkpoint has {len(stray)} tensors no part of the model takes ({few(stray)}): "
                               "it is not a Stable Diffusion / LDM checkpoint ldmkit can hold")
-    cond = conditioner_config(clip, described.concat, autoencoder.latent_channels, autoencoder.downsample_factor)
     return ConvertedParts(autoencoder=autoencoder, autoencoder_state=ae_state, unet=unet_config, unet_state=unet_state,
-                          conditioner=cond, conditioner_state=text_state, schedule=schedule,
+                          conditioner=cond, conditioner_state=cond_state, schedule=schedule,
                           latent_size=described.latent_size or 64, notes=notes)
 
 

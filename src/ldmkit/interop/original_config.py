@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ldmkit.interop.compvis_stages import CompVisCondition, compvis_condition, refuse_inexact
 from ldmkit.interop.concat_order import concat_route
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.denoisers.unet_config import UNetConfig
@@ -51,6 +52,7 @@ class OriginalModel:
     concat: str  # "none", "masked_image" or "low_res"
     latent_size: int | None
     notes: list[str] = field(default_factory=list)
+    compvis: CompVisCondition | None = None  # the condition of a CompVis LDM without a text encoder
 
 
 def read_original_yaml(path: str | Path) -> dict[str, Any]:
@@ -171,32 +173,34 @@ def model_from_original(data: Mapping[str, Any]) -> OriginalModel:
     if utarget not in _UNET_TARGETS:
         raise ConfigError(f"original UNet {utarget or '(no target)'} is not supported (openaimodel.UNetModel)")
     unet = unet_from_original(up)
-    ftarget, fp = _params(p.get("first_stage_config"), "model.params.first_stage_config")
-    autoencoder = autoencoder_from_original(ftarget, fp, float(p.get("scale_factor", 1.0)))
     key = p.get("conditioning_key")
     cond = p.get("cond_stage_config")
     ctarget = cond.get("target", "") if isinstance(cond, Mapping) else str(cond or "")
-    text = None
-    if unet.context_dim is not None:
-        if key not in ("crossattn", "hybrid", "hybrid-adm"):
-            raise ConfigError(f"original conditioning_key {key!r} with a cross-attention UNet is not supported")
-        text = TEXT_ENCODERS.get(ctarget)
-        if text is None:
-            raise ConfigError(f"original cond_stage_config {ctarget or '(none)'} is not supported "
-                              f"({', '.join(TEXT_ENCODERS)})")
+    refuse_inexact(ctarget)
+    ftarget, fp = _params(p.get("first_stage_config"), "model.params.first_stage_config")
+    autoencoder = autoencoder_from_original(ftarget, fp, float(p.get("scale_factor", 1.0)))
+    text, compvis = None, None
+    if ctarget in TEXT_ENCODERS:
+        if unet.context_dim is None or key not in ("crossattn", "hybrid", "hybrid-adm"):
+            raise ConfigError(f"original {ctarget} with conditioning_key {key!r} and a UNet without cross-attention "
+                              "is not supported")
+        text = TEXT_ENCODERS[ctarget]
         layer = (cond.get("params") or {}).get("layer", "last" if text == "clip-l" else "penultimate")
         if (text, layer) not in (("clip-l", "last"), ("openclip-h", "penultimate")):
             raise ConfigError(f"original {ctarget} with layer {layer!r} is not supported")
-    elif ctarget not in ("__is_unconditional__", "") or key not in (None, "concat"):
-        raise ConfigError(f"original cond_stage_config {ctarget} / conditioning_key {key!r} without cross-attention "
-                          "is not supported")
-    concat = _LDM_TARGETS[target]
+    elif target != "ldm.models.diffusion.ddpm.LatentDiffusion":
+        raise ConfigError(f"original {target} with cond_stage_config {ctarget or '(none)'} is not supported "
+                          f"({', '.join(TEXT_ENCODERS)})")
+    else:
+        compvis, unet = compvis_condition(p, unet, autoencoder)
+        notes += compvis.notes
+    concat = compvis.conditioner.concat.kind if compvis is not None else _LDM_TARGETS[target]
     if unet.concat_channels and concat == "none":
         raise ConfigError(f"original UNet takes {unet.concat_channels} extra input channels but {target} adds no "
                           "concat condition")
-    if concat_route(concat).super_resolution:
+    if compvis is None and concat_route(concat).super_resolution:
         notes.append("x4 upscaler: the low-resolution image is concatenated as is; its noise level reaches the UNet "
                      "as an integer label in Conditioning.vector")
     image = p.get("image_size")
     return OriginalModel(unet, autoencoder, schedule_from_original(p), text, concat,
-                         int(image) if image is not None else None, notes)
+                         int(image) if image is not None else None, notes, compvis)
