@@ -147,3 +147,46 @@ def test_distill_refuses_a_student_as_teacher_and_a_missing_model(tmp_path):
     with pytest.raises(ConfigError, match="already a distilled student"):
         run_distillation([f"model={run / 'model'}", f"train.out={tmp_path / 'again'}", "train.steps=1",
                           "train.batch_size=2", "train.device=cpu", "train.progress=false", "train.image_every=0"])
+
+
+def test_lcm_lora_trains_adapters_of_the_teacher_alone_and_they_make_it_sample_in_few_steps(tmp_path):
+    from safetensors import safe_open
+
+    from ldmkit.cli.main import main as ldm
+    from ldmkit.model import LatentDiffusionModel
+    from ldmkit.pipelines import LatentDiffusionPipeline
+
+    teacher_dir = _tiny_teacher(tmp_path)
+    run = tmp_path / "run"
+    common = ["--model", str(teacher_dir), "--out", str(run), "lora.rank=4", "lora.targets=[convolutions]",
+              "train.lr=1e-3", "train.batch_size=4", "train.device=cpu", "train.progress=false", "skip=100"]
+    assert ldm(["distill", *common, "train.steps=2", "train.image_every=2"]) == 0
+    assert ldm(["distill", *common, "train.steps=3", "train.image_every=0"]) == 0  # resumes at step 2
+    assert (run / "images" / "samples-00000002.png").is_file()
+    # The base written beside the adapter is the teacher, weight for weight, and takes no guidance input.
+    teacher, base = LatentDiffusionModel.load(teacher_dir), LatentDiffusionModel.load(run / "model")
+    assert not base.takes_guidance and "sampling" not in base.extra
+    theirs = base.unet.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in teacher.unet.state_dict().items())
+    assert theirs.keys() == teacher.unet.state_dict().keys()
+    adapter = run / "model" / "adapters" / "lora.safetensors"
+    with safe_open(str(adapter), "pt") as f:
+        info = json.loads(f.metadata()["ldmkit_lora"])
+    assert info["sampling"] == {"sampler": "lcm", "steps": 4, "guidance": 1.0} and info["rank"] == 4
+    # Loaded onto the teacher, the adapter changes its few-step samples (its B factors left zero).
+    pipe = LatentDiffusionPipeline(teacher)
+    kwargs = dict(class_label=[1, 2], sampler="lcm", steps=2, guidance=1.0, output="tensor", progress=False)
+    plain = pipe(**kwargs)
+    pipe.load_lora(adapter)
+    adapted = pipe(**kwargs)
+    assert torch.isfinite(adapted).all() and not torch.equal(adapted, plain)
+    assert ldm(["sample", "--model", str(teacher_dir), "--lora", str(adapter), "--sampler", "lcm", "--steps", "2",
+                "--guidance", "1", "--class", "1", "--n", "1", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
+
+
+def test_an_lcm_lora_adapts_the_unet_only():
+    from ldmkit.adapters.config import LoraConfig
+    from ldmkit.training.distill_task import DistillExperiment
+
+    with pytest.raises(ConfigError, match="LCM-LoRA adapts the UNet only"):
+        DistillExperiment(model="x", lora=LoraConfig(rank=4, targets=("attention", "text_encoder")))

@@ -60,3 +60,20 @@ def test_wrong_kind_missing_dir_and_tampering(tmp_path):
     weights.write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="cannot be read as safetensors"):
         load_weights(read_model_dir(tmp_path / "m"), verify=False)
+
+
+def test_a_model_is_replaced_with_the_adapters_ldmkit_wrote_but_never_with_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from ldmkit.io.model_dir import ADAPTER_METADATA
+
+    path = save_model_dir(tmp_path / "model", kind="toy", config={}, weights={"unet": {"w": torch.zeros(2)}})
+    (path / "adapters").mkdir()
+    save_file({"x": torch.zeros(1)}, str(path / "adapters" / "lora.safetensors"), metadata={ADAPTER_METADATA: "{}"})
+    save_model_dir(path, kind="toy", config={}, weights={"unet": {"w": torch.ones(2)}})  # a LoRA run's next save
+    assert torch.equal(load_weights(read_model_dir(path), "unet")["w"], torch.ones(2))
+    (path / "adapters").mkdir()
+    save_file({"x": torch.zeros(1)}, str(path / "adapters" / "mine.safetensors"))  # not written by ldmkit
+    with pytest.raises(CheckpointError, match=r"not part of an ldmkit model \(adapters\)"):
+        save_model_dir(path, kind="toy", config={}, weights={"unet": {"w": torch.ones(2)}})
+    assert (path / "adapters" / "mine.safetensors").is_file()

@@ -22,10 +22,10 @@ from ldmkit.adapters.layout_kohya import from_kohya, is_kohya, to_kohya
 from ldmkit.adapters.names import FILE_PREFIX, component_places
 from ldmkit.adapters.split import join, split
 from ldmkit.errors import CheckpointError
+from ldmkit.io.model_dir import ADAPTER_METADATA, ADAPTERS_DIR
 from ldmkit.interop.rules import few
 
 KOHYA_SUFFIX = ".kohya.safetensors"
-ADAPTERS_DIR = "adapters"  # a model directory's adapters: <model>/adapters/NAME.safetensors (+ the kohya twin)
 
 
 def find_adapters(model_dir: str | Path) -> dict[str, Path]:
@@ -59,7 +59,7 @@ def save_adapter(path: str | Path, adapters: dict[str, Adapter], components: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     foreign = _foreign(adapters, components)
     ranks = sorted({f.rank for f in foreign.values()})
-    meta = {"format": "pt", "ldmkit_lora": json.dumps(info or {})}
+    meta = {"format": "pt", ADAPTER_METADATA: json.dumps(info or {})}
     save_file(to_diffusers(foreign), str(path), metadata=meta)
     first = next(iter(foreign.values()))
     kohya_meta = {**meta, "ss_network_module": "networks.lora", "ss_network_dim": str(ranks[-1]),

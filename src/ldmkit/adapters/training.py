@@ -48,10 +48,11 @@ def plain_copy(model) -> Any:
     return dataclasses.replace(model, unet=unet, conditioner=conditioner)
 
 
-def write_lora_model(model, directory: Path, config: LoraConfig, experiment: dict) -> None:
-    """The base model to ``directory`` and the trained adapter to ``directory/adapters/``."""
+def write_lora_model(model, directory: Path, config: LoraConfig, experiment: dict, info: dict | None = None) -> None:
+    """The base model to ``directory`` and the trained adapter to ``directory/adapters/`` (``info``: more to record
+    in the adapter's metadata)."""
     plain_copy(model).save(directory, experiment=experiment)
-    info = {"rank": config.rank, "alpha": config.scale_alpha, "targets": list(config.targets)}
+    info = {"rank": config.rank, "alpha": config.scale_alpha, "targets": list(config.targets), **(info or {})}
     write_lora(model, config.name, directory / ADAPTERS_DIR / f"{config.name}.safetensors", info)
 
 

@@ -160,9 +160,32 @@ def save_model_dir(
     return path
 
 
+ADAPTERS_DIR = "adapters"  # a model directory's adapters: <model>/adapters/NAME.safetensors (+ the kohya twin)
+ADAPTER_METADATA = "ldmkit_lora"  # the safetensors metadata key ldmkit writes into every adapter file
+
+
+def _written_adapters(path: Path) -> bool:
+    """Whether ``path`` is an ``adapters/`` folder holding only adapter files ldmkit wrote (a LoRA run's output,
+    which the next save of that run replaces)."""
+    from safetensors import SafetensorError, safe_open
+
+    children = sorted(path.iterdir())
+    for child in children:
+        if child.suffix != ".safetensors" or not child.is_file() or child.is_symlink():
+            return False
+        try:
+            with safe_open(str(child), "pt") as f:
+                if ADAPTER_METADATA not in (f.metadata() or {}):
+                    return False
+        except (OSError, SafetensorError):
+            return False
+    return bool(children)
+
+
 def foreign_entries(path: Path) -> list[str]:
     """Entries of an existing directory that are not part of an ldmkit model directory (all of them when it
-    has no readable ldmkit ``config.json``); a nested ``autoencoder/`` copy is checked the same way."""
+    has no readable ldmkit ``config.json``); a nested ``autoencoder/`` copy is checked the same way, and an
+    ``adapters/`` folder belongs when ldmkit wrote every file in it."""
     try:
         record = json.loads((path / CONFIG_NAME).read_text())
         named = {CONFIG_NAME, *(f"{name}.safetensors" for name in record["files"])} if record["format"] == FORMAT \
@@ -175,6 +198,9 @@ def foreign_entries(path: Path) -> list[str]:
             continue
         if named and child.name == "autoencoder" and child.is_dir() and not child.is_symlink() \
                 and not foreign_entries(child):
+            continue
+        if named and child.name == ADAPTERS_DIR and child.is_dir() and not child.is_symlink() \
+                and _written_adapters(child):
             continue
         foreign.append(child.name)
     return foreign

@@ -8,17 +8,26 @@ maps the teacher's x_s to f_θ⁻(x_s, w, s); the loss is their pseudo-Huber dis
 input of the student (``guidance_embed``), so guidance is folded into it: the student samples guided images in
 one network pass per step. The student starts as a copy of the teacher with a zero guidance embedding.
 
+With ``lora.rank > 0`` the student is LCM-LoRA instead (Luo et al. 2023, "LCM-LoRA", §3): the teacher itself with
+low-rank adapters, the only weights that train. It takes no w (guidance is folded in at the w the training drew,
+so it samples with guidance 1), its target is the student itself without gradient (no EMA copy), and the result
+is an adapter file that turns the teacher, or another fine-tune of the same base, into a few-step sampler:
+``ldm sample --model M --lora OUT/model/adapters/NAME.safetensors --sampler lcm --steps 4 --guidance 1``.
+
 Data: the teacher's own training data (its recorded experiment), or ``latents``/``data`` given here.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from ldmkit.adapters.config import LoraConfig
+from ldmkit.adapters.training import add_trained_lora, write_lora_model
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.config import from_dict, load_config, option, to_dict
 from ldmkit.data import DataConfig, build_dataset
@@ -53,6 +62,9 @@ class DistillExperiment:
     huber_c: float = option(0.001, help="c of the pseudo-Huber distance sqrt(d² + c²) - c (LCM: 0.001)", min=1e-8)
     target_decay: float = option(0.95, help="EMA decay of the target network θ⁻ (LCM: 0.95)", min=0.0, max=1.0)
     preview_steps: int = option(4, help="consistency-sampler steps of the preview grids", min=1)
+    lora: LoraConfig = option(default_factory=LoraConfig,
+                              help="rank > 0: distil into LoRA adapters of the teacher (LCM-LoRA), not a new UNet; "
+                                   "the adapter is written to OUT/model/adapters/NAME.safetensors")
     train: TrainConfig = option(default_factory=lambda: TrainConfig(lr=1e-5, steps=2000, out="runs/distill"),
                                 help="optimisation and run directory")
 
@@ -61,6 +73,9 @@ class DistillExperiment:
             raise ConfigError("config key 'model' is required: the model directory of the teacher")
         if self.guidance_max < self.guidance_min:
             raise ConfigError(f"guidance_max={self.guidance_max} is below guidance_min={self.guidance_min}")
+        if self.lora.enabled and "text_encoder" in self.lora.targets:
+            raise ConfigError("lora.targets: an LCM-LoRA adapts the UNet only (the text encoder gives the teacher's "
+                              "condition); drop text_encoder")
 
 
 class _ConsistencyLoss(torch.nn.Module):
@@ -82,7 +97,8 @@ class _ConsistencyLoss(torch.nn.Module):
         s = (t - exp.skip).clamp(min=0)  # [B] one teacher step below
         w = exp.guidance_min + (exp.guidance_max - exp.guidance_min) * rand((b,), device=device)  # [B]
         x_t = schedule.add_noise(z0, randn(z0.shape, device=device, dtype=z0.dtype), t)
-        guided = replace(cond, guidance=w)
+        # A w-conditioned student is told w; an LCM-LoRA learns the guided flow at the drawn w without it.
+        guided = replace(cond, guidance=w) if self.student.config.guidance_embed else cond
         student = teacher.denoiser(self.student)
         estimate = consistency_output(x_t, student(x_t, t, guided).x0, t)  # f_θ(x_t, w, t)
         with torch.no_grad():
@@ -113,26 +129,39 @@ class DistillTask(Task):
         if self.teacher.takes_guidance:
             raise ConfigError(f"{exp.model} is already a distilled student; distil its teacher instead")
         self.teacher.conditioner.eval().requires_grad_(False)
-        student_config = replace(self.teacher.unet.config, guidance_embed=True)
-        self.student = type(self.teacher.unet)(student_config).to(device)
-        missing, unexpected = self.student.load_state_dict(self.teacher.unet.state_dict(), strict=False)
-        if unexpected or any(not key.startswith("guidance_embedding.") for key in missing):
-            raise ConfigError(f"the student does not take the teacher's weights: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-        # θ⁻: a constant-decay EMA of the student (no warm-up: LCM starts it equal to the student at μ = 0.95).
-        self.target_ema = EMA(self.student, decay=exp.target_decay, warmup=False)
-        self.target = self.target_ema.model
+        if exp.lora.enabled:  # LCM-LoRA: the teacher's own UNet with adapters; its target is itself
+            self.student = copy.deepcopy(self.teacher.unet)
+            add_trained_lora(self.student, self.teacher.conditioner, exp.lora, "all")
+            self.target_ema, self.target = None, self.student
+        else:
+            self.student = self._guided_student()
+            # θ⁻: a constant-decay EMA of the student (no warm-up: LCM starts it equal to the student at μ = 0.95).
+            self.target_ema = EMA(self.student, decay=exp.target_decay, warmup=False)
+            self.target = self.target_ema.model
         self.trained = torch.nn.ModuleDict({"unet": self.student})
         self.loss = wrap(_ConsistencyLoss(self.student, self.teacher, self.target, exp), device,
                          parallel=train_cfg.parallel)
-        self.optimizer = build_optimizer(train_cfg.optimizer, list(self.student.parameters()), lr=train_cfg.lr,
+        trained = [p for p in self.student.parameters() if p.requires_grad]  # the adapters alone with LoRA
+        self.optimizer = build_optimizer(train_cfg.optimizer, trained, lr=train_cfg.lr,
                                          weight_decay=train_cfg.weight_decay, betas=(0.9, 0.999), device=device,
                                          sharded=False)
+
+    def _guided_student(self) -> torch.nn.Module:
+        """The teacher's UNet with a zero guidance embedding: it starts as the teacher and learns to take w."""
+        student_config = replace(self.teacher.unet.config, guidance_embed=True)
+        student = type(self.teacher.unet)(student_config).to(self.device)
+        missing, unexpected = student.load_state_dict(self.teacher.unet.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("guidance_embedding.") for key in missing):
+            raise ConfigError(f"the student does not take the teacher's weights: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+        return student
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.optimizer}
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        if self.target_ema is None:  # LCM-LoRA: the target is the student
+            return {"trained": self.trained}
         return {"trained": self.trained, "target": self.target}
 
     def _latents_and_conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditioning, Conditioning]:
@@ -150,15 +179,23 @@ class DistillTask(Task):
         with ctx.autocast():
             loss = self.loss(z0, cond, uncond)
         grad_norm = ctx.step("model", loss)
-        if ctx.updating:
+        if ctx.updating and self.target_ema is not None:
             self.target_ema.update(self.student)  # θ⁻ ← μ θ⁻ + (1 - μ) θ
         return {"loss": loss.detach(), "grad_norm": grad_norm}
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """How the student samples (recorded with it)."""
+        return {"sampler": "lcm", "steps": self.experiment.preview_steps,
+                **({"guidance": 1.0} if self.experiment.lora.enabled else {})}
+
     def model(self) -> LatentDiffusionModel:
-        """The student with the teacher's schedule, conditioner and first stage."""
+        """The student with the teacher's schedule, conditioner and first stage (with LoRA: the teacher with its
+        adapters in place)."""
         teacher = self.teacher
-        extra = dict(teacher.extra, distilled_from=str(Path(self.experiment.model).resolve()),
-                     sampling={"sampler": "lcm", "steps": self.experiment.preview_steps})
+        extra = dict(teacher.extra, distilled_from=str(Path(self.experiment.model).resolve()))
+        if not self.experiment.lora.enabled:  # an adapted teacher saves as the plain teacher: its sampling is its own
+            extra["sampling"] = self.sampling
         return replace(teacher, unet=self.student, extra=extra,
                        autoencoder_source=Path(self.experiment.model) / AUTOENCODER_DIR)
 
@@ -175,13 +212,17 @@ class DistillTask(Task):
             inputs = {"prompt": (list(batch["caption"]) * n)[:n]}
         if takes.concat.present:
             return {}
-        images = pipe(**inputs, sampler="lcm", steps=self.experiment.preview_steps, guidance=self.experiment.guidance_max,
-                      seed=0, output="tensor", progress=False)
+        guidance = 1.0 if self.experiment.lora.enabled else self.experiment.guidance_max  # LoRA: folded in
+        images = pipe(**inputs, sampler="lcm", steps=self.experiment.preview_steps, guidance=guidance, seed=0,
+                      output="tensor", progress=False)
         return {"samples": make_grid(to_unit(images), nrow=8)}
 
     def write_model(self, directory: Path) -> None:
         # The teacher's experiment (its data, sizes) with how the student was distilled from it.
         recorded = dict(self.teacher.extra.get("experiment") or {}, distill=to_dict(self.experiment))
+        if self.experiment.lora.enabled:  # the teacher, and the adapter in adapters/ (LCM-LoRA)
+            write_lora_model(self.model(), directory, self.experiment.lora, recorded, info={"sampling": self.sampling})
+            return
         self.model().save(directory, experiment=recorded)
 
 
