@@ -182,6 +182,11 @@ def test_unconditional_unet_matches_diffusers_unet2dmodel_and_the_legacy_head_or
 def test_what_has_no_counterpart_is_a_one_line_error():
     with pytest.raises(ConfigError, match="vector route"):
         unet_rules(UNetConfig.preset("tiny-cond"), "diffusers")
+    sd_like = dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                   attention_resolutions=(2,), context_dim=8, num_head_channels=8)
+    for extra, what in (("size_embed", "size embedding"), ("guidance_embed", "guidance embedding")):
+        with pytest.raises(ConfigError, match=f"{what} .*no counterpart"):
+            unet_rules(UNetConfig(**sd_like, **{extra: True}), "original")
     with pytest.raises(ConfigError, match="SDXL UNet: not supported"):
         unet_from_diffusers({**TINY, "addition_embed_type": "text_time"})
     with pytest.raises(ConfigError, match="SDXL"):

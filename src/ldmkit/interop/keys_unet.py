@@ -110,6 +110,11 @@ def unet_rules(c: UNetConfig, layout: Layout) -> list[Rule]:
     if c.vector_dim is not None:
         raise ConfigError("a UNet with a vector route (vector_dim) has no counterpart in the original or diffusers "
                           "layouts; only class_embeddings (a label table) does")
+    for extra, what in (("size_embed", "size embedding (conditioner.size_conditioning)"),
+                        ("guidance_embed", "guidance embedding (a student of ldm distill; an LCM-LoRA adapter of "
+                                           "the plain teacher exports instead)")):
+        if getattr(c, extra):
+            raise ConfigError(f"a UNet with a {what} has no counterpart in the original or diffusers SD layouts")
     orig = layout == "original"
     mc, levels = c.model_channels, len(c.channel_mult)
     rules = with_params("time_embed.linear_1", "time_embed.0" if orig else "time_embedding.linear_1") \
