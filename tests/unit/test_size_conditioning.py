@@ -92,8 +92,30 @@ def test_the_conditioner_passes_the_geometry_on_and_keeps_it_for_the_null_branch
     assert torch.equal(conditioner.unconditional_like(cond).sizes, cond.sizes)
     assert build_conditioner(ConditionerConfig(kind="class", num_classes=2, embed_dim=4)).encode(_batch()).sizes is None
     latents_only = {"latent": torch.zeros(2, 3, 6, 10), "label": torch.tensor([0, 1])}
-    with pytest.raises(DataError, match="original size and crop.*latent cache"):
+    with pytest.raises(DataError, match="original size and crop"):
         conditioner.encode(latents_only)
+
+
+def test_a_latent_cache_of_a_folder_keeps_each_image_s_geometry(tmp_path):
+    from ldmkit.data.latents import LatentDataset
+    from ldmkit.data.latent_encode import write_latent_cache
+
+    for i, (w, h) in enumerate([(64, 32), (30, 50), (40, 40)]):
+        _noise_image(h, w, i).save(tmp_path / f"{i}.png")
+    cfg = DataConfig(source="folder", path=str(tmp_path), resolution=16, val_fraction=0.0, label_source="none")
+    images = build_dataset(cfg, "train")
+    cache = write_latent_cache(tmp_path / "latents", images, lambda x: (x[:, :, ::2, ::2], None), shard_size=2,
+                               batch_size=2, meta={}, progress=False)
+    latents = LatentDataset(cache)
+    conditioner = build_conditioner(ConditionerConfig(kind="none", size_conditioning=True))
+    for i in range(len(images)):
+        assert latents[i]["original_size"].tolist() == images[i]["original_size"].tolist()
+        assert latents[i]["crop_top_left"].tolist() == images[i]["crop_top_left"].tolist()
+        assert latents[i]["output_size"].tolist() == [16, 16]
+        batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in latents[i].items()}
+        from_images = conditioner.encode({k: (v[None] if isinstance(v, torch.Tensor) else [v])
+                                          for k, v in images[i].items()})
+        assert torch.equal(conditioner.encode(batch).sizes, from_images.sizes)
 
 
 def test_the_unet_size_route_starts_silent_and_then_tells_sizes_apart():

@@ -14,21 +14,28 @@ from typing import Any
 
 import torch
 
-from ldmkit.data.transforms import CROP_TOP_LEFT, ORIGINAL_SIZE
+from ldmkit.data.transforms import CROP_TOP_LEFT, ORIGINAL_SIZE, OUTPUT_SIZE
 from ldmkit.errors import ConfigError, DataError
 
 
 def batch_sizes(batch: Mapping[str, Any]) -> torch.Tensor:
-    """``Conditioning.sizes`` [B, 6] of a training batch of images [B, C, H, W] with its recorded geometry."""
-    image = batch.get("image")
-    if image is None or batch.get(ORIGINAL_SIZE) is None or batch.get(CROP_TOP_LEFT) is None:
+    """``Conditioning.sizes`` [B, 6] of a training batch with its recorded geometry: images [B, C, H, W], or
+    latents [B, c, h, w] with the encoded images' sizes (a latent cache of such images)."""
+    image, latent = batch.get("image"), batch.get("latent")
+    if batch.get(ORIGINAL_SIZE) is None or batch.get(CROP_TOP_LEFT) is None or \
+            (image is None and batch.get(OUTPUT_SIZE) is None):
         raise DataError("size conditioning (conditioner.size_conditioning) needs each image's original size and "
-                        "crop: image folders and manifests record them; a latent cache or another source does "
-                        "not (train from the images with latents: null, or set size_conditioning: false)")
+                        "crop: image folders and manifests record them, and so do latent caches encoded from "
+                        "them; this source does not (use an image folder, or set size_conditioning: false)")
     original = torch.as_tensor(batch[ORIGINAL_SIZE]).reshape(-1, 2)  # [B, 2]
     crop = torch.as_tensor(batch[CROP_TOP_LEFT]).reshape(-1, 2)  # [B, 2]
-    output = torch.tensor(image.shape[-2:]).expand(image.shape[0], 2)  # [B, 2]
-    return torch.cat([original, crop, output], dim=1).to(device=image.device, dtype=torch.float32)
+    if image is not None:
+        output = torch.tensor(image.shape[-2:]).expand(image.shape[0], 2)  # [B, 2]
+    else:
+        output = torch.as_tensor(batch[OUTPUT_SIZE]).reshape(-1, 2)
+    on = image if image is not None else latent
+    return torch.cat([original, crop, output], dim=1).to(device=on.device if on is not None else None,
+                                                         dtype=torch.float32)
 
 
 def requested_sizes(count: int, height: int, width: int, original_size: tuple[int, int] | None = None,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
 from ldmkit.data.latent_shard import check_shard, write_shard
+from ldmkit.data.transforms import CROP_TOP_LEFT, ORIGINAL_SIZE
 from ldmkit.errors import DataError
 
 INDEX, PLAN = "index.json", "plan.json"
@@ -202,7 +203,7 @@ def _encode_shards(out: Path, dataset: Dataset, shards: list[int], encode: Calla
         from ldmkit.progress import progress_bar
 
         bar = progress_bar(total=sum(len(p) for _, p in batches.batches), desc="encode", unit="img")
-    buffer: dict[str, list] = {"mean": [], "std": [], "label": [], "caption": []}
+    buffer: dict[str, list] = {"mean": [], "std": [], "label": [], "caption": [], "geometry": []}
     for (k, positions), batch in zip(batches.batches, loader):
         if batch is not None:
             n = batch["image"].shape[0]
@@ -215,6 +216,10 @@ def _encode_shards(out: Path, dataset: Dataset, shards: list[int], encode: Calla
             buffer["label"].append(torch.as_tensor(labels if labels is not None else [-1] * n, dtype=torch.int64))
             captions = batch.get("caption")
             buffer["caption"].extend(list(captions) if captions is not None else [""] * n)
+            if batch.get(ORIGINAL_SIZE) is not None:  # where each image came from, for size conditioning
+                output = torch.tensor(batch["image"].shape[-2:]).expand(n, 2)
+                buffer["geometry"].append(torch.cat([batch[ORIGINAL_SIZE], batch[CROP_TOP_LEFT], output], dim=1)
+                                          .to(torch.int64))
         if bar is not None:
             bar.update(len(positions))
         if positions[-1] == min((k + 1) * shard_size, len(dataset)) - 1:  # the shard's last batch
@@ -228,6 +233,8 @@ def _flush(out: Path, k: int, buffer: dict[str, list]) -> None:
                "mean": torch.cat(buffer["mean"]) if buffer["mean"] else torch.zeros(0)}
     if buffer["std"]:
         tensors["std"] = torch.cat(buffer["std"])
+    if buffer["geometry"]:
+        tensors["geometry"] = torch.cat(buffer["geometry"])  # [N, 6]
     record = write_shard(out / f"{shard_name(k)}.safetensors", tensors, buffer["caption"])
     atomic_write_text(out / f"{shard_name(k)}.done.json", json.dumps(record))
     for values in buffer.values():

@@ -7,6 +7,8 @@ A shard holds ``N`` rows::
     label         [N]           int64, -1 without a label
     caption_utf8  [B]           uint8, the captions' UTF-8 bytes one after another
     caption_end   [N]           int64, end of caption i in caption_utf8 (caption i starts at caption_end[i-1])
+    geometry      [N, 6]        int64, original (h, w), crop (top, left) and encoded image (h, w) in pixels, where
+                                the source records them (image folders; for size conditioning)
 
 Rows are read with positioned reads of the bytes of one row (:class:`ShardFiles`), never by loading a shard:
 what a reader holds is a row and a bounded number of open files, whatever the size of the cache. The header
@@ -82,7 +84,7 @@ def shard_rows(path: Path, tensors: dict[str, Tensor]) -> int:
     if "label" not in tensors:
         raise DataError(f"{path} has no label tensor: it is not a latent shard; {REDO}")
     rows = tensors["label"].shape[0]
-    for name in ("mean", "std", "caption_end"):
+    for name in ("mean", "std", "caption_end", "geometry"):
         if name in tensors and (not tensors[name].shape or tensors[name].shape[0] != rows):
             raise DataError(f"{path} has {rows} labels but {name} of shape {list(tensors[name].shape)}; {REDO}")
     return rows

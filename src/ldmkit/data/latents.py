@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ldmkit.data.latent_encode import INDEX, write_latent_cache
 from ldmkit.data.latent_shard import REDO, ShardFiles, Tensor, check_shard, file_sha256, read_header, shard_rows
+from ldmkit.data.transforms import CROP_TOP_LEFT, ORIGINAL_SIZE, OUTPUT_SIZE
 from ldmkit.errors import DataError
 from ldmkit.io.model_dir import ModelDirInfo, read_model_dir
 
@@ -152,7 +153,8 @@ class LatentDataset(Dataset):
     with latents.
 
     Each item: ``latent`` [c, h, w] (a posterior sample ``mean + std * randn`` from the torch RNG when
-    ``sample_posterior`` and the cache has std — else the mean), ``label``, ``caption``. ``captions`` and
+    ``sample_posterior`` and the cache has std — else the mean), ``label``, ``caption``, and where the cache
+    recorded them the image's geometry (``original_size``, ``crop_top_left``, ``output_size``). ``captions`` and
     ``labels`` are sequences read on demand; ``mean`` and ``std`` load a whole column (inspection and tests).
     At most ``max_open_shards`` shard files are open per process.
     """
@@ -231,4 +233,8 @@ class LatentDataset(Dataset):
         if self.sample_posterior:
             # The KL posterior is sampled afresh each time (§3.1: z ~ q(z|x)); the torch RNG is checkpointed.
             latent = latent + self.files.rows(s, t["std"], r, r + 1)[0] * torch.randn_like(latent)
-        return {"latent": latent, "label": self.value("label", s, r), "caption": self.value("caption", s, r)}
+        item = {"latent": latent, "label": self.value("label", s, r), "caption": self.value("caption", s, r)}
+        if "geometry" in t:  # original size, crop corner and encoded size of the image, for size conditioning
+            geometry = self.files.rows(s, t["geometry"], r, r + 1)[0]  # [6]
+            item.update({ORIGINAL_SIZE: geometry[0:2], CROP_TOP_LEFT: geometry[2:4], OUTPUT_SIZE: geometry[4:6]})
+        return item

@@ -26,8 +26,9 @@ from PIL import Image, ImageOps
 from ldmkit.data.config import DataConfig
 from ldmkit.data.images import BadImage
 
-#: Sample keys of an image's geometry: [2] integers each, (height, width) and (top, left) in pixels.
-ORIGINAL_SIZE, CROP_TOP_LEFT = "original_size", "crop_top_left"
+#: Sample keys of an image's geometry: [2] integers each, (height, width) and (top, left) in pixels; a latent
+#: cache also gives the (height, width) of the image it encoded.
+ORIGINAL_SIZE, CROP_TOP_LEFT, OUTPUT_SIZE = "original_size", "crop_top_left", "output_size"
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
