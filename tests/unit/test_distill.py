@@ -131,6 +131,14 @@ def test_distill_trains_resumes_and_the_student_samples_guided_in_one_pass_per_s
                                               output="tensor", progress=False)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
     assert len(calls) == 3 and all(torch.equal(w, torch.full((2,), 5.0)) for w in calls)  # no unguided pass
+    # Named no sampler, it samples as it records: lcm at 4 steps (the CLI too, and says so in settings.json).
+    calls.clear()
+    LatentDiffusionPipeline(student)(class_label=[1], guidance=2.0, output="tensor", progress=False)
+    assert len(calls) == 4
+    assert ldm(["sample", "--model", str(tmp_path / "run" / "model"), "--class", "1", "--n", "1", "--device", "cpu",
+                "--out", str(tmp_path / "s")]) == 0
+    settings = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert (settings["sampler"], settings["steps"]) == ("lcm", 4)
 
 
 def test_distill_refuses_a_student_as_teacher_and_a_missing_model(tmp_path):

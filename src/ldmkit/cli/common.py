@@ -57,9 +57,9 @@ SAMPLER_NAMES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "dpm++3m", "euler", "
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampler options shared by `ldm sample`, `ldm eval generation` and the task commands."""
-    parser.add_argument("--sampler", default="dpm++2m", help=f"{', '.join(SAMPLER_NAMES)} (default dpm++2m; "
-                                                              "lcm for distilled students; docs/sampling.md)")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLER_NAMES)} (default: the model's own, "
+                                                         "lcm for a distilled student, else dpm++2m; docs/sampling.md)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own, else 25)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1]")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
@@ -78,6 +78,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "size; smaller values imitate upscaled, blurrier images)")
     parser.add_argument("--crop-top-left", type=int, nargs=2, default=(0, 0), metavar=("TOP", "LEFT"),
                         help="size-conditioned models: the crop corner to imitate (default 0 0: well framed)")
+
+
+def fill_sampling_defaults(pipe, settings: dict) -> dict:
+    """Put the model's own sampler and steps (:attr:`sampling_defaults`) where the command line named none, in
+    place, so the call and settings.json both have them."""
+    for key, value in pipe.model.sampling_defaults.items():
+        if key in settings and settings[key] is None:
+            settings[key] = value
+    return settings
 
 
 def configure_pipeline(pipe, args: argparse.Namespace):

@@ -52,7 +52,7 @@ def _invert(args: argparse.Namespace) -> int:
     from ldmkit.samplers import SamplerOptions
 
     task_arguments(args, (), size_from="the size of --image")  # refuses --prompt with --class, --height/--width
-    if args.sampler not in ("ddim", SamplerOptions().sampler):  # the shared default stands for "not given"
+    if args.sampler not in (None, "ddim"):
         raise ConfigError(f"--invert samples with ddim; drop --sampler {args.sampler}")
     if args.eta != 0:
         raise ConfigError("--invert reverses DDIM with eta 0; drop --eta")
@@ -60,8 +60,8 @@ def _invert(args: argparse.Namespace) -> int:
         raise ConfigError("--invert makes one image (the round trip is deterministic); drop --n")
     source = args.source_prompt if args.source_prompt is not None else args.prompt
     condition = dict(class_label=args.class_label, negative_prompt=args.negative_prompt)
-    sampling = dict(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-                    spacing=args.spacing)
+    sampling = dict(steps=args.steps if args.steps is not None else SamplerOptions().steps, guidance=args.guidance,
+                    guidance_rescale=args.guidance_rescale, spacing=args.spacing)
 
     def call(pipe):
         noise = invert(pipe, args.image, source, iterations=args.invert_iterations, progress=True,

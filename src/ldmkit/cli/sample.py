@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ldmkit.cli.common import add_sampling_arguments, configure_pipeline
+from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_sampling_defaults
 
 HELP = "sample images from a trained latent diffusion model"
 DESCRIPTION = "Sample images from a latent diffusion model directory."
@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     loras = load_lora_args(pipe, args.lora)
     if args.compile:
         pipe.optimize(mode=args.compile)
-    settings = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                    guidance_rescale=args.guidance_rescale, eta=args.eta, spacing=args.spacing,
-                    height=args.height, width=args.width)
+    settings = fill_sampling_defaults(pipe, dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                                 guidance_rescale=args.guidance_rescale, eta=args.eta,
+                                                 spacing=args.spacing, height=args.height, width=args.width))
     prompts = args.prompt or None
     classes = args.class_label or None
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ldmkit.cli.common import add_sampling_arguments, configure_pipeline
+from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_sampling_defaults
 
 #: Options every task pipeline call takes, by their ``argparse`` names.
 SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "eta", "spacing", "seed")
@@ -65,6 +65,7 @@ def run_task(args: argparse.Namespace, pipeline_class: type, call: Callable[[Any
     check_writable(out)
     pipe = pipeline_class.load(args.model, device=args.device, precision=args.precision)
     configure_pipeline(pipe, args)
+    fill_sampling_defaults(pipe, kwargs)
     started = time.perf_counter()
     images = call(pipe)
     record = dict(model=str(Path(args.model).resolve()), **{k: str(Path(v).resolve()) for k, v in inputs.items()},

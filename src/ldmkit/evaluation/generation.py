@@ -142,8 +142,8 @@ def evaluate_generation(
     n: int,
     prompts: Sequence[str] | None = None,
     class_labels: Sequence[int] | None = None,
-    sampler: str = "dpm++2m",
-    steps: int = 25,
+    sampler: str | None = None,
+    steps: int | None = None,
     guidance: float = 3.0,
     guidance_rescale: float = 0.0,
     eta: float = 0.0,
@@ -191,6 +191,8 @@ def evaluate_generation(
     check_compatible(reference, feature, image_size=tuple(image_size), allow_size_mismatch=allow_size_mismatch,
                      need_features=bool({"kd", "pr"} & set(metrics)))
 
+    defaults = pipeline.model.sampling_defaults  # a sampler or steps left None: the model's own
+    sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
     sample_kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "guidance": guidance,
                                      "guidance_rescale": guidance_rescale, "eta": eta, "spacing": spacing,
                                      "height": height, "width": width}

@@ -75,6 +75,14 @@ class LatentDiffusionModel:
         return bool(getattr(self.unet.config, "guidance_embed", False))
 
     @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampler and steps a call that names none uses: what the model records (``extra["sampling"]``,
+        e.g. a distilled student's ``lcm`` at 4 steps), else DPM-Solver++(2M) at 25 steps."""
+        recorded = self.extra.get("sampling") or {}
+        return {"sampler": "dpm++2m", "steps": 25,
+                **{k: v for k, v in recorded.items() if k in ("sampler", "steps", "guidance")}}
+
+    @property
     def takes_sizes(self) -> bool:
         """Whether the network is size-conditioned (``conditioner.size_conditioning``): every call then carries
         ``Conditioning.sizes`` (:meth:`with_sizes`)."""

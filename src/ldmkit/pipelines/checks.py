@@ -8,6 +8,7 @@ Python API and the web demo refuse the same values with the same one-line
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,10 +24,18 @@ def check_images(*, count: int, batch_size: int, seed: int) -> None:
     check_seed(seed, count)
 
 
-def request_options(*, count: int, batch_size: int, seed: int, **sampling: Any) -> SamplerOptions:
+def request_options(*, count: int, batch_size: int, seed: int, defaults: Mapping[str, Any] | None = None,
+                    **sampling: Any) -> SamplerOptions:
     """The checked :class:`SamplerOptions` of a task call making ``count`` images in batches of ``batch_size``
-    (image i from seed ``seed + i``); ``sampling`` are the option fields (sampler, steps, guidance, …)."""
+    (image i from seed ``seed + i``); ``sampling`` are the option fields (sampler, steps, guidance, …), and a
+    sampler, steps or guidance left None comes from ``defaults`` (the model's :attr:`sampling_defaults`)."""
     check_images(count=count, batch_size=batch_size, seed=seed)
+    for key in ("sampler", "steps", "guidance"):
+        if key in sampling and sampling[key] is None:
+            if defaults and key in defaults:
+                sampling[key] = defaults[key]
+            else:
+                del sampling[key]  # SamplerOptions' own default
     return SamplerOptions(seed=seed, **sampling)
 
 

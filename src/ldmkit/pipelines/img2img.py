@@ -87,13 +87,14 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
     def __call__(self, image: str | Path | Image.Image | torch.Tensor,  # type: ignore[override]
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 0.6, n: int | None = None,
-                 steps: int = 25, sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Images of the input's size that keep its layout more the smaller ``strength`` is."""
         count = self._image_count(prompt, class_label, n)
-        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+        options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
+                                  sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
                                   strength=strength)
         check_task("img2img", self.conditioning)

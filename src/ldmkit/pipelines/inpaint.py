@@ -102,7 +102,7 @@ class InpaintPipeline(ImageToImagePipeline):
                  mask: str | Path | Image.Image | torch.Tensor, prompt: str | Sequence[str] | None = None, *,
                  class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 1.0, n: int | None = None,
-                 steps: int = 25, sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True):
@@ -112,7 +112,8 @@ class InpaintPipeline(ImageToImagePipeline):
         ``callback`` runs after each step (in the zero-shot route, after that step's blend).
         """
         count = self._image_count(prompt, class_label, n)
-        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+        options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
+                                  sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
                                   strength=strength)
         trained = self.trained_for_inpainting

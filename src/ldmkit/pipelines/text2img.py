@@ -331,14 +331,15 @@ class LatentDiffusionPipeline:
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
-                 negative_prompt: str | Sequence[str] | None = None, n: int | None = None, steps: int = 25,
-                 sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
+                 negative_prompt: str | Sequence[str] | None = None, n: int | None = None, steps: int | None = None,
+                 sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                  batch_size: int = 16, callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """Generate images; ``n`` repeats each prompt/class that many times in total (cycled)."""
         count = self._image_count(prompt, class_label, n)
-        options = request_options(count=count, batch_size=batch_size, seed=seed, sampler=sampler, steps=steps,
+        options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
+                                  sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         shape = self.model.latent_shape(height, width)
         f = self.autoencoder.downsample_factor

@@ -160,8 +160,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image: str | Path | Image.Image | torch.Tensor,  # type: ignore[override]
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
-                 negative_prompt: str | Sequence[str] | None = None, n: int = 1, steps: int = 25,
-                 sampler: str = "dpm++2m", guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
+                 negative_prompt: str | Sequence[str] | None = None, n: int = 1, steps: int | None = None,
+                 sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, tile: int | Literal["auto"] | None = None,
                  overlap: int | None = None, tile_batch: int = 4, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -172,7 +172,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
         ``guidance`` steers the main (text/class) condition only and is ignored by unconditional models.
         Returns PIL images, or with ``output="tensor"`` a CPU tensor [n, C, H·factor, W·factor] in [-1, 1].
         """
-        options = request_options(count=n, batch_size=1, seed=seed, sampler=sampler, steps=steps, spacing=spacing,
+        options = request_options(defaults=self.model.sampling_defaults, count=n, batch_size=1, seed=seed,
+                                  sampler=sampler, steps=steps, spacing=spacing,
                                   guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
         check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)

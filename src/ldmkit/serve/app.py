@@ -155,8 +155,9 @@ def _sampling_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
     """Sampler, steps, guidance (where it applies), seed and number of images."""
     from ldmkit import samplers
 
-    widgets = {"sampler": gr.Dropdown(choices=samplers.names(), value="dpm++2m", label="Sampler"),
-               "steps": gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps",
+    defaults = model.pipe.model.sampling_defaults  # a distilled student starts at lcm, 4 steps
+    widgets = {"sampler": gr.Dropdown(choices=samplers.names(), value=defaults["sampler"], label="Sampler"),
+               "steps": gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps",
                                   info=f"1 to {MAX_STEPS}: more steps are slower and finer")}
     if model.has_guidance:
         widgets["guidance"] = gr.Slider(1.0, 15.0, value=3.0, step=0.5, label="Guidance scale",
