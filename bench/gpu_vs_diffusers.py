@@ -3,9 +3,11 @@
 Sections (``--only``; all by default, in this order, cheapest first):
 
   ceiling  bf16 matmul throughput (8192³): the MFU denominator
-  check    parameters and forward FLOPs of both UNets (SD-1.x) and both VAEs (SD VAE): must be equal
+  check    parameters and forward FLOPs of both UNets (SD-1.x) and both VAEs (SD VAE): must be equal; a
+           diffusers UNet converted to ldmkit gives its outputs (fp32 relative error)
   sync     host syncs per sampling step of every ldmkit sampler (CUDA sync-debug mode)
-  infer    UNet evaluations/s at batch 16 (bf16 weights): eager, compiled, CUDA graphs
+  infer    UNet evaluations/s at batch 16 (bf16 weights): eager, compiled, CUDA graphs; also the converted
+           UNet (``converted``), which must run as fast as the native one
   train    training img/s (bf16 autocast, fused AdamW, ε-MSE, random data): eager, compiled; with --profile
            also kernel time by group, top kernels and GPU idle share of each timed step
   vae      VAE decode img/s at 512² batch 8 (bf16 weights): eager, compiled
@@ -67,6 +69,8 @@ from models import (
     build_unet,
     build_vae,
     compare,
+    converted_unet,
+    count_params,
     cost_first_stage,
     cost_unet_config,
     forward_flops,
@@ -151,8 +155,26 @@ def section_check(run: Runner, s: Settings) -> None:
     for size in s.sizes:
         run.item(("check", "unet", f"lat{size}"), s.estimate("check"),
                  lambda size=size: compare({impl: unet_flops(s, impl, size) for impl in IMPLS}))
+    run.item(("check", "converted", f"lat{s.sizes[0]}"), s.estimate("check"),
+             lambda: converted_parity(s, s.sizes[0]))
     run.item(("check", "vae", f"px{s.vae_image}"), s.estimate("check"),
              lambda: compare({impl: vae_decode_counts(impl, vae_config(s.tiny), s.vae_image) for impl in IMPLS}))
+
+
+def converted_parity(s: Settings, size: int) -> dict[str, Any]:
+    """fp32 outputs of a diffusers UNet and of the ldmkit UNet converted from it, on the same inputs: the
+    ``converted`` rows of the inference table time that network."""
+    free_memory(s.device)
+    cfg = text_unet_config(s.tiny)
+    theirs, ours = (net.eval().requires_grad_(False) for net in converted_unet(cfg, s.device))
+    g = torch.Generator(device=s.device).manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, size, size, device=s.device, generator=g)
+    context = torch.randn(2, s.tokens, cfg.context_dim, device=s.device, generator=g)
+    t = torch.tensor([10, 700], device=s.device)
+    with torch.no_grad():
+        want, got = unet_call("diffusers", theirs)(x, t, context), unet_call("converted", ours)(x, t, context)
+    rel = float((got - want).norm() / want.norm().clamp(min=1e-12))
+    return {"relative_error": rel, "params": count_params(ours), "exact_within_1e-5": rel <= 1e-5}
 
 
 def mfu(s: Settings, flops_per_second: float) -> float | None:
@@ -180,15 +202,17 @@ def section_infer(run: Runner, s: Settings) -> None:
         if mode == "cudagraphs" and s.backend != "inductor":
             run.skip(f"infer/*/{mode}", f"CUDA graphs come with the inductor backend, not '{s.backend}'")
             continue
+        # "converted": the ldmkit UNet `ldm convert` makes of a diffusers one, on ldmkit's fast path too.
+        impls = [*s.impls, "converted"] if "ldmkit" in s.impls and "diffusers" in s.impls else s.impls
         for size in s.sizes:
-            for impl in s.impls:
-                first = impl == s.impls[0]
-                estimate = s.estimate(f"infer_{mode}") * (len(s.impls) if first else 1)
+            for impl in impls:
+                first = impl == impls[0]
+                estimate = s.estimate(f"infer_{mode}") * (len(impls) if first else 1)
 
                 def measure(impl: str = impl, size: int = size, mode: str = mode) -> dict[str, Any]:
                     free_memory(s.device)
                     net = build_unet(impl, cfg, s.device).eval().requires_grad_(False)
-                    if impl == "ldmkit":  # the library's own fast path (LatentDiffusionPipeline.optimize)
+                    if impl != "diffusers":  # the library's own fast path (LatentDiffusionPipeline.optimize)
                         net = optimize_network(net, compile=mode != "eager", backend=s.backend,
                                                mode="reduce-overhead" if mode == "cudagraphs" else "default",
                                                channels_last=s.channels_last)
@@ -213,7 +237,7 @@ def section_infer(run: Runner, s: Settings) -> None:
                             out["compile_s"] = first_call_seconds(lambda: call(x, t, context), s.device)
                         seconds = median_seconds(lambda: call(x, t, context), s.device,
                                                  warmup=max(s.warmup, 3), iters=max(s.iters, 10))
-                    flops = unet_flops(s, impl, size)["fwd_flops"] * b
+                    flops = unet_flops(s, "diffusers" if impl == "diffusers" else "ldmkit", size)["fwd_flops"] * b
                     out.update(evals_s=1 / seconds, ms=seconds * 1e3, mfu=mfu(s, flops / seconds),
                                peak_mem_gb=peak_memory_gb(s.device))
                     return out
@@ -455,6 +479,11 @@ def markdown(results: dict[str, Any]) -> str:
     if rows:
         parts.append("\n## Parameters and FLOPs (per sample)\n\n" + md_table(
             ["model", "ldmkit params", "diffusers params", "equal", "ldmkit GFLOP", "diffusers GFLOP", "equal"], rows))
+    rows = [[name, r.get("params"), r.get("relative_error"), r.get("exact_within_1e-5"), r.get("error")]
+            for name, r in check.get("converted", {}).items()]
+    if rows:
+        parts.append("\n## A diffusers UNet converted to ldmkit (`converted` rows below): fp32 outputs\n\n"
+                     + md_table(["latent", "params", "relative error", "≤ 1e-5", "error"], rows))
     for section, unit in (("infer", "evals_s"), ("train", "img_s")):
         rows = []
         for size, impls in results.get(section, {}).items():

@@ -95,13 +95,31 @@ def diffusers_vae_kwargs(cfg: AutoencoderConfig) -> dict[str, Any]:
 
 
 def build_unet(impl: str, cfg: UNetConfig, device: torch.device | str) -> nn.Module:
-    """A freshly initialised UNet of ``impl`` built directly on ``device``."""
+    """A freshly initialised UNet of ``impl`` built directly on ``device``; ``converted``: the ldmkit UNet that
+    ``ldm convert`` makes of a diffusers one (:func:`converted_unet`)."""
+    if impl == "converted":
+        return converted_unet(cfg, device)[1]
     with torch.device(device):
         if impl == "ldmkit":
             return UNet(cfg)
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel(**diffusers_unet_kwargs(cfg))
+
+
+def converted_unet(cfg: UNetConfig, device: torch.device | str) -> tuple[nn.Module, nn.Module]:
+    """(a diffusers ``UNet2DConditionModel`` of ``cfg`` with its random weights, the ldmkit UNet converted from it
+    with the converter's own config reading and key mapping)."""
+    from ldmkit.interop.diffusers_config import unet_from_diffusers
+    from ldmkit.interop.keys_unet import unet_rules
+    from ldmkit.interop.mapping import import_tensors
+
+    theirs = build_unet("diffusers", cfg, device)
+    config = unet_from_diffusers(dict(theirs.config))
+    with torch.device(device):
+        ours = UNet(config)
+    ours.load_state_dict(import_tensors(unet_rules(config, "diffusers"), theirs.state_dict(), "unet"), strict=True)
+    return theirs, ours
 
 
 def build_vae(impl: str, cfg: AutoencoderConfig, device: torch.device | str) -> nn.Module:
@@ -115,7 +133,7 @@ def build_vae(impl: str, cfg: AutoencoderConfig, device: torch.device | str) -> 
 
 def unet_call(impl: str, network: Callable) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``f(x [B, C, h, w], t [B], context [B, T, D]) -> [B, C, h, w]`` for either side's network."""
-    if impl == "ldmkit":
+    if impl in ("ldmkit", "converted"):
         return lambda x, t, context: network(x, t, Conditioning(context=context))
     return lambda x, t, context: network(x, t, context, return_dict=False)[0]
 

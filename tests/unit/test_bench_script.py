@@ -62,6 +62,10 @@ def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     assert unet["ldmkit"]["params"] == unet["diffusers"]["params"] > 0
     vae = report["check"]["vae"]["px32"]
     assert vae["equal_params"] and vae["equal_decode_flops"] and vae["ldmkit"]["decode_flops"] > 0
+    converted = report["check"]["converted"]["lat8"]  # a diffusers UNet through the converter: the same outputs
+    assert converted["relative_error"] <= 1e-5 and converted["exact_within_1e-5"]
+    assert converted["params"] == unet["diffusers"]["params"]
+    assert report["infer"]["lat8"]["converted"]["eager"]["evals_s"] > 0
     for impl in ("ldmkit", "diffusers"):
         assert report["infer"]["lat8"][impl]["eager"]["evals_s"] > 0
         assert report["train"]["lat8"][impl]["eager"]["img_s"] > 0
@@ -74,8 +78,8 @@ def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     assert "skipped" in report["ddp"]  # on CPU only with --ddp-cpu
     assert any(s["item"] == "sync" for s in report["skipped"])  # the sync-debug mode needs CUDA
     table = (tmp_path / "gpu_vs_diffusers.md").read_text()
-    for heading in ("Parameters and FLOPs", "Inference", "Training", "Where a training step", "VAE decode",
-                    "Pixel vs latent", "DDP"):
+    for heading in ("Parameters and FLOPs", "converted to ldmkit", "Inference", "Training", "Where a training step",
+                    "VAE decode", "Pixel vs latent", "DDP"):
         assert heading in table
 
 
