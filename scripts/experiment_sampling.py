@@ -2,7 +2,8 @@
 NFE ∈ {1, 2, 4, 8, 12, 25, 50}, with wall time per image, on the Fashion-MNIST class model.
 
 One call: train the teacher (or take ``--teacher DIR``), distil a student (``ldm distill``'s code; or take
-``--student DIR``), then for each sampler and each NFE sample ``--n`` images (classes cycled, guidance
+``--student DIR``) and an LCM-LoRA adapter of the teacher (``--lora-rank``, 0: none; sampled at guidance 1, the
+guidance it folded in), then for each sampler and each NFE sample ``--n`` images (classes cycled, guidance
 ``--guidance``) and score them. NFE counts network evaluations per image: a guided step of the teacher costs
 one batched evaluation of the conditional and unconditional halves, counted here as one, as peers count it;
 Heun-type samplers take ⌈(NFE + 1) / 2⌉ steps. Writes ``results.json`` (a row per sampler × NFE) and
@@ -53,7 +54,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for name in dict.fromkeys(r["sampler"] for r in rows):
         points = sorted((r["nfe"], r["fd"]) for r in rows if r["sampler"] == name and r.get("fd") is not None)
         if points:
-            ax.plot(*zip(*points), marker="o", label=name, lw=2.5 if name == "student (lcm)" else 1.2)
+            ax.plot(*zip(*points), marker="o", label=name, lw=2.5 if name.endswith("(lcm)") else 1.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per image (NFE)")
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--student", type=Path, default=None, help="a distilled student model directory")
     parser.add_argument("--teacher-minutes", type=float, default=3.0)
     parser.add_argument("--student-minutes", type=float, default=3.0)
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the LCM-LoRA arm (0: none)")
+    parser.add_argument("--lora-minutes", type=float, default=3.0)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
@@ -104,6 +107,14 @@ def main() -> None:
                           "guidance_min=1", f"guidance_max={max(args.guidance, 1.0) + 2}", *run_opts,
                           *([o for o in tiny if o.startswith("train.")])])
         student = run / "model"
+    adapter = None
+    if args.lora_rank:
+        run = args.out / "runs" / "lcm-lora"
+        run_distillation([f"model={teacher}", f"train.out={run}", f"train.max_minutes={args.lora_minutes}",
+                          f"lora.rank={args.lora_rank}", "lora.name=lcm", "lora.targets=[attention,convolutions]",
+                          "train.lr=1e-4", "guidance_min=1", f"guidance_max={max(args.guidance, 1.0) + 2}", *run_opts,
+                          *([o for o in tiny if o.startswith("train.")])])
+        adapter = run / "model" / "adapters" / "lcm.safetensors"
     experiment = load_config(DiffusionExperiment, "fashion-mnist-class", [f"autoencoder={args.autoencoder}", *tiny],
                              group="diffusion")
     test_set = build_dataset(experiment.data, split="test" if not args.tiny else "val")
@@ -114,9 +125,15 @@ def main() -> None:
     labels = [i % experiment.conditioner.num_classes for i in range(args.n)]
     rows: list[dict] = []
     jobs = [(name, teacher) for name in args.samplers] + [("student (lcm)", student)]
+    if adapter is not None:
+        jobs.append(("lcm-lora (lcm)", teacher))
     for name, directory in jobs:
         pipe = load_pipeline(directory)
-        sampler = "lcm" if name.startswith("student") else name
+        guidance = args.guidance
+        if name.startswith("lcm-lora"):
+            pipe.load_lora(adapter)
+            guidance = 1.0  # the guided teacher step is folded into the adapter
+        sampler = "lcm" if name.endswith("(lcm)") else name
         for nfe in args.nfe:
             if sampler == "lcm" and nfe > 8:
                 continue  # a consistency student is meant for 1–4 (8) steps
@@ -125,16 +142,17 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             result = evaluate_generation(pipe, reference, n=args.n, class_labels=labels, sampler=sampler, steps=steps,
-                                         guidance=args.guidance, metrics=("fd",), batch_size=min(args.n, 500),
+                                         guidance=guidance, metrics=("fd",), batch_size=min(args.n, 500),
                                          progress=False)
             fd = next(v for k, v in result["metrics"].items() if k.startswith("FD"))
-            rows.append({"sampler": name, "nfe": nfe, "steps": steps, "fd": fd,
+            rows.append({"sampler": name, "nfe": nfe, "steps": steps, "fd": fd, "guidance": guidance,
                          "seconds_per_image": result["sampling_seconds"] / args.n,
                          "wall_seconds": round(time.perf_counter() - started, 2)})
             print(json.dumps(rows[-1]), flush=True)
         (args.out / "results.json").write_text(json.dumps({
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__, "teacher": str(teacher), "student": str(student), "n": args.n,
+            "torch": torch.__version__, "teacher": str(teacher), "student": str(student),
+            "lcm_lora": str(adapter) if adapter is not None else None, "n": args.n,
             "guidance": args.guidance, "rows": rows}, indent=2))
         plot(rows, args.out / "sampling.png")
 
