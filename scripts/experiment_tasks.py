@@ -136,7 +136,7 @@ def train_all(photos: Path, ae_minutes: float, ldm_minutes: float, workers: int,
     logs.mkdir(parents=True, exist_ok=True)
     train_crops = _photo_crops(photos, "train", 20000, seed=0)
     quiet = ["train.progress=false", "train.log_every=200", "train.image_every=0", f"train.num_workers={workers}"]
-    photo_data = [f"data.source=folder", f"data.path={train_crops}", "data.label_source=none", "data.resize=false",
+    photo_data = ["data.source=folder", f"data.path={train_crops}", "data.label_source=none", "data.resize=false",
                   "data.val_fraction=0.0", "data.flip=true", "data.resolution=64"]
     semantic = load_config(DiffusionExperiment, "synthetic-semantic", ["autoencoder=unused"], group="diffusion")
     from ldmkit.config import to_dict

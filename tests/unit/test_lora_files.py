@@ -19,7 +19,7 @@ from ldmkit.denoisers.unet import UNet  # noqa: E402
 from ldmkit.errors import CheckpointError  # noqa: E402
 from ldmkit.interop.diffusers_config import unet_from_diffusers  # noqa: E402
 from ldmkit.interop.keys_unet import unet_rules  # noqa: E402
-from ldmkit.interop.mapping import export_tensors, import_tensors  # noqa: E402
+from ldmkit.interop.mapping import import_tensors  # noqa: E402
 
 TINY = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
             norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 pytest.importorskip("peft")
 
 from ldmkit.adapters import kohya_path, load_lora, merge_loras, unload_loras  # noqa: E402
-from ldmkit.conditioning.types import Conditioning  # noqa: E402
 from ldmkit.errors import ConfigError  # noqa: E402
 from ldmkit.model import LatentDiffusionModel  # noqa: E402
 from tests.unit.test_training_init_from import optimiser_entries, train_ae, train_dm  # noqa: E402

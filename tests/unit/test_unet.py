@@ -194,3 +194,13 @@ def test_mismatched_conditioning_is_a_config_error():
             cond_unet(x, t, dataclasses.replace(good, **{route: None}))
     with pytest.raises(ConfigError, match="concat"):
         cond_unet(x, t, dataclasses.replace(good, concat=torch.randn(1, 2, 2, 2)))
+
+
+def test_a_label_table_refuses_anything_but_one_integer_label_per_sample():
+    net = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(), num_heads=2, class_embeddings=10)).eval()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    assert net(x, t, Conditioning(vector=torch.tensor([3, 9]))).shape == x.shape
+    for bad in (torch.tensor([0.5, 1.0]), torch.tensor([[1, 2]]), None):
+        with pytest.raises(ConfigError, match="looks up integer labels"):
+            net(x, t, Conditioning(vector=bad))

@@ -10,10 +10,8 @@ Context tokens (text) enter by cross-attention after the self-attention (the "cr
 
 from __future__ import annotations
 
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

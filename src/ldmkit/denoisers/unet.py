@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.denoisers.routes import network_inputs
 from ldmkit.denoisers.unet_config import UNET_PRESETS, UNetConfig
+from ldmkit.errors import ConfigError
 from ldmkit.nn import (
     Downsample,
     ResnetBlock,

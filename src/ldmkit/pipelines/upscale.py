@@ -216,4 +216,4 @@ register_task(TaskSpec(
     lambda c: f"this model's image condition is '{c.concat.kind}', not 'low_res': upscaling needs a "
               "super-resolution model (trained with conditioner.concat.kind=low_res)"))
 
-__all__ = ["Tile", "TileGrid", "TiledNetwork", "UpscalePipeline"]
+__all__ = ["TileGrid", "TiledNetwork", "UpscalePipeline"]
