@@ -12,8 +12,10 @@ from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_s
 HELP = "sample images from a trained latent diffusion model"
 DESCRIPTION = "Sample images from a latent diffusion model directory."
 
-# The modes of LatentDiffusionPipeline.optimize (kept here so `ldm --help` does not import torch).
+# The modes of LatentDiffusionPipeline.optimize and the kinds of quantize (kept here so `ldm --help` does not
+# import torch; a test keeps them equal to the library's).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+QUANTIZATIONS = ("int8", "int8-weight", "fp8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = configure_pipeline(load_pipeline(args.model, device=args.device, precision=args.precision), args)
     loras = load_lora_args(pipe, args.lora)
     if args.compile:
-        pipe.optimize(mode=args.compile)
+        pipe.optimize(mode=args.compile, quantize=args.quantize)
+    elif args.quantize:
+        pipe.quantize(args.quantize)
     settings = fill_sampling_defaults(pipe, dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                                  guidance_rescale=args.guidance_rescale, eta=args.eta,
                                                  spacing=args.spacing, height=args.height, width=args.width))
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     record = dict(model=str(Path(args.model).resolve()), prompt=prompts, class_label=classes,
                   negative_prompt=args.negative_prompt, n=int(images.shape[0]), seed=args.seed, lora=loras,
-                  interpolate=args.interpolate, optimizations=list(pipe.optimizations), seconds=round(seconds, 3),
+                  interpolate=args.interpolate, optimizations=list(pipe.optimizations), quantized=pipe.quantized,
+                  seconds=round(seconds, 3),
                   images_per_second=round(images.shape[0] / seconds, 3), device=str(pipe.device), **settings)
     (out / "settings.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")  # valid JSON only
     print(f"{images.shape[0]} images in {seconds:.1f}s → {out / name}")
@@ -101,4 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU fast path: bf16 weights, channels-last and torch.compile with MODE "
                              f"({', '.join(COMPILE_MODES)}; default reduce-overhead = CUDA graphs); the first batch "
                              "compiles for a minute or more; no effect on CPU")
+    parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
+                        help="the denoiser's attention and feed-forward GEMMs in int8 (int8: dynamic activations, "
+                             "int8-weight: weights only) or fp8 (Ada/Hopper GPUs); needs the quant extra")
     add_sampling_arguments(parser)

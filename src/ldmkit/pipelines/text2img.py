@@ -73,14 +73,14 @@ class _FreshOutputs(torch.nn.Module):
 
 
 def optimize_network(network: torch.nn.Module, *, compile: bool = True, mode: str = "reduce-overhead",
-                     channels_last: bool = True, bf16_weights: bool = True,
-                     backend: str = "inductor") -> torch.nn.Module:
+                     channels_last: bool = True, bf16_weights: bool = True, backend: str = "inductor",
+                     quantize: str | None = None) -> torch.nn.Module:
     """The fast inference form of a denoising network ``(x, t, cond) -> output``.
 
-    Converts ``network`` in place (bf16 weights, channels-last layout) and returns what to call: the network
-    itself, or its ``torch.compile``d form (``mode`` one of :data:`COMPILE_MODES`; ``backend`` is passed to
-    ``torch.compile``, which ignores ``mode`` for backends other than inductor). Inputs are then bf16 or run
-    under bf16 autocast.
+    Converts ``network`` in place (bf16 weights, channels-last layout, and with ``quantize`` its transformer
+    GEMMs in int8 or fp8: :mod:`ldmkit.pipelines.quantize`) and returns what to call: the network itself, or its
+    ``torch.compile``d form (``mode`` one of :data:`COMPILE_MODES`; ``backend`` is passed to ``torch.compile``,
+    which ignores ``mode`` for backends other than inductor). Inputs are then bf16 or run under bf16 autocast.
     """
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile mode '{mode}' is not one of {', '.join(COMPILE_MODES)}")
@@ -88,6 +88,10 @@ def optimize_network(network: torch.nn.Module, *, compile: bool = True, mode: st
         network.to(torch.bfloat16)
     if channels_last:
         network.to(memory_format=torch.channels_last)
+    if quantize is not None:
+        from ldmkit.pipelines.quantize import quantize_network
+
+        quantize_network(network, quantize)
     if not compile:
         return network
     inductor = backend == "inductor"
@@ -110,6 +114,7 @@ class LatentDiffusionPipeline:
         self.denoiser = model.denoiser()
         self.precision = precision
         self.optimizations: tuple[str, ...] = ()  # what optimize() applied
+        self.quantized: str | None = None  # the quantization of the denoiser's GEMMs (quantize())
         self.decode_tile: tuple[int, int] | None = None  # latent cells per decoding tile (tile_decoding())
         self.decode_overlap: int | None = None
         self.original_size: tuple[int, int] | None = None  # what a size-conditioned model imitates (size_conditions())
@@ -136,8 +141,20 @@ class LatentDiffusionPipeline:
         unload_loras(self.model)
         return self
 
+    def quantize(self, kind: str) -> LatentDiffusionPipeline:
+        """Quantize the denoiser's attention and feed-forward GEMMs in place (``int8``, ``int8-weight`` or ``fp8``;
+        :mod:`ldmkit.pipelines.quantize`), on any device; with :meth:`optimize`, pass ``quantize=`` there instead
+        so it comes after the bf16 conversion and before compiling. Returns the pipeline."""
+        from ldmkit.pipelines.quantize import quantize_network
+
+        if self.optimizations:
+            raise ConfigError("quantize before optimize(), or pass optimize(quantize=...)")
+        quantize_network(self.unet, kind)
+        self.quantized = kind
+        return self
+
     def optimize(self, compile: bool = True, mode: str = "reduce-overhead", channels_last: bool = True,
-                 bf16_weights: bool = True) -> LatentDiffusionPipeline:
+                 bf16_weights: bool = True, quantize: str | None = None) -> LatentDiffusionPipeline:
         """Switch to the fast inference path on a GPU; on a CPU nothing changes. Returns the pipeline.
 
         bf16 weights for the UNet and the autoencoder (sampling then runs under bf16 autocast, whatever
@@ -148,6 +165,8 @@ class LatentDiffusionPipeline:
         if mode not in COMPILE_MODES:
             raise ConfigError(f"compile mode '{mode}' is not one of {', '.join(COMPILE_MODES)}")
         if not _has_fast_path(self.device) or self.optimizations:
+            if quantize is not None and not self.optimizations and self.quantized is None:
+                self.quantize(quantize)  # the CPU path: no bf16 or compiling, the quantization still applies
             return self  # applied once only
         applied = []
         if bf16_weights:
@@ -159,7 +178,11 @@ class LatentDiffusionPipeline:
             applied.append("channels_last")
         # Wrappers (tiling) keep their place around the fast network.
         self.denoiser.replace_network(optimize_network(self.unet, compile=compile, mode=mode,
-                                                       channels_last=channels_last, bf16_weights=bf16_weights))
+                                                       channels_last=channels_last, bf16_weights=bf16_weights,
+                                                       quantize=quantize))
+        if quantize is not None:
+            self.quantized = quantize
+            applied.append(f"quantize:{quantize}")
         if compile:
             applied.append(f"compile:{mode}")
         self.optimizations = tuple(applied)
