@@ -7,7 +7,8 @@ Sections (``--only``; all by default, in this order, cheapest first):
            diffusers UNet converted to ldmkit gives its outputs (fp32 relative error)
   sync     host syncs per sampling step of every ldmkit sampler (CUDA sync-debug mode)
   infer    UNet evaluations/s at batch 16 (bf16 weights): eager, compiled, CUDA graphs; also the converted
-           UNet (``converted``), which must run as fast as the native one
+           UNet (``converted``), which must run as fast as the native one, and with ``--quantize int8 fp8``
+           ldmkit's with int8 / fp8 transformer GEMMs (``ldmkit+int8``, ``ldmkit+fp8``)
   train    training img/s (bf16 autocast, fused AdamW, ε-MSE, random data): eager, compiled; with --profile
            also kernel time by group, top kernels and GPU idle share of each timed step
   vae      VAE decode img/s at 512² batch 8 (bf16 weights): eager, compiled
@@ -122,6 +123,7 @@ class Settings:
     ddp_batch: int = 128
     ddp_cpu: bool = False
     profile: bool = False
+    quantize: list[str] = field(default_factory=list)
 
     def estimate(self, kind: str) -> float:
         return 0.0 if self.tiny else ESTIMATES[kind] * (0.7 if self.quick else 1.0)
@@ -202,8 +204,10 @@ def section_infer(run: Runner, s: Settings) -> None:
         if mode == "cudagraphs" and s.backend != "inductor":
             run.skip(f"infer/*/{mode}", f"CUDA graphs come with the inductor backend, not '{s.backend}'")
             continue
-        # "converted": the ldmkit UNet `ldm convert` makes of a diffusers one, on ldmkit's fast path too.
-        impls = [*s.impls, "converted"] if "ldmkit" in s.impls and "diffusers" in s.impls else s.impls
+        # "converted": the ldmkit UNet `ldm convert` makes of a diffusers one, on ldmkit's fast path too;
+        # "ldmkit+KIND": ldmkit's with its transformer GEMMs quantized (--quantize; ldmkit.pipelines.quantize).
+        impls = [*s.impls, "converted"] if "ldmkit" in s.impls and "diffusers" in s.impls else list(s.impls)
+        impls += [f"ldmkit+{kind}" for kind in s.quantize if "ldmkit" in s.impls]
         for size in s.sizes:
             for impl in impls:
                 first = impl == impls[0]
@@ -211,11 +215,12 @@ def section_infer(run: Runner, s: Settings) -> None:
 
                 def measure(impl: str = impl, size: int = size, mode: str = mode) -> dict[str, Any]:
                     free_memory(s.device)
-                    net = build_unet(impl, cfg, s.device).eval().requires_grad_(False)
+                    built, _, kind = impl.partition("+")
+                    net = build_unet(built, cfg, s.device).eval().requires_grad_(False)
                     if impl != "diffusers":  # the library's own fast path (LatentDiffusionPipeline.optimize)
                         net = optimize_network(net, compile=mode != "eager", backend=s.backend,
                                                mode="reduce-overhead" if mode == "cudagraphs" else "default",
-                                               channels_last=s.channels_last)
+                                               channels_last=s.channels_last, quantize=kind or None)
                     else:  # the peer's tuned recipe: bf16, fused QKV, channels_last, torch.compile
                         net = net.to(torch.bfloat16)
                         net.fuse_qkv_projections()
@@ -223,7 +228,7 @@ def section_infer(run: Runner, s: Settings) -> None:
                             net = net.to(memory_format=torch.channels_last)
                         if mode != "eager":
                             net = _compile(s, net, "reduce-overhead" if mode == "cudagraphs" else "default")
-                    call = unet_call(impl, net)
+                    call = unet_call("diffusers" if impl == "diffusers" else "ldmkit", net)
                     b = s.infer_batch
                     fmt = torch.channels_last if s.channels_last else torch.contiguous_format
                     x = torch.randn(b, cfg.in_channels, size, size, device=s.device,
@@ -597,6 +602,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rewrite-report", action="store_true",
                    help="measure nothing: take annotation ranges out of the stored profiles of the report in --out "
                         "(counted twice before they were filtered) and rewrite its files")
+    p.add_argument("--quantize", nargs="+", default=[], choices=("int8", "int8-weight", "fp8"),
+                   help="also time ldmkit's UNet with its transformer GEMMs quantized (infer; needs torchao)")
     p.add_argument("--profile", action="store_true",
                    help="also profile each timed training step (kernel time by group, top kernels, GPU idle share)")
     return p.parse_args(argv)
@@ -607,7 +614,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(device=device, tiny=args.tiny, quick=args.quick, sizes=args.sizes or ([8, 16] if args.tiny else
                  [32, 64]), impls=args.impl, modes=args.modes, backend=args.compile_backend,
                  channels_last=not args.contiguous, ceiling_tflops=args.ceiling_tflops, ddp_cpu=args.ddp_cpu,
-                 profile=args.profile)
+                 profile=args.profile, quantize=args.quantize)
     s.train_batch = {32: 128, 64: 32}
     if args.quick:
         s.warmup, s.iters, s.cost_steps = 2, 5, 20

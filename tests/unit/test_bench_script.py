@@ -48,7 +48,7 @@ def run_script(name: str, *args: str) -> None:
 def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     pytest.importorskip("diffusers")
     run_script("gpu_vs_diffusers", "--tiny", "--device", "cpu", "--sizes", "8", "--modes", "eager", "--profile",
-               "--out", str(tmp_path))
+               "--quantize", "int8", "--out", str(tmp_path))
     report = json.loads((tmp_path / "gpu_vs_diffusers.json").read_text())
     assert report["errors"] == []
     profile = report["train"]["lat8"]["ldmkit"]["eager"]["profile"]
@@ -66,6 +66,7 @@ def test_gpu_script_runs_every_cpu_section_with_tiny_models(tmp_path):
     assert converted["relative_error"] <= 1e-5 and converted["exact_within_1e-5"]
     assert converted["params"] == unet["diffusers"]["params"]
     assert report["infer"]["lat8"]["converted"]["eager"]["evals_s"] > 0
+    assert report["infer"]["lat8"]["ldmkit+int8"]["eager"]["evals_s"] > 0  # int8 transformer GEMMs (torchao)
     for impl in ("ldmkit", "diffusers"):
         assert report["infer"]["lat8"][impl]["eager"]["evals_s"] > 0
         assert report["train"]["lat8"][impl]["eager"]["img_s"] > 0
