@@ -27,15 +27,15 @@ def batch_sizes(batch: Mapping[str, Any]) -> torch.Tensor:
         raise DataError("size conditioning (conditioner.size_conditioning) needs each image's original size and "
                         "crop: image folders and manifests record them, and so do latent caches encoded from "
                         "them; this source does not (use an image folder, or set size_conditioning: false)")
-    original = torch.as_tensor(batch[ORIGINAL_SIZE]).reshape(-1, 2)  # [B, 2]
-    crop = torch.as_tensor(batch[CROP_TOP_LEFT]).reshape(-1, 2)  # [B, 2]
-    if image is not None:
-        output = torch.tensor(image.shape[-2:]).expand(image.shape[0], 2)  # [B, 2]
-    else:
-        output = torch.as_tensor(batch[OUTPUT_SIZE]).reshape(-1, 2)
     on = image if image is not None else latent
-    return torch.cat([original, crop, output], dim=1).to(device=on.device if on is not None else None,
-                                                         dtype=torch.float32)
+    device = on.device if on is not None else None  # the batch may already be on an accelerator, or not
+    original = torch.as_tensor(batch[ORIGINAL_SIZE], device=device).reshape(-1, 2)  # [B, 2]
+    crop = torch.as_tensor(batch[CROP_TOP_LEFT], device=device).reshape(-1, 2)  # [B, 2]
+    if image is not None:
+        output = torch.tensor(image.shape[-2:], device=device).expand(image.shape[0], 2)  # [B, 2]
+    else:
+        output = torch.as_tensor(batch[OUTPUT_SIZE], device=device).reshape(-1, 2)
+    return torch.cat([original, crop, output], dim=1).float()
 
 
 def requested_sizes(count: int, height: int, width: int, original_size: tuple[int, int] | None = None,

@@ -77,10 +77,12 @@ class LatentDiffusionModel:
     @property
     def sampling_defaults(self) -> dict[str, Any]:
         """The sampler and steps a call that names none uses: what the model records (``extra["sampling"]``,
-        e.g. a distilled student's ``lcm`` at 4 steps), else DPM-Solver++(2M) at 25 steps."""
+        e.g. a distilled student's ``lcm`` at 4 steps), else :class:`~ldmkit.samplers.SamplerOptions`' own."""
+        from ldmkit.samplers.options import SamplerOptions
+
         recorded = self.extra.get("sampling") or {}
-        return {"sampler": "dpm++2m", "steps": 25,
-                **{k: v for k, v in recorded.items() if k in ("sampler", "steps", "guidance")}}
+        plain = SamplerOptions()
+        return {"sampler": recorded.get("sampler", plain.sampler), "steps": recorded.get("steps", plain.steps)}
 
     @property
     def takes_sizes(self) -> bool:

@@ -28,14 +28,14 @@ def request_options(*, count: int, batch_size: int, seed: int, defaults: Mapping
                     **sampling: Any) -> SamplerOptions:
     """The checked :class:`SamplerOptions` of a task call making ``count`` images in batches of ``batch_size``
     (image i from seed ``seed + i``); ``sampling`` are the option fields (sampler, steps, guidance, …), and a
-    sampler, steps or guidance left None comes from ``defaults`` (the model's :attr:`sampling_defaults`)."""
+    field left None comes from ``defaults`` (the model's ``sampling_defaults``), else from SamplerOptions."""
     check_images(count=count, batch_size=batch_size, seed=seed)
-    for key in ("sampler", "steps", "guidance"):
-        if key in sampling and sampling[key] is None:
+    for key, value in list(sampling.items()):
+        if value is None and key != "spacing":  # None is a spacing of its own: the sampler's default
             if defaults and key in defaults:
                 sampling[key] = defaults[key]
             else:
-                del sampling[key]  # SamplerOptions' own default
+                del sampling[key]
     return SamplerOptions(seed=seed, **sampling)
 
 

@@ -234,6 +234,7 @@ class LatentDiffusionPipeline:
         made = cls(pipe.model, precision=pipe.precision)
         made.decode_tile, made.decode_overlap = pipe.decode_tile, pipe.decode_overlap
         made.original_size, made.crop_top_left = pipe.original_size, pipe.crop_top_left
+        made.quantized = pipe.quantized  # the shared network is quantized in place
         return made
 
     @classmethod
