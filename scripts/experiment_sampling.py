@@ -9,6 +9,7 @@ one batched evaluation of the conditional and unconditional halves, counted here
 Heun-type samplers take ⌈(NFE + 1) / 2⌉ steps. Writes ``results.json`` (a row per sampler × NFE) and
 ``sampling.png`` after every sampler, so an interrupted call keeps what it measured.
 
+    python scripts/experiment_sampling.py --out $OUT --work /tmp/sampling --ae-minutes 1 --teacher-minutes 2
     python scripts/experiment_sampling.py --out $OUT --autoencoder .carry/ae --teacher-minutes 3 --student-minutes 3
     python scripts/experiment_sampling.py --out /tmp/s --tiny          # CPU smoke test of the script
 """
@@ -23,16 +24,19 @@ from pathlib import Path
 
 import torch
 
+from experiment_quality import first_stage
 from ldmkit.config import load_config
 from ldmkit.data import build_dataset
 from ldmkit.evaluation.evaluate import compute_reference_stats
 from ldmkit.evaluation.generation import evaluate_generation
+from ldmkit.io.images import make_grid, save_grid, to_unit
 from ldmkit.pipelines import load_pipeline
 from ldmkit.training.diffusion_task import DiffusionExperiment, run_diffusion_training
 from ldmkit.training.distill_task import run_distillation
 
 NFES = (1, 2, 4, 8, 12, 25, 50)
-TEACHER_SAMPLERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "plms", "euler-a", "dpm++2m-sde")
+# The samplers the targets name come first, so a call cut short by --budget-s still measures them.
+TEACHER_SAMPLERS = ("dpm++2m", "unipc", "dpm++3m", "ddim", "euler", "heun", "euler-a", "dpm++2m-sde", "plms")
 TWO_EVALUATIONS = {"heun"}  # 2·steps − 1 evaluations per image
 
 
@@ -69,8 +73,13 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--autoencoder", type=Path, default=None, help="first stage of the teacher (required "
-                                                                       "unless --teacher or --tiny)")
+    parser.add_argument("--work", type=Path, default=None, help="where the runs go (default OUT/runs); "
+                                                                "keep them out of a size-limited OUT")
+    parser.add_argument("--autoencoder", type=Path, default=None, help="first stage of the teacher (else one is "
+                                                                       "trained for --ae-minutes)")
+    parser.add_argument("--ae-minutes", type=float, default=1.25)
+    parser.add_argument("--budget-s", type=float, default=None, help="stop measuring (keeping every row so far) "
+                                                                     "once this many seconds have passed")
     parser.add_argument("--teacher", type=Path, default=None, help="a trained teacher model directory")
     parser.add_argument("--student", type=Path, default=None, help="a distilled student model directory")
     parser.add_argument("--teacher-minutes", type=float, default=3.0)
@@ -84,6 +93,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models on the synthetic set (smoke test)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or args.out / "runs"
+    started = time.perf_counter()
     tiny = ["data.source=synthetic", "data.resolution=16", "data.synthetic.count=32", "data.synthetic.supersample=1",
             "data.channels=3", "conditioner.num_classes=16", "unet.model_channels=8", "unet.channel_mult=[1,2]",
             "unet.num_res_blocks=1", "unet.attention_resolutions=[]", "unet.num_head_channels=null",
@@ -93,28 +104,31 @@ def main() -> None:
     if args.tiny and args.autoencoder is None:
         from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 
-        args.autoencoder = save_autoencoder(args.out / "ae", build_autoencoder(AutoencoderConfig(kind="identity")))
+        args.autoencoder = save_autoencoder(work / "ae", build_autoencoder(AutoencoderConfig(kind="identity")))
+    elif args.autoencoder is None and args.teacher is None:
+        args.autoencoder = first_stage(work, args.ae_minutes)
     teacher = args.teacher
     if teacher is None:
-        run = args.out / "runs" / "teacher"
+        run = work / "teacher"
         run_diffusion_training("fashion-mnist-class", [f"autoencoder={args.autoencoder}", *tiny, *run_opts,
                                                        f"train.out={run}", f"train.max_minutes={args.teacher_minutes}"])
         teacher = run / "model"
     student = args.student
     if student is None:
-        run = args.out / "runs" / "student"
+        run = work / "student"
         run_distillation([f"model={teacher}", f"train.out={run}", f"train.max_minutes={args.student_minutes}",
                           "guidance_min=1", f"guidance_max={max(args.guidance, 1.0) + 2}", *run_opts,
                           *([o for o in tiny if o.startswith("train.")])])
         student = run / "model"
     adapter = None
     if args.lora_rank:
-        run = args.out / "runs" / "lcm-lora"
+        run = work / "lcm-lora"
         run_distillation([f"model={teacher}", f"train.out={run}", f"train.max_minutes={args.lora_minutes}",
                           f"lora.rank={args.lora_rank}", "lora.name=lcm", "lora.targets=[attention,convolutions]",
                           "train.lr=1e-4", "guidance_min=1", f"guidance_max={max(args.guidance, 1.0) + 2}", *run_opts,
                           *([o for o in tiny if o.startswith("train.")])])
         adapter = run / "model" / "adapters" / "lcm.safetensors"
+    trained_seconds = time.perf_counter() - started
     experiment = load_config(DiffusionExperiment, "fashion-mnist-class", [f"autoencoder={args.autoencoder}", *tiny],
                              group="diffusion")
     test_set = build_dataset(experiment.data, split="test" if not args.tiny else "val")
@@ -124,10 +138,12 @@ def main() -> None:
         "efflite0", source="held-out split", progress=False)
     labels = [i % experiment.conditioner.num_classes for i in range(args.n)]
     rows: list[dict] = []
-    jobs = [(name, teacher) for name in args.samplers] + [("student (lcm)", student)]
-    if adapter is not None:
-        jobs.append(("lcm-lora (lcm)", teacher))
+    jobs = [("student (lcm)", student)] + [("lcm-lora (lcm)", teacher)] * (adapter is not None)
+    jobs += [(name, teacher) for name in args.samplers]
+    out_of_time = False
     for name, directory in jobs:
+        if out_of_time:
+            break
         pipe = load_pipeline(directory)
         guidance = args.guidance
         if name.startswith("lcm-lora"):
@@ -140,6 +156,10 @@ def main() -> None:
             steps = steps_for(sampler, nfe)
             if steps is None:
                 continue
+            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+                print(f"budget of {args.budget_s:.0f}s spent: stopping before {name} at NFE {nfe}", flush=True)
+                out_of_time = True
+                break
             started = time.perf_counter()
             result = evaluate_generation(pipe, reference, n=args.n, class_labels=labels, sampler=sampler, steps=steps,
                                          guidance=guidance, metrics=("fd",), batch_size=min(args.n, 500),
@@ -153,8 +173,27 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__, "teacher": str(teacher), "student": str(student),
             "lcm_lora": str(adapter) if adapter is not None else None, "n": args.n,
-            "guidance": args.guidance, "rows": rows}, indent=2))
+            "guidance": args.guidance, "training_seconds": round(trained_seconds, 1),
+            "complete": not out_of_time, "rows": rows}, indent=2))
         plot(rows, args.out / "sampling.png")
+    save_grids(student, teacher, adapter, args.guidance, experiment.conditioner.num_classes, args.out / "grids.png")
+
+
+def save_grids(student: Path, teacher: Path, adapter: Path | None, guidance: float, classes: int, path: Path) -> None:
+    """One row per arm (a class per column, seed 0): the student and the LCM-LoRA at 1, 2 and 4 steps, the teacher
+    at 4 and 25 DPM-Solver++(2M) steps."""
+    labels = list(range(min(classes, 10)))
+    arms = [(student, None, "lcm", n, 1.0) for n in (1, 2, 4)]
+    arms += [(teacher, adapter, "lcm", n, 1.0) for n in (1, 2, 4)] if adapter is not None else []
+    arms += [(teacher, None, "dpm++2m", n, guidance) for n in (4, 25)]
+    rows = []
+    for directory, lora, sampler, steps, scale in arms:
+        pipe = load_pipeline(directory)
+        if lora is not None:
+            pipe.load_lora(lora)
+        rows.append(pipe(class_label=labels, seed=0, sampler=sampler, steps=steps, guidance=scale, output="tensor",
+                         progress=False))
+    save_grid(make_grid(to_unit(torch.cat(rows)), nrow=len(labels)), path)
 
 
 if __name__ == "__main__":
