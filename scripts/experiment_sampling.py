@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from experiment_quality import first_stage
+from ldmkit import samplers
 from ldmkit.config import load_config
 from ldmkit.data import build_dataset
 from ldmkit.evaluation.evaluate import compute_reference_stats
@@ -58,7 +59,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for name in dict.fromkeys(r["sampler"] for r in rows):
         points = sorted((r["nfe"], r["fd"]) for r in rows if r["sampler"] == name and r.get("fd") is not None)
         if points:
-            ax.plot(*zip(*points), marker="o", label=name, lw=2.5 if name.endswith("(lcm)") else 1.2)
+            ax.plot(*zip(*points), marker="o", label=name, lw=2.5 if name.endswith("(lcm)") else 1.2,
+                    ls="--" if name.endswith("(trailing)") else "-")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per image (NFE)")
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     parser.add_argument("--samplers", nargs="+", default=list(TEACHER_SAMPLERS))
+    parser.add_argument("--trailing-up-to", type=int, default=12, help="also run the karras-ladder samplers on "
+                        "the trailing ladder up to this NFE (0: never): a karras ladder of n steps spends its last "
+                        "evaluation on σ_min → 0")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the synthetic set (smoke test)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,10 @@ def main() -> None:
     labels = [i % experiment.conditioner.num_classes for i in range(args.n)]
     rows: list[dict] = []
     jobs = [("student (lcm)", student)] + [("lcm-lora (lcm)", teacher)] * (adapter is not None)
-    jobs += [(name, teacher) for name in args.samplers]
+    for name in args.samplers:
+        jobs.append((name, teacher))
+        if args.trailing_up_to and samplers.get(name).default_spacing == "karras":
+            jobs.append((f"{name} (trailing)", teacher))
     out_of_time = False
     for name, directory in jobs:
         if out_of_time:
@@ -149,10 +157,13 @@ def main() -> None:
         if name.startswith("lcm-lora"):
             pipe.load_lora(adapter)
             guidance = 1.0  # the guided teacher step is folded into the adapter
-        sampler = "lcm" if name.endswith("(lcm)") else name
+        sampler = "lcm" if name.endswith("(lcm)") else name.removesuffix(" (trailing)")
+        spacing = "trailing" if name.endswith("(trailing)") else None
         for nfe in args.nfe:
             if sampler == "lcm" and nfe > 8:
                 continue  # a consistency student is meant for 1–4 (8) steps
+            if spacing and nfe > args.trailing_up_to:
+                continue
             steps = steps_for(sampler, nfe)
             if steps is None:
                 continue
@@ -160,14 +171,15 @@ def main() -> None:
                 print(f"budget of {args.budget_s:.0f}s spent: stopping before {name} at NFE {nfe}", flush=True)
                 out_of_time = True
                 break
-            started = time.perf_counter()
+            began = time.perf_counter()
             result = evaluate_generation(pipe, reference, n=args.n, class_labels=labels, sampler=sampler, steps=steps,
-                                         guidance=guidance, metrics=("fd",), batch_size=min(args.n, 500),
-                                         progress=False)
+                                         spacing=spacing, guidance=guidance, metrics=("fd",),
+                                         batch_size=min(args.n, 500), progress=False)
             fd = next(v for k, v in result["metrics"].items() if k.startswith("FD"))
             rows.append({"sampler": name, "nfe": nfe, "steps": steps, "fd": fd, "guidance": guidance,
+                         "spacing": spacing or samplers.get(sampler).default_spacing,
                          "seconds_per_image": result["sampling_seconds"] / args.n,
-                         "wall_seconds": round(time.perf_counter() - started, 2)})
+                         "wall_seconds": round(time.perf_counter() - began, 2)})
             print(json.dumps(rows[-1]), flush=True)
         (args.out / "results.json").write_text(json.dumps({
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
