@@ -56,6 +56,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = plt.get_cmap("tab20").colors
+    ax.set_prop_cycle(color=colours[0::2] + colours[1::2])  # 10 strong colours, then their pale twins
     for name in dict.fromkeys(r["sampler"] for r in rows):
         points = sorted((r["nfe"], r["fd"]) for r in rows if r["sampler"] == name and r.get("fd") is not None)
         if points:
@@ -70,6 +72,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replot(results: Path) -> None:
+    """Draw ``sampling.png`` again beside a ``results.json`` (``--replot DIR``)."""
+    plot(json.loads((results / "results.json").read_text())["rows"], results / "sampling.png")
 
 
 def main() -> None:
@@ -96,7 +103,10 @@ def main() -> None:
                         "the trailing ladder up to this NFE (0: never): a karras ladder of n steps spends its last "
                         "evaluation on σ_min → 0")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the synthetic set (smoke test)")
+    parser.add_argument("--replot", action="store_true", help="only draw OUT/sampling.png from OUT/results.json")
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or args.out / "runs"
     started = time.perf_counter()
