@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 HELP = "write an ldmkit model as a diffusers folder or a Stable Diffusion single file"
-DESCRIPTION = ("diffusers: a folder StableDiffusionPipeline.from_pretrained (or AutoencoderKL / VQModel for a "
-               "first stage) loads. sd-safetensors: one .safetensors file in the original key layout.")
+DESCRIPTION = ("diffusers: a folder StableDiffusionPipeline.from_pretrained (…InpaintPipeline, …UpscalePipeline "
+               "for the x4 upscaler, or AutoencoderKL / VQModel for a first stage) loads. sd-safetensors: one "
+               ".safetensors file in the original key layout (not the x4 upscaler).")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ from ldmkit.interop.infer import UNET, foreign_layout, infer_autoencoder, infer_
 from ldmkit.interop.keys_unet import unet_rules
 from ldmkit.interop.keys_vae import VQ_TRAINING_BUFFERS, autoencoder_rules
 from ldmkit.interop.mapping import import_tensors, strip_prefix
+from ldmkit.interop.noise_augmentation import KEY as NOISE_AUGMENTATION
+from ldmkit.interop.noise_augmentation import from_original as noise_augmentation_from_original
 from ldmkit.interop.original_config import model_from_original, read_original_yaml
 from ldmkit.interop.parts import ConvertedParts
 from ldmkit.interop.rules import few
@@ -162,12 +164,14 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
                      "[z, masked, mask]")
     autoencoder = _stored_scale_factor(described.autoencoder, state, original["model"].get("params") or {}, notes)
     ae_state = _autoencoder_state(autoencoder, _first_stage_state(state, notes))
+    augmentation = None
     if compvis is None:
         clip, cond_state, text_notes = text_from_original(state, described.text_encoder)
         notes += text_notes
         if concat_route(described.concat).super_resolution:
             clip = dataclasses.replace(clip, vector_label=0)
             notes.append("x4 upscaler: the noise-level label is 0 (the low-resolution image is given clean)")
+            augmentation = noise_augmentation_from_original(original["model"].get("params") or {})
         cond = conditioner_config(clip, described.concat, autoencoder.latent_channels, autoencoder.downsample_factor)
     _check_schedule(schedule, state, notes)
     known = (UNET, FIRST_STAGE, SD1_TEXT, SD2_TEXT, "model_ema.", "low_scale_model.", "cond_stage_model.")
@@ -177,7 +181,7 @@ def parts_from_original(state: Mapping[str, torch.Tensor], original: Mapping[str
                               "it is not a Stable Diffusion / LDM checkpoint ldmkit can hold")
     return ConvertedParts(autoencoder=autoencoder, autoencoder_state=ae_state, unet=unet_config, unet_state=unet_state,
                           conditioner=cond, conditioner_state=cond_state, schedule=schedule,
-                          latent_size=described.latent_size or 64, notes=notes)
+                          latent_size=described.latent_size or 64, notes=notes, noise_augmentation=augmentation)
 
 
 def read_source(source: str | Path, *, config: str | Path | None = None, ema: bool = False,
@@ -220,9 +224,12 @@ def build_model(parts: ConvertedParts):
     conditioner = build_conditioner(parts.conditioner, pretrained_path=parts.tokenizer_dir)
     conditioner.load_state_dict(parts.conditioner_state, strict=True)
     side = int(parts.latent_size or 64)
+    extra: dict[str, Any] = {"converted": {"notes": parts.notes}}
+    if parts.noise_augmentation is not None:  # no ldmkit config holds it; export writes it back
+        extra[NOISE_AUGMENTATION] = parts.noise_augmentation.record()
     return LatentDiffusionModel(unet=unet.eval(), schedule=NoiseSchedule(parts.schedule),
                                 conditioner=conditioner.eval(), autoencoder=autoencoder, latent_size=(side, side),
-                                extra={"converted": {"notes": parts.notes}})
+                                extra=extra)
 
 
 def write_parts(parts: ConvertedParts, out: str | Path) -> Path:

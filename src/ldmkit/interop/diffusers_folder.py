@@ -24,6 +24,7 @@ from ldmkit.interop.keys_text import HF_PREFIX, hf_rules
 from ldmkit.interop.keys_unet import unet_rules
 from ldmkit.interop.keys_vae import VQ_TRAINING_BUFFERS, autoencoder_rules
 from ldmkit.interop.mapping import import_tensors
+from ldmkit.interop.noise_augmentation import DIFFUSERS_MAX_NOISE_LEVEL, NoiseAugmentation
 from ldmkit.interop.parts import ConvertedParts
 from ldmkit.interop.safe_checkpoint import load_checkpoint
 from ldmkit.interop.text_state import conditioner_config, meta_text_model
@@ -91,6 +92,20 @@ def _autoencoder(folder: Path):
     return config, state
 
 
+def _noise_augmentation(folder: Path, index: dict[str, Any], notes: list[str]) -> NoiseAugmentation | None:
+    """The upscale pipeline's low_res_scheduler (its betas) and max_noise_level, recorded for export."""
+    path = folder / "low_res_scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        notes.append("x4 upscaler without low_res_scheduler/: its noise augmentation is unknown, so the model cannot "
+                     "be exported to diffusers")
+        return None
+    augmentation = NoiseAugmentation(schedule_from_diffusers(read_json(path)),
+                                     index.get("max_noise_level", DIFFUSERS_MAX_NOISE_LEVEL))
+    notes.append(f"x4 upscaler: noise augmentation kept for export (low_res_scheduler, max_noise_level "
+                 f"{augmentation.max_noise_level})")
+    return augmentation
+
+
 def parts_from_diffusers(folder: Path) -> ConvertedParts:
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
@@ -112,10 +127,12 @@ def parts_from_diffusers(folder: Path) -> ConvertedParts:
     concat = PIPELINES[pipeline]
     notes = [f"diffusers {pipeline} folder"]
     autoencoder, ae_state = _autoencoder(folder / "vae")
+    augmentation = None
     if pipeline == "StableDiffusionUpscalePipeline":
         # The upscaler's VAE config says 0.18215; the pipeline scales by 0.08333 (its original scale_factor).
         autoencoder = dataclasses.replace(autoencoder, scale_factor=0.08333)
         notes.append("x4 upscaler: latent scale 0.08333, noise-level label 0 (the low-resolution image given clean)")
+        augmentation = _noise_augmentation(folder, index, notes)
     unet_json = read_json(folder / "unet" / "config.json")
     unet = unet_from_diffusers(unet_json)
     with torch.device("meta"):
@@ -141,4 +158,5 @@ def parts_from_diffusers(folder: Path) -> ConvertedParts:
     return ConvertedParts(autoencoder=autoencoder, autoencoder_state=ae_state, unet=unet, unet_state=unet_state,
                           conditioner=cond, conditioner_state=text_state, schedule=schedule,
                           latent_size=int(unet_json.get("sample_size") or 64), notes=notes,
-                          tokenizer_dir=str(tokenizer) if (tokenizer / "vocab.json").is_file() else None)
+                          tokenizer_dir=str(tokenizer) if (tokenizer / "vocab.json").is_file() else None,
+                          noise_augmentation=augmentation)

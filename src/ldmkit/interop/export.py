@@ -1,10 +1,12 @@
 """ldmkit model directories → a diffusers folder or a Stable Diffusion single file (``.safetensors``).
 
 A diffusers folder of an "ldm" model is a ``StableDiffusionPipeline`` (``StableDiffusionInpaintPipeline`` for
-a masked-image model) with a PNDM scheduler configured from the model's schedule, the text encoder written
-by transformers and the tokenizer from CLIP's vocabulary; an "autoencoder" model becomes an ``AutoencoderKL`` /
-``VQModel`` folder. The single file uses the original key layout (``model.diffusion_model.*``,
-``first_stage_model.*``, ``cond_stage_model.*``). Both are written beside the target and renamed into place.
+a masked-image model, ``StableDiffusionUpscalePipeline`` for the x4 upscaler, whose ``low_res_scheduler`` and
+``max_noise_level`` come from the recorded noise augmentation) with a PNDM scheduler configured from the model's
+schedule, the text encoder written by transformers and the tokenizer from CLIP's vocabulary; an "autoencoder"
+model becomes an ``AutoencoderKL`` / ``VQModel`` folder. The single file uses the original key layout
+(``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``). Both are written beside the target
+and renamed into place.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ldmkit.interop.diffusers_config import autoencoder_to_diffusers, unet_to_di
 from ldmkit.interop.keys_unet import unet_rules
 from ldmkit.interop.keys_vae import VQ_TRAINING_BUFFERS, autoencoder_rules
 from ldmkit.interop.mapping import add_prefix, export_tensors
+from ldmkit.interop.noise_augmentation import KEY as NOISE_AUGMENTATION
+from ldmkit.interop.noise_augmentation import NoiseAugmentation, for_table, from_record
 from ldmkit.interop.text_state import text_to_original
 from ldmkit.io import read_model_dir
 
@@ -55,16 +59,26 @@ def _autoencoder_component(autoencoder, sample_size: int) -> tuple[dict, dict]:
     return config, state
 
 
-def scheduler_config(schedule) -> dict[str, Any]:
-    c = schedule.config
+def _noise_fields(c, scheduler: str) -> dict[str, Any]:
+    """The keys of a diffusers scheduler config that fix its betas and what the network predicts."""
     if c.kind not in _BETAS or c.prediction not in _PREDICTIONS:
-        raise ConfigError(f"a {c.kind} schedule predicting {c.prediction} has no diffusers PNDM scheduler counterpart")
+        raise ConfigError(f"a {c.kind} schedule predicting {c.prediction} has no diffusers {scheduler} counterpart")
     start, end = c.betas_range()
-    return {"_class_name": "PNDMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-            "num_train_timesteps": c.num_timesteps, "beta_start": start, "beta_end": end,
-            "beta_schedule": _BETAS[c.kind], "prediction_type": _PREDICTIONS[c.prediction], "skip_prk_steps": True,
-            "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
+    return {"num_train_timesteps": c.num_timesteps, "beta_start": start, "beta_end": end,
+            "beta_schedule": _BETAS[c.kind], "prediction_type": _PREDICTIONS[c.prediction],
             "rescale_betas_zero_snr": c.zero_terminal_snr}
+
+
+def scheduler_config(schedule) -> dict[str, Any]:
+    return {"_class_name": "PNDMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+            **_noise_fields(schedule.config, "PNDM scheduler"), "skip_prk_steps": True, "set_alpha_to_one": False,
+            "steps_offset": 1, "timestep_spacing": "leading"}
+
+
+def low_res_scheduler_config(augmentation: NoiseAugmentation) -> dict[str, Any]:
+    """The upscale pipeline's DDPMScheduler: only its betas matter (it noises the low-resolution image)."""
+    return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+            **_noise_fields(augmentation.schedule, "DDPM scheduler")}
 
 
 def _unet_state(model, layout: str) -> dict[str, torch.Tensor]:
@@ -76,19 +90,60 @@ def _unet_state(model, layout: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_exportable(model) -> None:
+def _check_exportable(model, to: str) -> None:
     cond = model.conditioning
     if cond.kind != "clip_text":
         raise ConfigError(f"only models conditioned on a CLIP text encoder (clip_text) export as Stable Diffusion; "
                           f"this one is conditioned on '{cond.kind}'")
-    if cond.concat.present and not cond.concat.inpainting:
-        raise ConfigError(f"export of a '{cond.concat.kind}' concat model (the x4 upscaler) is not supported")
+    if cond.concat.super_resolution and to != "diffusers":
+        raise ConfigError("the x4 upscaler exports only as a diffusers folder (--to diffusers); its original single "
+                          "file, with the noise-augmentation tables, is not written")
+    if cond.concat.present and not (cond.concat.inpainting or cond.concat.super_resolution):
+        raise ConfigError(f"export of a '{cond.concat.kind}' concat model is not supported")
+
+
+def _upscaler_augmentation(model) -> NoiseAugmentation:
+    """The recorded noise augmentation of an x4 upscaler, once the upscale pipeline is known to compute the same
+    function: the low-resolution image itself concatenated at the latent grid, upscaled by the first stage's f."""
+    concat, f = model.conditioning.concat, model.autoencoder.downsample_factor
+    class_embeddings = model.unet.config.class_embeddings
+    if class_embeddings is None:
+        raise ConfigError("this x4 upscaler's UNet has no noise-level table (class_embeddings: null); diffusers' "
+                          "StableDiffusionUpscalePipeline gives the UNet the noise level as a class label")
+    if concat.low_res_mode != "resize":
+        raise ConfigError("diffusers' StableDiffusionUpscalePipeline concatenates the low-resolution image itself; "
+                          "this upscaler encodes it (low_res_mode: encode)")
+    if concat.low_res_factor != f:
+        raise ConfigError(f"diffusers' StableDiffusionUpscalePipeline upscales by the first stage's factor {f}; "
+                          f"this model's low_res_factor is {concat.low_res_factor}")
+    record = model.extra.get(NOISE_AUGMENTATION)
+    if record is None:
+        raise ConfigError(f"this x4 upscaler records no noise augmentation (extra.{NOISE_AUGMENTATION}: the "
+                          "low_res_scheduler and max_noise_level); convert it again from its diffusers folder, or "
+                          "from its single file with its YAML")
+    return for_table(from_record(record), class_embeddings)
+
+
+def _model_index(model, unet: dict, vae: dict, augmentation: NoiseAugmentation | None) -> dict[str, Any]:
+    """model_index.json with the components (and settings) each pipeline's constructor takes."""
+    parts = {"unet": ["diffusers", unet["_class_name"]], "vae": ["diffusers", vae["_class_name"]],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+             "feature_extractor": [None, None]}
+    if augmentation is not None:
+        return {"_class_name": "StableDiffusionUpscalePipeline", "_diffusers_version": DIFFUSERS_VERSION, **parts,
+                "low_res_scheduler": ["diffusers", "DDPMScheduler"], "watermarker": [None, None],
+                "max_noise_level": augmentation.max_noise_level}
+    pipeline = "StableDiffusionInpaintPipeline" if model.conditioning.concat.inpainting else "StableDiffusionPipeline"
+    return {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION, **parts, "image_encoder": [None, None],
+            "requires_safety_checker": False}
 
 
 def _diffusers_ldm(model, out: Path) -> None:
     from ldmkit.conditioning.clip_text import BOS, EOS
 
-    _check_exportable(model)
+    _check_exportable(model, "diffusers")
+    augmentation = _upscaler_augmentation(model) if model.conditioning.concat.super_resolution else None
     side = model.latent_size[0]
     f = model.autoencoder.downsample_factor
     unet_config = unet_to_diffusers(model.unet.config, sample_size=side)
@@ -102,18 +157,14 @@ def _diffusers_ldm(model, out: Path) -> None:
     _write_json(out / "tokenizer" / "special_tokens_map.json",
                 {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": model.conditioning.clip.pad_token})
     _write_json(out / "scheduler" / "scheduler_config.json", scheduler_config(model.schedule))
-    pipeline = "StableDiffusionInpaintPipeline" if model.conditioning.concat.inpainting else "StableDiffusionPipeline"
-    _write_json(out / "model_index.json", {
-        "_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION,
-        "unet": ["diffusers", unet_config["_class_name"]], "vae": ["diffusers", vae_config["_class_name"]],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False})
+    if augmentation is not None:
+        _write_json(out / "low_res_scheduler" / "scheduler_config.json", low_res_scheduler_config(augmentation))
+    _write_json(out / "model_index.json", _model_index(model, unet_config, vae_config, augmentation))
 
 
 def single_file_state(model) -> dict[str, torch.Tensor]:
     """The whole model in the original single-file layout."""
-    _check_exportable(model)
+    _check_exportable(model, "sd-safetensors")
     ae = model.autoencoder
     state = add_prefix(_unet_state(model, "original"), "model.diffusion_model.")
     state.update(add_prefix(export_tensors(autoencoder_rules(ae.config, "original"), ae.state_dict(), "first stage",

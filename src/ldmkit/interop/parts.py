@@ -10,6 +10,7 @@ from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.conditioning.config import ConditionerConfig
 from ldmkit.denoisers.unet_config import UNetConfig
 from ldmkit.diffusion.schedules import ScheduleConfig
+from ldmkit.interop.noise_augmentation import NoiseAugmentation
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ConvertedParts:
     latent_size: int | None = None
     notes: list[str] = field(default_factory=list)
     tokenizer_dir: str | None = None  # a diffusers folder's tokenizer/, when the source has one
+    noise_augmentation: NoiseAugmentation | None = None  # the x4 upscaler's, kept for export
 
     @property
     def kind(self) -> str:
