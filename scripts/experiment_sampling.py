@@ -202,10 +202,10 @@ def main() -> None:
 
 
 def save_grids(student: Path, teacher: Path, adapter: Path | None, guidance: float, classes: int, path: Path) -> None:
-    """One row per arm (a class per column, seed 0): the student and the LCM-LoRA at 1, 2 and 4 steps, the teacher
-    at 4 and 25 DPM-Solver++(2M) steps."""
+    """One row per arm (a class per column, seed 0), each at the guidance its FD rows use: the w-conditioned student
+    and the LCM-LoRA (guidance 1, folded in) at 1, 2 and 4 steps, the teacher at 4 and 25 DPM-Solver++(2M) steps."""
     labels = list(range(min(classes, 10)))
-    arms = [(student, None, "lcm", n, 1.0) for n in (1, 2, 4)]
+    arms = [(student, None, "lcm", n, guidance) for n in (1, 2, 4)]
     arms += [(teacher, adapter, "lcm", n, 1.0) for n in (1, 2, 4)] if adapter is not None else []
     arms += [(teacher, None, "dpm++2m", n, guidance) for n in (4, 25)]
     rows = []
