@@ -64,3 +64,15 @@ def test_damaged_files_are_one_line_errors(tmp_path):
         build_dataset(DataConfig(source="fashion_mnist", path=str(root)))
     with pytest.raises(DataError, match="does not exist"):
         build_dataset(DataConfig(source="fashion_mnist", path=str(tmp_path / "nowhere")))
+
+
+def test_labels_keep_only_the_named_classes_of_every_split(tmp_path):
+    root = make_fashion(tmp_path / "fm", n_train=10, n_test=10)
+    cfg = DataConfig(source="fashion_mnist", path=str(root), channels=1, pad=2, labels=(5, 7))
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert [item["label"] for item in train] == [5, 7] == [item["label"] for item in test]
+    every = build_dataset(DataConfig(source="fashion_mnist", path=str(root), channels=1, pad=2), "train")
+    assert (train[1]["image"] == every[7]["image"]).all()  # the item itself, not only its label
+    assert num_classes(cfg) == 10  # a model of classes 5 and 7 keeps the embeddings of the other eight
+    with pytest.raises(DataError, match=r"data.labels=\[12\].*no item"):
+        build_dataset(DataConfig(source="fashion_mnist", path=str(root), labels=(12,)))

@@ -188,3 +188,14 @@ def test_dataset_captions_reads_names_without_decoding_images():
 
     assert dataset_captions(Named()) == ["caption 0", "caption 1"]
     assert dataset_captions(Plain()) == ["plain 0", "plain 1"]
+
+
+def test_labels_keep_the_named_classes_of_a_folder_and_refuse_sources_without_labels(folder):
+    from ldmkit.errors import ConfigError
+
+    ds = build_dataset(_cfg(folder, labels=(1,)))
+    assert sorted(e.key for e in ds.entries) == ["dog/c.webp", "dog/d.png"]
+    assert [ds[i]["label"] for i in range(len(ds))] == [1, 1] and ds.class_names == ["cat", "dog"]
+    assert len(ds.dims) == 2  # the probed sizes travel with their images (aspect-ratio buckets use them)
+    with pytest.raises(ConfigError, match="data.labels: the synthetic source"):
+        build_dataset(DataConfig(source="synthetic", labels=(0,)))

@@ -114,3 +114,21 @@ def test_ldm_sample_with_several_adapters_and_ldm_lora_merge(adapted, tmp_path, 
     assert err.startswith("error:") and "not a finite number" in err and "\n" not in err
     assert ldm([*args, "--lora", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "bad")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_conditioner_learns_the_conditioner_in_full_beside_a_unet_adapter(base, tmp_path):
+    """Pivotal tuning: the conditioner's weights (new class or token embeddings) train with the UNet's adapters;
+    the base written beside the adapter carries that conditioner, the UNet stays the original."""
+    autoencoder, model = base
+    task, written = train_dm(tmp_path / "pivotal", autoencoder, f"train.init_from={model}", *LORA,
+                             "lora.targets=[attention]", "lora.train_conditioner=true")
+    trainable = [n for n, p in task.trained.named_parameters() if p.requires_grad]
+    assert all(".lora_" in n for n in trainable if n.startswith("unet."))
+    assert any(n.startswith("conditioner.") and ".lora_" not in n for n in trainable)
+    before, after = (load_file(str(d / "conditioner.safetensors")) for d in (model, written))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the conditioner learned
+    unet_before, unet_after = (load_file(str(d / "unet.safetensors")) for d in (model, written))
+    assert all(torch.equal(unet_before[k], unet_after[k]) for k in unet_before)  # the UNet learned only through LoRA
+    again = LatentDiffusionModel.load(written)
+    load_lora(again, written / "adapters" / "lora.safetensors")
+    torch.testing.assert_close(probe(again), probe(task.model()), rtol=1e-5, atol=1e-6)

@@ -19,6 +19,9 @@ class LoraConfig:
     targets: tuple[str, ...] = option(("attention",), help="layer groups adapted: attention, feedforward, "
                                                            "projections, convolutions, text_encoder")
     name: str = option("lora", help="file name of the adapter (model/adapters/NAME.safetensors)")
+    train_conditioner: bool = option(False, help="also train the conditioner's own weights in full, as pivotal "
+                                                 "tuning does: the embeddings of new classes learn beside a UNet "
+                                                 "LoRA (the adapter then needs the base model written with it)")
 
     def __post_init__(self) -> None:
         if self.rank:

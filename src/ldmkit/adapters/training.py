@@ -20,7 +20,8 @@ from ldmkit.errors import ConfigError
 
 def add_trained_lora(unet: nn.Module, conditioner: nn.Module, config: LoraConfig, trainable: str) -> bool:
     """Freeze ``unet`` and ``conditioner`` and add adapter ``config.name`` to the layers ``config.targets`` pick;
-    only the adapters' A and B train. Returns whether the conditioner was adapted (then it trains with the UNet)."""
+    only the adapters' A and B train (and the conditioner's own weights with ``config.train_conditioner``). Returns
+    whether the conditioner trains (then it is among the trained networks)."""
     if trainable != "all":
         raise ConfigError(f"train.trainable={trainable} with lora: the adapters alone train; choose the layers with "
                           "lora.targets and leave train.trainable=all")
@@ -37,7 +38,12 @@ def add_trained_lora(unet: nn.Module, conditioner: nn.Module, config: LoraConfig
             for layer in lora_layers(parts[component]).values():  # peft leaves the new adapter trainable; be sure
                 layer.lora_A[config.name].requires_grad_(True)
                 layer.lora_B[config.name].requires_grad_(True)
-    return "conditioner" in targets
+    if config.train_conditioner:
+        if not getattr(conditioner, "trainable", False):
+            raise ConfigError("lora.train_conditioner=true, but this model's conditioner has no weights to train; "
+                              "set lora.train_conditioner=false")
+        conditioner.requires_grad_(True)  # its adapters, if any, train as well
+    return "conditioner" in targets or config.train_conditioner
 
 
 def plain_copy(model) -> Any:
@@ -53,6 +59,8 @@ def write_lora_model(model, directory: Path, config: LoraConfig, experiment: dic
     in the adapter's metadata)."""
     plain_copy(model).save(directory, experiment=experiment)
     info = {"rank": config.rank, "alpha": config.scale_alpha, "targets": list(config.targets), **(info or {})}
+    if config.train_conditioner:  # the adapter alone does not carry the conditioner it was trained with
+        info["needs_base"] = "the conditioner of the base model written with it (lora.train_conditioner)"
     write_lora(model, config.name, directory / ADAPTERS_DIR / f"{config.name}.safetensors", info)
 
 

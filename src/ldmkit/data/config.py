@@ -93,6 +93,8 @@ class DataConfig:
         "subfolder", help="folder labels: first sub-folder name, a CSV/JSONL manifest, or none")
     manifest: str | None = option(None, help="manifest file (CSV or JSONL; columns file, label, caption), relative "
                                   "to path; null: path/manifest.csv or path/manifest.jsonl")
+    labels: tuple[int, ...] = option((), help="keep only the items of these class labels (empty: all); the class "
+                                     "count stays the source's", min=0)
     val_fraction: float = option(0.1, help="held-out fraction for sources without splits (split=val/test)",
                                  min=0.0, max=0.9)
     split_seed: int = option(0, help="seed of the held-out split (fixed, so the split never moves)", min=0)

@@ -13,6 +13,7 @@ lower case ("ankle boot").
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 from pathlib import Path
@@ -95,6 +96,15 @@ class FashionMNIST(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def item_labels(self) -> np.ndarray:
+        return self.labels
+
+    def subset(self, indices: list[int]) -> "FashionMNIST":
+        """The items at ``indices`` (``data.labels``)."""
+        part = copy.copy(self)
+        part.images, part.labels = self.images[indices], self.labels[indices]
+        return part
 
     def __getitem__(self, i: int) -> dict:
         label = int(self.labels[i])

@@ -8,6 +8,7 @@ one. Both are logged with the file's name and counted in :attr:`FileImages.bad`,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,17 @@ class FileImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def item_labels(self) -> list[int]:
+        return [entry.label for entry in self.entries]
+
+    def subset(self, indices: list[int]) -> "FileImages":
+        """The images at ``indices`` (``data.labels``), with their sizes and buckets."""
+        part = copy.copy(self)
+        part.entries = [self.entries[i] for i in indices]
+        part.dims = [self.dims[i] for i in indices] if len(self.dims) == len(self.entries) else []
+        part.bucket_of = [self.bucket_of[i] for i in indices] if self.bucket_of is not None else None
+        return part
 
     def use_buckets(self, buckets: list[tuple[int, int]]) -> None:
         """Give each image the aspect-ratio bucket nearest its shape (:mod:`ldmkit.data.buckets`)."""

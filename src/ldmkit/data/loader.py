@@ -58,7 +58,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     """The data set of ``cfg.source`` for ``split`` (train, val, test or all); samples as in
     :mod:`ldmkit.data.config`. Raises :class:`~ldmkit.errors.DataError` (missing path, empty set, bad
     format) or :class:`~ldmkit.errors.AssetMissingError` (data set not fetched)."""
-    return SOURCES.get(cfg.source)(cfg, check_split(split))
+    from ldmkit.data.label_subset import keep_labels
+
+    dataset = SOURCES.get(cfg.source)(cfg, check_split(split))
+    return keep_labels(dataset, cfg.labels, cfg.source, split)
 
 
 def dataset_captions(dataset: Any) -> list[str]:
