@@ -216,6 +216,17 @@ def _unet(row: PlanRow, latent_side: int, request: PlanRequest) -> tuple[UNetCon
     return unet, schedule, float(preset.get("ema_decay", 0.999)), preset.get("train", {})
 
 
+def _first_stage_loss(ae_preset: dict[str, Any], side: int) -> AutoencoderLossConfig:
+    """The preset's loss; its LPIPS backbone swapped for VGG16 when the images are too small for it (AlexNet
+    needs 32 px, VGG16 16 px), so a folder of 16-31 px images trains instead of stopping at the first step."""
+    from ldmkit.autoencoders.lpips import _MIN_SIDE as LPIPS_MIN_SIDE
+
+    loss = from_dict(AutoencoderLossConfig, ae_preset.get("loss", {}))
+    if loss.perceptual_weight > 0 and side < LPIPS_MIN_SIDE[loss.perceptual_net]:
+        loss = dataclasses.replace(loss, perceptual_net="vgg16")
+    return loss
+
+
 def held_out_fraction(count: int) -> float:
     return min(0.5, max(0.1, MIN_HELD_OUT / count))
 
@@ -245,7 +256,7 @@ def _plan_at(row: PlanRow, side: int, survey: DataSurvey, device: DeviceInfo, re
     plan = Plan(
         row=row.name, device=device.kind, gpus=device.gpus, resolution=side, channels=survey.channels,
         val_fraction=val_fraction, budget_minutes=request.budget_seconds / 60, autoencoder_dir=request.autoencoder_dir,
-        init_from=request.init_from, autoencoder=first, ae_loss=from_dict(AutoencoderLossConfig, ae_preset.get("loss", {})),
+        init_from=request.init_from, autoencoder=first, ae_loss=_first_stage_loss(ae_preset, side),
         ae=StagePlan(batch=row.ae_batch, lr=float(ae_preset["train"].get("lr", 1e-4))),
         unet=unet, conditioner=conditioner, schedule=schedule, ema_decay=ema_decay,
         ldm=StagePlan(batch=row.ldm_batch, lr=float(ldm_train.get("lr", 1e-4)),
