@@ -46,7 +46,7 @@ from ldmkit.evaluation.evaluate import compute_reference_stats
 from ldmkit.evaluation.generation import evaluate_generation
 from ldmkit.io.images import make_grid, save_grid, to_unit
 from ldmkit.pipelines import load_pipeline
-from ldmkit.training.diffusion_task import DiffusionExperiment, run_diffusion_training
+from ldmkit.training.diffusion_task import DiffusionExperiment
 
 OLD, NEW = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 RUN = ["train.progress=false", "train.image_every=0", "train.log_every=50", "train.steps=1000000"]
@@ -120,12 +120,13 @@ def plot(results: dict, path: Path) -> None:
         points = arm.get("curve", [])
         if not points:
             continue
-        minutes = [p["seconds"] / 60 for p in points]
-        line, = ax_fd.plot(minutes, [p["fd"] for p in points], marker="o", label=name)
+        scored = [p for p in points if p.get("fd") is not None]
+        line, = ax_fd.plot([p["seconds"] / 60 for p in scored], [p["fd"] for p in scored], marker="o", label=name)
         validated = [(p["seconds"] / 60, p["validation_fd"]) for p in points if p.get("validation_fd") is not None]
         if validated:
             ax_fd.plot(*zip(*validated), ls=":", color=line.get_color(), label=f"{name} (validation FD)")
-        ax_acc.plot(minutes, [p["accuracy"] for p in points], marker="o", label=name, color=line.get_color())
+        ax_acc.plot([p["seconds"] / 60 for p in scored], [p["accuracy"] for p in scored], marker="o", label=name,
+                    color=line.get_color())
     ax_fd.set_yscale("log")
     ax_fd.set_xlabel("minutes on classes 5–9")
     ax_fd.set_ylabel("FD-EffLite0 of classes 5–9 (lower is better)")
@@ -167,16 +168,34 @@ def cli_eval(model: Path, data_cfg, labels: list[int], args, work: Path) -> dict
     return {"commands": shown, "fd": next(v for k, v in offline["metrics"].items() if k.startswith("FD"))}
 
 
+def ldm_command(args_list: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ldmkit.cli.main", *args_list]
+
+
+def train_run(name: str, overrides: list[str], timeout: float, out: Path) -> dict:
+    """``ldm train diffusion`` in a subprocess (its log in OUT/train-NAME.log), killed past ``timeout`` seconds."""
+    command = ldm_command(["train", "diffusion", "--config", "fashion-mnist-class", *overrides])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    with open(out / f"train-{name}.log", "w") as log:
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    return {"command": " ".join(["ldm", *command[3:]]), "seconds": round(time.perf_counter() - began, 1),
+            "exit": code}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=None, help="where the runs go (default OUT/runs)")
     parser.add_argument("--autoencoder", type=Path, default=None, help="a first stage (else one is trained)")
-    parser.add_argument("--ae-minutes", type=float, default=0.75)
-    parser.add_argument("--pretrain-minutes", type=float, default=1.5, help="training on classes 0–4")
-    parser.add_argument("--minutes", type=float, default=1.25, help="each arm's wall time on classes 5–9")
+    parser.add_argument("--ae-minutes", type=float, default=0.6)
+    parser.add_argument("--pretrain-minutes", type=float, default=1.25, help="training on classes 0–4")
+    parser.add_argument("--minutes", type=float, default=1.0, help="each arm's wall time on classes 5–9")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--points", type=int, default=6, help="checkpoints (and validations) per arm, about")
+    parser.add_argument("--points", type=int, default=4, help="checkpoints (and validations) per arm, about")
     parser.add_argument("--n", type=int, default=1000, help="samples per offline score")
     parser.add_argument("--val-samples", type=int, default=500, help="samples of each validation FD")
     parser.add_argument("--val-images", type=int, default=1000, help="held-out images of the validation FD")
@@ -184,6 +203,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--classifier-epochs", type=int, default=4)
     parser.add_argument("--reference", type=int, default=0, help="test images per reference (0: all of them)")
+    parser.add_argument("--budget-s", type=float, default=540, help="score intermediate checkpoints only while "
+                                                                    "this many seconds have not passed")
     parser.add_argument("--tiny", action="store_true", help="tiny models on a few Fashion-MNIST images (smoke test)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,41 +218,46 @@ def main() -> None:
     if args.tiny:
         args.n, args.val_samples, args.val_images, args.steps, args.points, args.reference = 10, 10, 10, 2, 2, 20
     started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
     if args.tiny and args.autoencoder is None:
         from ldmkit.autoencoders import AutoencoderConfig, build_autoencoder, save_autoencoder
 
-        cfg = AutoencoderConfig(kind="kl", in_channels=1, out_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                                latent_channels=1, mid_attention=False)
+        cfg = AutoencoderConfig(kind="kl", in_channels=1, out_channels=1, base_channels=8, channel_mult=(1, 2),
+                                num_res_blocks=1, latent_channels=1, mid_attention=False)
         args.autoencoder = save_autoencoder(work / "ae", build_autoencoder(cfg), cfg)
     autoencoder = args.autoencoder or first_stage(work, args.ae_minutes)
+    log("first stage ready")
     base = load_config(DiffusionExperiment, "fashion-mnist-class", [f"autoencoder={autoencoder}"], group="diffusion")
     classifier, classifier_accuracy = (train_classifier(base.data, device, args.classifier_epochs) if not args.tiny
                                        else (SmallClassifier().to(device).eval(), float("nan")))
+    log(f"classifier: {classifier_accuracy:.3f} on the real test images")
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                      "torch": torch.__version__, "settings": {k: str(v) for k, v in vars(args).items()},
                      "classifier_test_accuracy": classifier_accuracy, "arms": {}}
     write(results, args.out)
 
-    # Pretraining on classes 0–4.
     pretrain = work / "pretrain"
-    began = time.perf_counter()
-    run_diffusion_training("fashion-mnist-class", [f"autoencoder={autoencoder}", labels_override(OLD), *RUN, *tiny,
-                                                   f"train.out={pretrain}", f"train.max_minutes={args.pretrain_minutes}",
-                                                   "train.checkpoint_every=100000"])
-    seconds = time.perf_counter() - began
+    results["pretrain"] = {"classes": list(OLD), **train_run("pretrain", [
+        f"autoencoder={autoencoder}", labels_override(OLD), *RUN, *tiny, f"train.out={pretrain}",
+        f"train.max_minutes={args.pretrain_minutes}", "train.checkpoint_every=100000"],
+        args.pretrain_minutes * 60 + 90, args.out)}
     steps = checkpoints(pretrain)[-1][0]
-    results["pretrain"] = {"classes": list(OLD), "seconds": round(seconds, 1), "steps": steps}
-    every = max(2, round(steps / seconds * args.minutes * 60 / args.points))
+    results["pretrain"]["steps"] = steps
+    log(f"pretrained on classes 0–4: {steps} steps")
+    every = max(2, round(steps / (args.pretrain_minutes * 60) * args.minutes * 60 / args.points))
     results["checkpoint_every"] = every
     new_reference = reference_of(base.data, NEW, "test", args.reference)
     old_reference = reference_of(base.data, OLD, "test", args.reference)
-    pre_pipe = pipeline_of(pretrain / "model")
-    n_old = args.n
-    before = sample_and_score(pre_pipe, old_reference, classifier, OLD, n_old, args.steps, args.guidance, device)
+    before = sample_and_score(pipeline_of(pretrain / "model"), old_reference, classifier, OLD, args.n, args.steps,
+                              args.guidance, device)
     results["pretrain"]["classes_0_4"] = {k: v for k, v in before.items() if k != "images"}
     write(results, args.out)
+    log(f"pretrained model scored: classes 0–4 FD {before['fd']:.2f}, accuracy {before['accuracy']:.3f}")
 
-    for name in args.arms:
+    for name in args.arms:  # train, then score the last checkpoint (what the arm ends with) and its forgetting
         run = work / name
         overrides = [f"autoencoder={autoencoder}", labels_override(NEW), *RUN, *tiny, *ARMS[name],
                      f"train.out={run}", f"train.max_minutes={args.minutes}", f"train.checkpoint_every={every}",
@@ -241,44 +267,57 @@ def main() -> None:
         if name in FROM_PRETRAINED:
             overrides.append(f"train.init_from={pretrain / 'model'}")
         launched = time.time()
-        began = time.perf_counter()
-        run_diffusion_training("fashion-mnist-class", overrides)
-        arm = {"overrides": overrides, "seconds": round(time.perf_counter() - began, 1)}
-        validation = {}
-        log = run / "validation.jsonl"
-        if log.is_file():
-            validation = {r["step"]: r["scores"].get("fd") for r in map(json.loads, log.read_text().splitlines())}
-        curve = []
-        for step, path in checkpoints(run):
-            score = sample_and_score(pipeline_of(path / "weights"), new_reference, classifier, NEW, args.n,
-                                     args.steps, args.guidance, device)
-            curve.append({"step": step, "seconds": round((path / "MANIFEST.json").stat().st_mtime - launched, 1),
-                          "fd": score["fd"], "accuracy": score["accuracy"], "per_class": score["per_class"],
-                          "validation_fd": validation.get(step)})
-            last_images = score["images"]
-            print(json.dumps({name: curve[-1]}), flush=True)
-        arm["curve"] = curve
-        arm["steps"] = curve[-1]["step"] if curve else 0
-        final = pipeline_of(checkpoints(run)[-1][1] / "weights")
-        old = sample_and_score(final, old_reference, classifier, OLD, n_old, args.steps, args.guidance, device)
-        arm["classes_0_4_after"] = {k: v for k, v in old.items() if k != "images"}
-        save_grid(make_grid(to_unit(_rows(last_images, old["images"])), nrow=10), args.out / f"grid-{name}.png")
+        arm = train_run(name, overrides, args.minutes * 60 + 90, args.out)
+        arm["launched"] = launched
         results["arms"][name] = arm
+        log(f"{name}: trained ({arm['exit']}, {arm['seconds']} s)")
+        kept = checkpoints(run)
+        if not kept:
+            write(results, args.out)
+            continue
+        validation = {}
+        if (run / "validation.jsonl").is_file():
+            validation = {r["step"]: r["scores"].get("fd") for r in
+                          map(json.loads, (run / "validation.jsonl").read_text().splitlines())}
+        arm["curve"] = [{"step": step, "seconds": round((path / "MANIFEST.json").stat().st_mtime - launched, 1),
+                         "validation_fd": validation.get(step)} for step, path in kept]
+        arm["steps"] = kept[-1][0]
+        final = pipeline_of(kept[-1][1] / "weights")
+        new = sample_and_score(final, new_reference, classifier, NEW, args.n, args.steps, args.guidance, device)
+        arm["curve"][-1].update({k: v for k, v in new.items() if k != "images"})
+        old = sample_and_score(final, old_reference, classifier, OLD, args.n, args.steps, args.guidance, device)
+        arm["classes_0_4_after"] = {k: v for k, v in old.items() if k != "images"}
+        save_grid(make_grid(to_unit(_rows(new["images"], old["images"])), nrow=10), args.out / f"grid-{name}.png")
         write(results, args.out)
+        log(f"{name}: final FD {new['fd']:.2f}, accuracy {new['accuracy']:.3f}; classes 0–4 now "
+            f"{old['accuracy']:.3f}")
 
-    if "finetune" in args.arms:  # the logged validation FD against the command line's, same checkpoint
+    if "finetune" in results["arms"] and checkpoints(work / "finetune"):  # logged validation FD vs the CLI's
         run = work / "finetune"
         records = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]
-        kept = {step: path for step, path in checkpoints(run)}
+        kept = dict(checkpoints(run))
         record = next(r for r in reversed(records) if r["step"] in kept)
         held_out = build_dataset(_with_labels(base.data, NEW), split="val")
         labels = [int(held_out[i]["label"]) for i in range(min(args.val_images, len(held_out)))]
         offline = cli_eval(kept[record["step"]] / "weights", _with_labels(base.data, NEW), labels, args, work)
         results["validation_vs_offline"] = {"step": record["step"], "validation_fd": record["scores"]["fd"],
                                             "offline_fd": offline["fd"], "commands": offline["commands"]}
-        print(json.dumps(results["validation_vs_offline"]), flush=True)
+        write(results, args.out)
+        log(f"validation FD {record['scores']['fd']:.4f} vs ldm eval generation {offline['fd']:.4f}")
+
+    for name, arm in results["arms"].items():  # the curves' other points, while the budget lasts
+        for point, (step, path) in zip(arm.get("curve", [])[:-1], checkpoints(work / name)[:-1]):
+            if time.perf_counter() - started > args.budget_s:
+                log("budget spent: intermediate checkpoints left unscored")
+                break
+            score = sample_and_score(pipeline_of(path / "weights"), new_reference, classifier, NEW, args.n,
+                                     args.steps, args.guidance, device)
+            point.update({k: v for k, v in score.items() if k != "images"})
+            write(results, args.out)
+        log(f"{name}: curve scored")
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     write(results, args.out)
+    log("done")
 
 
 def _rows(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
