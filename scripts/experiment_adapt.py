@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from experiment_quality import SmallClassifier, first_stage, train_classifier
+from ldmkit.adapters import find_adapters
 from ldmkit.config import load_config, to_dict
 from ldmkit.data import build_dataset
 from ldmkit.evaluation.evaluate import compute_reference_stats, evaluate_images
@@ -72,9 +73,8 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
 def pipeline_of(weights: Path):
     """The model a checkpoint holds, with the adapter a LoRA run writes beside its base."""
     pipe = load_pipeline(weights)
-    for adapter in sorted((weights / "adapters").glob("*.safetensors")):
-        if not adapter.name.endswith(".kohya.safetensors"):
-            pipe.load_lora(adapter)
+    for adapter in find_adapters(weights).values():
+        pipe.load_lora(adapter)
     return pipe
 
 

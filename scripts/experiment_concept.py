@@ -263,12 +263,12 @@ def write_concept_data(target: Path, carry: Path, record: dict, prior: int, seed
 
 def pipeline_of(weights: Path):
     """The model a model directory holds, with the adapter a LoRA run writes beside its base."""
+    from ldmkit.adapters import find_adapters
     from ldmkit.pipelines import load_pipeline
 
     pipe = load_pipeline(weights)
-    for adapter in sorted((weights / "adapters").glob("*.safetensors")):
-        if not adapter.name.endswith(".kohya.safetensors"):
-            pipe.load_lora(adapter)
+    for adapter in find_adapters(weights).values():
+        pipe.load_lora(adapter)
     return pipe
 
 
