@@ -85,3 +85,22 @@ def test_tags_fall_into_their_figures():
     assert group_of("diffusion/img_per_s") == "throughput"
     assert group_of("diffusion/val_loss") == "validation" and group_of("diffusion/fd_efflite0") == "validation"
     assert group_of("autoencoder/rec_loss") == "losses"
+
+
+def test_validation_is_drawn_over_wall_clock_minutes_with_steps_on_top():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ldmkit.report.plots import _against_minutes
+    from ldmkit.report.run_record import Scalar
+
+    series = [Scalar(100, 1000.0 + 30, 5.0), Scalar(200, 1000.0 + 90, 4.0), Scalar(300, 1000.0 + 210, 3.5)]
+    figure, ax = plt.subplots()
+    _against_minutes(ax, series, start=1000.0)
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [0.5, 1.5, 3.5] and list(line.get_ydata()) == [5.0, 4.0, 3.5]
+    top = [child for child in ax.get_children() if type(child).__name__ == "SecondaryAxis"]
+    assert len(top) == 1 and top[0].get_xlabel() == "step"
+    plt.close(figure)

@@ -1,9 +1,15 @@
-"""The run's scalars as PNG plots (matplotlib, no display needed): one figure per group, one panel per tag."""
+"""The run's scalars as PNG plots (matplotlib, no display needed): one figure per group, one panel per tag.
+
+Validation scores are drawn against wall-clock minutes (what "how long until the model is good" asks), with the
+step on the top axis; the other groups against the step.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+import numpy as np
 
 from ldmkit.report.run_record import ReportError, Scalar
 
@@ -37,6 +43,7 @@ def plot_groups(scalars: dict[str, list[Scalar]], directory: Path) -> dict[str, 
     for tag in sorted(scalars):
         if scalars[tag]:
             grouped.setdefault(group_of(tag), []).append(tag)
+    start = min(s.wall_time for series in scalars.values() for s in series) if grouped else 0.0
     files = {}
     for group in GROUPS:
         tags = grouped.get(group)
@@ -47,9 +54,12 @@ def plot_groups(scalars: dict[str, list[Scalar]], directory: Path) -> dict[str, 
         figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
         for ax, tag in zip(axes.flat, tags):
             series = scalars[tag]
-            ax.plot([s.step for s in series], [s.value for s in series], linewidth=1.2)
+            if group == "validation":
+                _against_minutes(ax, series, start)
+            else:
+                ax.plot([s.step for s in series], [s.value for s in series], linewidth=1.2)
+                ax.set_xlabel("step", fontsize=8)
             ax.set_title(tag, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if group == "losses" and all(s.value > 0 for s in series) and _spans_decades(series):
@@ -62,6 +72,22 @@ def plot_groups(scalars: dict[str, list[Scalar]], directory: Path) -> dict[str, 
         plt.close(figure)
         files[group] = path
     return files
+
+
+def _against_minutes(ax, series: list[Scalar], start: float) -> None:
+    """``series`` over wall-clock minutes since the run's first logged scalar (a pause between a stop and its
+    resume is included: the label says so), with the steps on a top axis."""
+    minutes = [(s.wall_time - start) / 60 for s in series]
+    steps = [s.step for s in series]
+    ax.plot(minutes, [s.value for s in series], linewidth=1.2, marker="o" if len(series) < 30 else None,
+            markersize=3)
+    ax.set_xlabel("minutes since the first logged step (wall clock)", fontsize=8)
+    ax.ticklabel_format(axis="y", useOffset=False)  # an offset label would sit on the top axis' ticks
+    if len(series) > 1 and all(b > a for a, b in zip(minutes, minutes[1:])):
+        top = ax.secondary_xaxis("top", functions=(lambda m: np.interp(m, minutes, steps),
+                                                   lambda k: np.interp(k, steps, minutes)))
+        top.set_xlabel("step", fontsize=8)
+        top.tick_params(labelsize=7)
 
 
 def _spans_decades(series: list[Scalar]) -> bool:
