@@ -6,7 +6,7 @@ import pytest
 
 from ldmkit.data import DataConfig, build_dataset, class_names, num_classes
 from ldmkit.data import fashion_mnist
-from ldmkit.errors import AssetMissingError, DataError
+from ldmkit.errors import AssetMissingError, ConfigError, DataError
 
 
 def _write_idx(path, array):
@@ -74,5 +74,8 @@ def test_labels_keep_only_the_named_classes_of_every_split(tmp_path):
     every = build_dataset(DataConfig(source="fashion_mnist", path=str(root), channels=1, pad=2), "train")
     assert (train[1]["image"] == every[7]["image"]).all()  # the item itself, not only its label
     assert num_classes(cfg) == 10  # a model of classes 5 and 7 keeps the embeddings of the other eight
-    with pytest.raises(DataError, match=r"data.labels=\[12\].*no item"):
-        build_dataset(DataConfig(source="fashion_mnist", path=str(root), labels=(12,)))
+    with pytest.raises(ConfigError, match=r"data.labels: \[12\] not among the source's 10 classes"):
+        build_dataset(DataConfig(source="fashion_mnist", path=str(root), labels=(5, 12)))
+    few = make_fashion(tmp_path / "few", n_train=3, n_test=3)  # labels 0, 1, 2 only
+    with pytest.raises(DataError, match=r"data.labels=\[7\]: the train split has no item"):
+        build_dataset(DataConfig(source="fashion_mnist", path=str(few), labels=(7,)))

@@ -20,6 +20,10 @@ def keep_labels(dataset: Any, labels: Sequence[int], source: str, split: str) ->
     if not callable(getattr(dataset, "item_labels", None)):
         raise ConfigError(f"data.labels: the {source} source cannot pick items by class; use a folder, an emoji set "
                           "or Fashion-MNIST, or set data.labels=[]")
+    names = list(getattr(dataset, "class_names", []) or [])
+    outside = sorted(int(label) for label in labels if names and int(label) >= len(names))
+    if outside:  # a typo would otherwise drop its class silently
+        raise ConfigError(f"data.labels: {outside} not among the source's {len(names)} classes (0..{len(names) - 1})")
     item_labels = [int(label) for label in dataset.item_labels()]
     wanted = set(int(label) for label in labels)
     keep = [i for i, label in enumerate(item_labels) if label in wanted]
