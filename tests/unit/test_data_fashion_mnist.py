@@ -79,3 +79,12 @@ def test_labels_keep_only_the_named_classes_of_every_split(tmp_path):
     few = make_fashion(tmp_path / "few", n_train=3, n_test=3)  # labels 0, 1, 2 only
     with pytest.raises(DataError, match=r"data.labels=\[7\]: the train split has no item"):
         build_dataset(DataConfig(source="fashion_mnist", path=str(few), labels=(7,)))
+
+
+def test_labels_with_a_latent_cache_are_refused_in_one_line():
+    from ldmkit.config import load_config
+    from ldmkit.training.diffusion_task import DiffusionExperiment
+
+    with pytest.raises(ConfigError, match="data.labels picks items of image data, but latents=cache is a latent"):
+        load_config(DiffusionExperiment, None, ["autoencoder=ae", "latents=cache", "data.labels=[1]"],
+                    group="diffusion")

@@ -113,6 +113,10 @@ class DiffusionExperiment:
             raise ConfigError(f"train.trainable={self.train.trainable} is a part of an autoencoder; the diffusion "
                               "trainer trains all, unet or conditioner")
         self.dreambooth.check(self.conditioner.takes_text)
+        if self.latents and self.data.labels:  # a cache is read whole: the option would change nothing
+            raise ConfigError(f"data.labels picks items of image data, but latents={self.latents} is a latent cache, "
+                              "read whole: encode the cache with data.labels set (ldm encode … data.labels=[…]) and "
+                              "leave data.labels out here")
 
 
 class _DenoisingLoss(torch.nn.Module):
