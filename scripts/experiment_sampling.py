@@ -198,13 +198,16 @@ def main() -> None:
             "guidance": args.guidance, "training_seconds": round(trained_seconds, 1),
             "complete": not out_of_time, "rows": rows}, indent=2))
         plot(rows, args.out / "sampling.png")
-    save_grids(student, teacher, adapter, args.guidance, experiment.conditioner.num_classes, args.out / "grids.png")
+    classes = list(range(min(experiment.conditioner.num_classes, 10)))
+    save_grids(student, teacher, adapter, args.guidance, {"class_label": classes}, args.out / "grids.png")
 
 
-def save_grids(student: Path, teacher: Path, adapter: Path | None, guidance: float, classes: int, path: Path) -> None:
-    """One row per arm (a class per column, seed 0), each at the guidance its FD rows use: the w-conditioned student
-    and the LCM-LoRA (guidance 1, folded in) at 1, 2 and 4 steps, the teacher at 4 and 25 DPM-Solver++(2M) steps."""
-    labels = list(range(min(classes, 10)))
+def save_grids(student: Path, teacher: Path, adapter: Path | None, guidance: float, condition: dict,
+               path: Path) -> None:
+    """One row per arm, one column per item of ``condition`` (``{"class_label": [...]}`` or ``{"prompt": [...]}``;
+    seed 0), each at the guidance its FD rows use: the w-conditioned student and the LCM-LoRA (guidance 1, folded
+    in) at 1, 2 and 4 steps, the teacher at 4 and 25 DPM-Solver++(2M) steps."""
+    columns = len(next(iter(condition.values())))
     arms = [(student, None, "lcm", n, guidance) for n in (1, 2, 4)]
     arms += [(teacher, adapter, "lcm", n, 1.0) for n in (1, 2, 4)] if adapter is not None else []
     arms += [(teacher, None, "dpm++2m", n, guidance) for n in (4, 25)]
@@ -213,9 +216,9 @@ def save_grids(student: Path, teacher: Path, adapter: Path | None, guidance: flo
         pipe = load_pipeline(directory)
         if lora is not None:
             pipe.load_lora(lora)
-        rows.append(pipe(class_label=labels, seed=0, sampler=sampler, steps=steps, guidance=scale, output="tensor",
-                         progress=False))
-    save_grid(make_grid(to_unit(torch.cat(rows)), nrow=len(labels)), path)
+        rows.append(pipe(**condition, seed=0, sampler=sampler, steps=steps, guidance=scale, output="tensor",
+                         progress=False).cpu())
+    save_grid(make_grid(to_unit(torch.cat(rows)), nrow=columns), path)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import torch
 
 from experiment_concept import QUIET, TINY_UNET, emoji_set, last_step, train_first_stage, write_set
 from experiment_emoji_text import NEW_COMPOSITIONS, held_out_prompts
-from experiment_sampling import NFES, plot, steps_for
+from experiment_sampling import NFES, plot, save_grids, steps_for
 
 #: The teacher's samplers, most wanted first (a call cut short by --budget-s still measures those).
 TEACHER_SAMPLERS = ("dpm++2m", "unipc", "ddim", "euler", "heun")
@@ -174,26 +174,6 @@ def train_models(args: argparse.Namespace, carry: Path, work: Path, results: dic
     return {"teacher": Path(teacher), "student": Path(student), "adapter": adapter}
 
 
-def save_grids(models: dict, prompts: list[str], guidance: float, path: Path) -> None:
-    """A prompt per column (seed 0), each row at the guidance its FD rows use: the w-conditioned student and the
-    LCM-LoRA (guidance 1, folded in) at 1, 2 and 4 steps, the teacher at 4 and 25 DPM-Solver++(2M) steps."""
-    from ldmkit.io.images import make_grid, save_grid, to_unit
-    from ldmkit.pipelines import load_pipeline
-
-    arms = [(models["student"], None, "lcm", n, guidance) for n in (1, 2, 4)]
-    if models["adapter"] is not None:
-        arms += [(models["teacher"], models["adapter"], "lcm", n, 1.0) for n in (1, 2, 4)]
-    arms += [(models["teacher"], None, "dpm++2m", n, guidance) for n in (4, 25)]
-    rows = []
-    for directory, lora, sampler, steps, scale in arms:
-        pipe = load_pipeline(directory)
-        if lora is not None:
-            pipe.load_lora(lora)
-        rows.append(pipe(prompt=prompts, seed=0, sampler=sampler, steps=steps, guidance=scale, output="tensor",
-                         progress=False).cpu())
-    save_grid(make_grid(to_unit(torch.cat(rows)), nrow=len(prompts)), path)
-
-
 def jobs_of(args: argparse.Namespace, adapter: Path | None) -> list[tuple[str, int]]:
     """(arm, NFE) in measuring order: the students, the teacher's samplers, then their trailing-ladder twins."""
     from ldmkit import samplers
@@ -298,7 +278,8 @@ def run(args: argparse.Namespace) -> None:
     train, val = split_sets(carry / "data" / "fluent-emoji-3d")
     prompts = grid_prompts(val)
     results["grid_prompts"] = prompts
-    save_grids(models, prompts, args.guidance, args.out / "grids.png")
+    save_grids(models["student"], models["teacher"], models["adapter"], args.guidance, {"prompt": prompts},
+               args.out / "grids.png")
     results["timings"]["grids_seconds"] = round(time.perf_counter() - began, 1)
 
     began = time.perf_counter()
