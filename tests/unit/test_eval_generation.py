@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ldmkit.assets import is_fetched
 from ldmkit.autoencoders.build import build_autoencoder, load_autoencoder, save_autoencoder
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.cli.main import main
@@ -171,3 +172,35 @@ def test_cli_writes_json(pipe, tmp_path, capsys):
     assert "random-conv" in capsys.readouterr().err
     assert main(args[:-4] + ["--data", "synthetic-easy"]) == 2  # --data only chooses captions of text models
     assert "--prompts-from-data" in capsys.readouterr().err
+    assert main([*args, "--metrics", "fd,accuracy"]) == 2  # accuracy without a classifier: one line, no sampling
+    assert "the accuracy metric needs a classifier" in capsys.readouterr().err
+    if is_fetched("efficientnet-lite0"):  # ImageNet's classifier on a 3-class model: a number, not a good one
+        assert main([*args, "--metrics", "fd,accuracy", "--classifier", "efflite0"]) == 0
+        assert 0.0 <= json.loads(out.read_text())["metrics"]["Accuracy"] <= 1.0
+
+
+def test_accuracy_scores_each_sample_against_its_own_intended_class(pipe):
+    """A classifier that recognises each of the n samples (by its nearest twin drawn one at a time) and returns
+    that sample's class: accuracy 1 only if every sample travels with its own label, across batch boundaries."""
+    n, seed = 7, 3
+    twins = torch.cat([pipe(class_label=[i % 3], seed=seed + i, output="tensor", progress=False,
+                            **{k: v for k, v in FAST.items() if k in ("steps", "sampler", "guidance")})
+                       for i in range(n)])  # [7, 3, 16, 16], classes 0, 1, 2, 0, …
+    classes = torch.tensor([i % 3 for i in range(n)])
+
+    def recognise(images, shift=0):
+        nearest = torch.cdist(images.flatten(1).float(), twins.flatten(1).float()).argmin(1)
+        return torch.nn.functional.one_hot((classes[nearest] + shift) % 3, 3).float()
+
+    ref = reference()
+    right = evaluate_generation(pipe, ref, n=n, seed=seed, metrics=("fd", "accuracy"), classifier=recognise, **FAST)
+    assert right["metrics"]["Accuracy"] == 1.0
+    wrong = evaluate_generation(pipe, ref, n=n, seed=seed, metrics=("accuracy",),
+                                classifier=lambda x: recognise(x, shift=1), **FAST)
+    assert wrong["metrics"]["Accuracy"] == 0.0
+    with pytest.raises(ConfigError, match="accuracy metric needs a classifier"):
+        evaluate_generation(pipe, ref, n=n, metrics=("accuracy",), **FAST)
+    text = tiny_pipeline("text", captions=["a red circle"])
+    with pytest.raises(ConfigError, match="needs a class-conditional model"):
+        evaluate_generation(text, ref, n=n, metrics=("accuracy",), classifier=recognise, prompts=["a red circle"],
+                            **FAST)

@@ -15,16 +15,22 @@ from pathlib import Path
 
 from ldmkit.cli.common import add_group, add_verb, check_counts, configure_pipeline
 
-METRIC_CHOICES = ("fd", "kd", "pr", "is")  # accuracy needs labels: see evaluate_images
+METRIC_CHOICES = ("fd", "kd", "pr", "is")  # a folder's images have no intended class for accuracy
+GENERATION_METRICS = (*METRIC_CHOICES, "accuracy")  # samples of a class model do
 
 
-def _metrics(text: str) -> tuple[str, ...]:
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in names if m not in METRIC_CHOICES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(bad) or '(none)'}; "
-                                         f"choose from {', '.join(METRIC_CHOICES)}")
-    return names
+def _metric_list(choices: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(m.strip() for m in text.split(",") if m.strip())
+        bad = [m for m in names if m not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(bad) or '(none)'}; "
+                                             f"choose from {', '.join(choices)}")
+        return names
+    return parse
+
+
+_metrics = _metric_list(METRIC_CHOICES)
 
 
 def _check_loading_counts(args: argparse.Namespace) -> None:
@@ -217,7 +223,7 @@ def _generation(args: argparse.Namespace) -> int:
         steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale, eta=args.eta,
         spacing=args.spacing, negative_prompt=args.negative_prompt, seed=args.seed, height=args.height,
         width=args.width, batch_size=args.batch_size, feature=args.feature, feature_weights=args.feature_weights,
-        metrics=args.metrics or ("fd", "kd", "pr"), eval_batch_size=args.eval_batch_size,
+        metrics=args.metrics or ("fd", "kd", "pr"), classifier=args.classifier, eval_batch_size=args.eval_batch_size,
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, pr_k=args.pr_k,
         allow_size_mismatch=args.allow_size_mismatch, progress=not args.quiet,
     )
@@ -270,8 +276,12 @@ def _add_generation(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative-prompt", default=None, help="steer away from this caption (text models)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per sampling batch (default 16)")
     parser.add_argument("--eval-batch-size", type=int, default=50, help="images per feature-network pass")
-    parser.add_argument("--metrics", type=_metrics, default=None, help="comma-separated subset of fd,kd,pr "
-                        "(default fd,kd,pr)")
+    parser.add_argument("--metrics", type=_metric_list(GENERATION_METRICS), default=None,
+                        help="comma-separated subset of fd,kd,pr,is,accuracy (default fd,kd,pr; accuracy: class "
+                        "models, with --classifier)")
+    parser.add_argument("--classifier", default=None, metavar="MODEL_DIR|efflite0",
+                        help="classifier of the accuracy metric: a classifier model directory, or efflite0 (the "
+                        "ImageNet-1k EfficientNet-Lite0, for models of ImageNet's classes)")
     parser.add_argument("--feature", default=None, help="feature network (default: the reference's)")
     parser.add_argument("--feature-weights", default=None, metavar="PATH", help="weights file of the feature network")
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ldmkit import runtime
 from ldmkit.errors import ConfigError, DataError
+from ldmkit.evaluation.classifier import ClassifierSource
 from ldmkit.evaluation.distributed import gather_rows, is_distributed
 from ldmkit.evaluation.evaluate import DEFAULT_METRICS, evaluate_images
 from ldmkit.evaluation.extractor import FeatureExtractor, build_feature_extractor
@@ -112,8 +113,9 @@ def data_of_reference(reference: ReferenceStats) -> tuple[dict[str, Any], str]:
 
 def _batches(pipeline: Any, indices: range, prompts: list[str] | None, labels: list[int] | None, *,
              batch_size: int, seed: int, sample_kwargs: dict[str, Any], timer: dict[str, float],
-             progress: bool) -> Iterator[torch.Tensor]:
-    """Sampled images [B, 3, H, W] in [-1, 1] of ``indices``, batch by batch; adds sampling time to ``timer``."""
+             progress: bool) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """Sampled images [B, 3, H, W] in [-1, 1] of ``indices``, batch by batch, with their class labels [B] where the
+    model takes labels (the intended classes the ``accuracy`` metric scores); adds sampling time to ``timer``."""
     bar = None
     if progress and runtime.is_main_process():
         from ldmkit.progress import progress_bar
@@ -129,7 +131,7 @@ def _batches(pipeline: Any, indices: range, prompts: list[str] | None, labels: l
             timer["seconds"] += time.perf_counter() - start
             if bar is not None:
                 bar.update(images.shape[0])
-            yield images  # [B, 3, H, W]
+            yield (images, torch.tensor(labels[lo:hi])) if labels is not None else images  # [B, 3, H, W]
     finally:
         if bar is not None:
             bar.close()
@@ -156,6 +158,7 @@ def evaluate_generation(
     feature: str | FeatureExtractor | None = None,
     feature_weights: str | Path | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    classifier: ClassifierSource | None = None,
     eval_batch_size: int = 50,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
@@ -170,6 +173,8 @@ def evaluate_generation(
     sampling setting) and timings: ``sampling_seconds`` / ``sampling_images_per_second`` (slowest rank),
     ``evaluation_seconds`` (features and metrics), ``seconds`` (total) and ``images_per_second`` (n / total).
     Mismatches with the reference (network, preprocessing, image size) are raised before any sampling.
+    With ``"accuracy"`` in ``metrics`` (class models), ``classifier`` (a callable, ``"efflite0"`` or a classifier
+    model directory, :mod:`~ldmkit.evaluation.classifier`) scores whether each sample shows its intended class.
     """
     started = time.perf_counter()
     if n < 2:
@@ -190,6 +195,9 @@ def evaluate_generation(
         feature = build_feature_extractor(feature, device=pipeline.device, weights=feature_weights)
     check_compatible(reference, feature, image_size=tuple(image_size), allow_size_mismatch=allow_size_mismatch,
                      need_features=bool({"kd", "pr"} & set(metrics)))
+    if "accuracy" in metrics and all_labels is None:
+        raise ConfigError("the accuracy metric scores the intended class of each sample: it needs a class-conditional "
+                          f"model, and this one is conditioned on '{pipeline.kind}'")
 
     defaults = pipeline.model.sampling_defaults  # a sampler or steps left None: the model's own
     sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
@@ -202,7 +210,8 @@ def evaluate_generation(
     share = rank_share(n)
     batches = _batches(pipeline, share, all_prompts, all_labels, batch_size=batch_size, seed=seed,
                        sample_kwargs=sample_kwargs, timer=timer, progress=progress)
-    result = evaluate_images(batches, reference, feature=feature, metrics=metrics, batch_size=eval_batch_size,
+    result = evaluate_images(batches, reference, feature=feature, metrics=metrics, classifier=classifier,
+                             batch_size=eval_batch_size,
                              kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, pr_k=pr_k,
                              allow_size_mismatch=allow_size_mismatch, progress=False)
     # The ranks sample in parallel: the slowest one sets the sampling time.
