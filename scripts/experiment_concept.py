@@ -48,11 +48,13 @@ Scores (EfficientNet-Lite0 pooled features of the samples, ``--per-prompt`` per 
 
     python scripts/experiment_concept.py prepare --to .carry/concept    # here: 51 MiB (states 18, Fluent 12,
                                                                         # EffLite0 9, Twemoji 8, LPIPS-alex 5)
-    # GPU call (carry .carry/concept; code in /tmp/code), about 8.5 minutes with the defaults:
-    R=$PWD; cd /tmp/code; export LDMKIT_HOME=/tmp/ldmkit PYTHONPATH=/tmp/code/src:/tmp/site PYTHONUNBUFFERED=1
-    python3 scripts/device_assets.py unpack $R/.carry/concept/assets
-    python3 scripts/experiment_concept.py run --carry $R/.carry/concept --out $OUT \
-        --ae-minutes 1.25 --base-minutes 4.5 --concept-minutes 1.0
+    tar czf .carry/tar/concept.tar.gz -C .carry concept    # one file: the 64 MiB carry counts disk use
+    # GPU call from the repository root (carry the tar), about 8.5 minutes with these settings:
+    export LDMKIT_HOME=/tmp/ldmkit PYTHONPATH=$PWD/src:/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+    mkdir -p /tmp/cc && tar xzf .carry/tar/concept.tar.gz -C /tmp/cc
+    python3 scripts/device_assets.py unpack /tmp/cc/concept/assets
+    python3 scripts/experiment_concept.py run --carry /tmp/cc/concept --out $OUT \
+        --ae-minutes 1.25 --base-minutes 4.5 --concept-minutes 1.0 --checkpoint-every 75
     python scripts/experiment_concept.py run --tiny --out /tmp/concept    # CPU smoke test (~20-80 s)
 """
 

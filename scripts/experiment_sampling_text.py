@@ -24,9 +24,12 @@ samplers come first, their trailing-ladder twins (``--trailing-up-to``) last.
 
     python scripts/experiment_sampling_text.py prepare --to .carry/sampling-text   # here: 43 MiB (states 18,
                                                                                 # Fluent 12, EffLite0 9, LPIPS 5)
-    # GPU call (carry .carry/sampling-text; code in /tmp/code), about 520 s with these settings:
-    R=$PWD; cd /tmp/code; export LDMKIT_HOME=/tmp/ldmkit PYTHONPATH=/tmp/code/src:/tmp/site:/tmp/code/scripts
-    python3 scripts/experiment_sampling_text.py run --carry $R/.carry/sampling-text --out $OUT --work /tmp/st \\
+    tar czf .carry/tar/sampling-text.tar.gz -C .carry sampling-text    # one file: the carry counts disk use
+    # GPU call from the repository root (carry the tar), about 510 s with these settings:
+    export LDMKIT_HOME=/tmp/ldmkit PYTHONPATH=$PWD/src:/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+    mkdir -p /tmp/st0 && tar xzf .carry/tar/sampling-text.tar.gz -C /tmp/st0
+    python3 scripts/device_assets.py unpack /tmp/st0/sampling-text/assets
+    python3 scripts/experiment_sampling_text.py run --carry /tmp/st0/sampling-text --out $OUT --work /tmp/st \\
         --ae-minutes 1 --teacher-minutes 3.25 --student-minutes 1 --n 1000 --budget-s 505
     python scripts/experiment_sampling_text.py run --tiny --out /tmp/st    # CPU smoke test (about 20 s)
 """
