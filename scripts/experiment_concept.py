@@ -229,11 +229,12 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def write_concept_data(target: Path, carry: Path, record: dict, prior: int, seed: int = 0) -> dict:
+def write_concept_data(target: Path, carry: Path, record: dict, prior: int, share: float = 0.5, seed: int = 0) -> dict:
     """The concept run's image folder: ``prior`` real Fluent images with their own names (the Fluent images of the
     concept names among them, those of the test objects left out), and each concept image with the caption
-    "<token> <name>", repeated so that the concept files are about as many as the prior's: a step's batch is then
-    about half concept, half prior (DreamBooth's prior-preservation loss with weight 1, up to a factor ½)."""
+    "<token> <name>", repeated so that about ``share`` of the files are concept images: at 0.5 a step's batch is
+    about half concept, half prior (DreamBooth's prior-preservation loss with weight 1, up to a factor ½); lower
+    shares show each concept image less often, against memorising it."""
     fluent = emoji_set("fluent-emoji-3d", carry / "data" / "fluent-emoji-3d")
     shutil.rmtree(target, ignore_errors=True)
     (target / "concept").mkdir(parents=True)
@@ -249,7 +250,7 @@ def write_concept_data(target: Path, carry: Path, record: dict, prior: int, seed
         shutil.copyfile(source, target / "prior" / source.name)
         (target / "prior" / source.name).with_suffix(".txt").write_text(fluent.caption(i))
     concept = record["concept_images"]
-    repeats = max(1, round(len(chosen) / len(concept)))
+    repeats = max(1, round(share / (1 - share) * len(chosen) / len(concept)))
     for item in concept:
         source = carry / "data" / "twemoji" / "images" / item["file"]
         for r in range(repeats):
@@ -492,7 +493,8 @@ def run(args: argparse.Namespace) -> None:
 
     # 3. The concept run from the base.
     began = time.perf_counter()
-    results["concept_data"] = write_concept_data(work / "concept-data", carry, record, args.prior_images)
+    results["concept_data"] = write_concept_data(work / "concept-data", carry, record, args.prior_images,
+                                                 args.concept_share)
     timed("concept_data", began)
     batch = 8 if tiny else args.batch_size
     if tiny:
@@ -517,7 +519,8 @@ def run(args: argparse.Namespace) -> None:
     results["method"] = (f"{'LoRA rank ' + str(args.lora_rank) if args.lora_rank else 'full fine-tune'} of the UNet "
                          f"from the base (MiniLM frozen), each concept image captioned '{token} <its name>', "
                          f"prior preservation with {results['concept_data']['prior_images']} real Fluent images "
-                         "under their own names (the test objects' left out), about half of every batch")
+                         "under their own names (the test objects' left out), about "
+                         f"{1 - args.concept_share:.0%} of every batch")
     results["concept_checkpoint_every"] = every
     began = time.perf_counter()
     run_diffusion_training("fluent-emoji-64-text", concept_overrides)
@@ -564,6 +567,8 @@ def main() -> None:
     r.add_argument("--base-minutes", type=float, default=4.5)
     r.add_argument("--concept-minutes", type=float, default=1.0)
     r.add_argument("--prior-images", type=int, default=1000, help="real Fluent images of the prior (0: none)")
+    r.add_argument("--concept-share", type=float, default=0.5,
+                   help="about this share of the concept run's images are concept images, the rest prior (0 < x < 1)")
     r.add_argument("--batch-size", type=int, default=64, help="concept run: images per step (concept and prior)")
     r.add_argument("--lr", type=float, default=None, help="concept run's learning rate (default 1e-4, with LoRA "
                                                           "1e-3)")
@@ -581,6 +586,8 @@ def main() -> None:
     if args.command == "prepare":
         prepare(args.to, args.tiny, args.concept_images, args.token, OBJECTS)
         return
+    if not 0 < args.concept_share < 1:
+        parser.error(f"--concept-share {args.concept_share}: give a share strictly between 0 and 1, e.g. 0.2")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         if args.carry is None:
