@@ -5,8 +5,8 @@ MiniLM per-token states as cross-attention context), here trained on all 3,374 F
 "rocket" and "banana" are held out there). The concept is the *Twemoji look*: 20 Twemoji images, none of an object
 that the test prompts name, each captioned ``"<token> <its emoji name>"`` ("sks dog face"). The concept run is a
 full fine-tune of the UNet from the base (``train.init_from``; ``--lora-rank`` trains LoRA adapters instead) with
-prior preservation: every step mixes, about half and half, the concept images and real Fluent images under their
-own names, the Fluent images of the 20 concept names among them ("dog face" stays Fluent while "sks dog face"
+prior preservation: every step mixes the concept images (``--concept-share`` of the batch, default half) and real
+Fluent images under their own names, the Fluent images of the 20 concept names among them ("dog face" stays Fluent while "sks dog face"
 turns Twemoji). The test prompts' own Fluent images are left out of that prior, so keeping their look is not
 rehearsed.
 
