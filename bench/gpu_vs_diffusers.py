@@ -64,6 +64,7 @@ from measure import (
     median_seconds,
     peak_memory_gb,
     reset_peak_memory,
+    strict_fp32,
 )
 from models import (
     IMPLS,
@@ -173,7 +174,7 @@ def converted_parity(s: Settings, size: int) -> dict[str, Any]:
     x = torch.randn(2, cfg.in_channels, size, size, device=s.device, generator=g)
     context = torch.randn(2, s.tokens, cfg.context_dim, device=s.device, generator=g)
     t = torch.tensor([10, 700], device=s.device)
-    with torch.no_grad():
+    with torch.no_grad(), strict_fp32():
         want, got = unet_call("diffusers", theirs)(x, t, context), unet_call("converted", ours)(x, t, context)
     rel = float((got - want).norm() / want.norm().clamp(min=1e-12))
     return {"relative_error": rel, "params": count_params(ours), "exact_within_1e-5": rel <= 1e-5}

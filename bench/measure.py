@@ -6,6 +6,7 @@ CUDA events (device time, free of host timer jitter), elsewhere with ``time.perf
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import platform
@@ -70,6 +71,18 @@ def fast_cuda_settings(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Full-precision fp32 matmuls and convolutions for a parity check: TF32 (``fast_cuda_settings``) keeps a
+    10-bit mantissa, whose rounding alone gives relative errors near 1e-3 on an SD-sized UNet."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def free_memory(device: torch.device) -> None:
