@@ -25,7 +25,9 @@ WebP) under ``DIR/data``, the chosen concept images in ``DIR/concept.json``, the
 
 ``run --carry DIR --out OUT`` (GPU): the first stage (``fluent-emoji-64-kl-f4``, LPIPS-AlexNet as its perceptual
 loss: VGG16's weights would not fit the transfer) and the base (``fluent-emoji-64-text``), or ``--base MODEL_DIR``;
-the concept run, with checkpoints at about ``--points`` evenly spaced steps; for the base and each checkpoint the
+the test objects: the ``--objects`` of the 16 candidates (``OBJECTS``) that the base draws best, chosen from its
+plain-prompt samples before any concept training (composition cannot show on an object the base cannot draw); the
+concept run, with checkpoints at about ``--points`` evenly spaced steps; for the base and each checkpoint the
 same samples (same prompts, same seeds) of ``"<token> X"`` and of the plain ``"X"`` for the test objects X. Writes
 to OUT (after every stage, so a call cut short keeps what it measured):
 
@@ -71,8 +73,12 @@ from pathlib import Path
 import torch
 
 TOKEN = "sks"
-#: The test objects: "<token> X" must compose the concept with X, and "X" must keep its Fluent look.
-OBJECTS = ("red apple", "rocket", "ghost", "sunflower", "snowman", "cat face")
+#: The candidate test objects (emoji of both sets). "<token> X" must compose the concept with X, and "X" must keep
+#: its Fluent look. A model that cannot draw X cannot show either, so the run tests the ``--objects`` candidates
+#: that the base draws best (its plain-prompt object accuracy among all candidates), chosen before any concept
+#: training.
+OBJECTS = ("red apple", "rocket", "ghost", "sunflower", "snowman", "cat face", "fire", "skull", "panda face",
+           "pig face", "octopus", "watermelon", "cactus", "christmas tree", "lemon", "doughnut")
 #: The concept images (Twemoji emoji names); none is one of OBJECTS or shares a word with one other than GENERIC.
 CONCEPT_NAMES = ("grinning face", "face with tears of joy", "smiling face with heart-shaped eyes", "dog face",
                  "fox face", "frog face", "penguin", "butterfly", "banana", "strawberry", "carrot", "hamburger",
@@ -314,27 +320,32 @@ class Scorer:
         self.lpips = LPIPS.from_assets("alex").to(device)
         fluent = emoji_set("fluent-emoji-3d", carry / "data" / "fluent-emoji-3d")
         twemoji = emoji_set("twemoji", carry / "data" / "twemoji")
-        objects = self.objects = record["objects"]
         concept_files = {Path(item["file"]).stem for item in record["concept_images"]}
-        is_concept = [Path(e.path).stem in concept_files for e in twemoji.entries]
-        f_features = self.features(torch.stack([fluent[i]["image"] for i in range(len(fluent))]))
-        t_features = self.features(torch.stack([twemoji[i]["image"] for i in range(len(twemoji))]))
-        self.fluent, self.twemoji = f_features, t_features[[not c for c in is_concept]]
+        self.is_concept = [Path(e.path).stem in concept_files for e in twemoji.entries]
+        self.f_features = self.features(torch.stack([fluent[i]["image"] for i in range(len(fluent))]))
+        self.t_features = self.features(torch.stack([twemoji[i]["image"] for i in range(len(twemoji))]))
+        self.fluent, self.twemoji = self.f_features, self.t_features[[not c for c in self.is_concept]]
         self.centre = torch.cat([self.fluent, self.twemoji]).mean(0)
         self.fluent_stats, self.twemoji_stats = mean_and_covariance(self.fluent), mean_and_covariance(self.twemoji)
         self._fit_probe()
-        # Nearest-neighbour references: the Fluent and the Twemoji image of each object, and the concept images.
-        f_index = {fluent.caption(i): i for i in range(len(fluent))}
-        t_index = {twemoji.caption(i): i for i in range(len(twemoji))}
-        refs = [f_features[f_index[o]] for o in objects] + [t_features[t_index[o]] for o in objects]
-        refs += [t_features[i] for i, c in enumerate(is_concept) if c]
-        self.ref_labels = list(range(len(objects))) * 2 + [-1] * sum(is_concept)  # -1: a concept training image
+        self.f_index = {fluent.caption(i): i for i in range(len(fluent))}
+        self.t_index = {twemoji.caption(i): i for i in range(len(twemoji))}
+        self.use_objects(record["objects"])
+
+    def use_objects(self, objects: list[str]) -> None:
+        """Score against these objects: the nearest-neighbour references are the Fluent and the Twemoji image of
+        each, and the concept images (chance of ``object_accuracy``: 1 / len(objects))."""
+        self.objects = list(objects)
+        refs = [self.f_features[self.f_index[o]] for o in objects]
+        refs += [self.t_features[self.t_index[o]] for o in objects]
+        refs += [self.t_features[i] for i, c in enumerate(self.is_concept) if c]
+        self.ref_labels = list(range(len(objects))) * 2 + [-1] * sum(self.is_concept)  # -1: a concept training image
         self.refs = self._unit(torch.stack(refs))
         # What the nearest-neighbour test can see at all: each real Fluent object image against the same
         # references less its own Fluent image (so only its Twemoji twin, the other objects and the concept images).
         hits = 0
         for k, o in enumerate(objects):
-            similarity = self._unit(f_features[f_index[o]][None]) @ self.refs.T
+            similarity = self._unit(self.f_features[self.f_index[o]][None]) @ self.refs.T
             similarity[0, k] = -2.0
             hits += int(self.ref_labels[int(similarity.argmax())] == k)
         self.real_cross_style_accuracy = hits / len(objects)
@@ -405,6 +416,22 @@ class Scorer:
                      .mean())
 
 
+@torch.no_grad()
+def choose_objects(pipe, scorer: Scorer, candidates: list[str], count: int, per_prompt: int, options: dict) -> dict:
+    """The ``count`` candidates whose plain prompts the base draws best: object accuracy of ``per_prompt`` samples
+    each against the references of all candidates (ties keep the candidates' order). Its own seeds (SAMPLE_SEED
+    offset by a million), so the scored samples are not the ones that chose."""
+    listed = [c for c in candidates for _ in range(per_prompt)]
+    samples = torch.cat([pipe(prompt=listed[lo:lo + 512], seed=SAMPLE_SEED + 10**6 + lo, batch_size=512, **options)
+                         .cpu() for lo in range(0, len(listed), 512)])
+    scorer.use_objects(candidates)
+    scores = scorer.group(samples, [k for k in range(len(candidates)) for _ in range(per_prompt)])
+    accuracy = scores["object_accuracy_per_object"]
+    ranked = sorted(candidates, key=lambda c: -accuracy[c])  # stable: ties in the candidates' order
+    return {"chosen": ranked[:count], "accuracy_among_candidates": accuracy, "per_prompt": per_prompt,
+            "chance": 1 / len(candidates), "copy_rate": scores["copy_rate"]}
+
+
 def score_model(scorer: Scorer, samples: torch.Tensor, base_samples: torch.Tensor, objects: list[str],
                 per_prompt: int) -> dict:
     """Samples (and the base's) are [2 · objects · per_prompt]: the "<token> X" blocks, then the "X" blocks."""
@@ -434,15 +461,14 @@ def run(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     record = json.loads((carry / "concept.json").read_text())
-    token, objects = record["token"], record["objects"]
+    token, candidates = record["token"], record["objects"]
     states = (carry / "prompts.safetensors").resolve()
-    prompts = [f"{token} {o}" for o in objects] + list(objects)
     workers = 0 if tiny else args.workers
     unet = TINY_UNET if tiny else []
     common = [f"conditioner.pretrained.states_file={states}", *QUIET, f"train.num_workers={workers}", *unet]
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "settings": {k: str(v) for k, v in vars(args).items()},
-                     "token": token, "objects": objects, "prompts": prompts,
+                     "token": token, "candidates": candidates,
                      "concept_images": record["concept_images"], "timings": {}, "steps": {}}
 
     def save() -> None:
@@ -473,16 +499,23 @@ def run(args: argparse.Namespace) -> None:
         results["base"] = {"model": str(base_model), "config": (work / "base" / "config.yaml").read_text()}
     save()
 
-    # 2. The base's samples and scores, and the real images' features and probe.
+    # 2. The real images' features and probe; the test objects the base draws best; the base's samples and scores.
     began = time.perf_counter()
     options = dict(steps=3 if tiny else args.steps, guidance=args.guidance, sampler="dpm++2m", output="tensor",
                    progress=False)
     per_prompt = 2 if tiny else args.per_prompt
     seeds = 2 if tiny else GRID_SEEDS
-    base = sample(pipeline_of(base_model), prompts, seeds, per_prompt, options)
+    scorer = Scorer(carry, record, device)
+    base_pipe = pipeline_of(base_model)
+    results["object_choice"] = choose_objects(base_pipe, scorer, candidates, args.objects,
+                                              2 if tiny else args.choice_per_prompt, options)
+    objects = results["objects"] = results["object_choice"]["chosen"]
+    scorer.use_objects(objects)
+    prompts = results["prompts"] = [f"{token} {o}" for o in objects] + list(objects)
+    save()
+    base = sample(base_pipe, prompts, seeds, per_prompt, options)
     save_rows(base["grid"], out / "base.png")
     save_concept_images(carry, record, out / "concept-images.png")
-    scorer = Scorer(carry, record, device)
     results["probe_accuracy_on_held_out_real_images"] = scorer.probe_accuracy
     results["real_cross_style_object_accuracy"] = scorer.real_cross_style_accuracy
     results["reference_images"] = {"fluent": len(scorer.fluent), "twemoji_without_concept": len(scorer.twemoji)}
@@ -578,6 +611,9 @@ def main() -> None:
     r.add_argument("--checkpoint-every", type=int, default=0, help="concept run's checkpoint spacing (0: from "
                                                                    "the base's speed and --points)")
     r.add_argument("--per-prompt", type=int, default=32, help="scored samples per prompt")
+    r.add_argument("--objects", type=int, default=6, choices=range(2, len(OBJECTS) + 1), metavar="N",
+                   help=f"test objects: the N of the {len(OBJECTS)} candidates that the base draws best")
+    r.add_argument("--choice-per-prompt", type=int, default=16, help="base samples per candidate, to choose")
     r.add_argument("--steps", type=int, default=25)
     r.add_argument("--guidance", type=float, default=3.0)
     r.add_argument("--workers", type=int, default=8)
