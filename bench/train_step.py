@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmkit.denoisers.unet_config import UNetConfig
-from measure import first_call_seconds, median_seconds, peak_memory_gb, reset_peak_memory
+from measure import first_call, median_seconds, peak_memory_gb
 from profile_step import profile_steps
 
 UNetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,9 +54,10 @@ def time_train_step(step: Callable[[], None], batch: int, device: torch.device, 
     """Compile time (first call, when ``compiled``), median step time, img/s and peak memory of ``step``; with
     ``profile``, the kernel profile of ``profile_steps_n`` more (warm) steps."""
     out: dict[str, Any] = {"batch": batch}
-    reset_peak_memory(device)
+    done = first_call(step, device)  # compiles where compiled; the peak below leaves out its one-off allocations
     if compiled:
-        out["compile_s"] = first_call_seconds(step, device)
+        out["compile_s"] = done["first_call_s"]
+    out["first_call_peak_gb"] = done["first_call_peak_gb"]
     seconds = median_seconds(step, device, warmup=warmup, iters=iters)
     out.update(img_s=batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
     if profile:  # the same warm (compiled) step: costs a few steps, no compile

@@ -123,6 +123,17 @@ def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
     assert [s["item"] for s in saved["skipped"]] == ["b"] and [e["item"] for e in saved["errors"]] == ["c"]
 
 
+def test_first_call_runs_once_and_resets_the_peak_for_what_follows(monkeypatch):
+    measure = bench_module("measure")
+    events = []
+    monkeypatch.setattr(measure, "reset_peak_memory", lambda device: events.append("reset"))
+    monkeypatch.setattr(measure, "peak_memory_gb", lambda device: 1.5 if events[-1] == "call" else 0.0)
+    done = measure.first_call(lambda: events.append("call"), torch.device("cpu"))
+    # one call between two resets: the one-off peak is reported apart, and the counter starts afresh after it
+    assert events == ["reset", "call", "reset"]
+    assert done["first_call_peak_gb"] == 1.5 and done["first_call_s"] >= 0.0
+
+
 def test_profile_groups_kernels_by_what_they_do():
     group_of = bench_module("profile_step").group_of
     assert group_of("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32") == "convolution"
