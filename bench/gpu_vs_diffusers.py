@@ -124,6 +124,7 @@ class Settings:
     ddp_batch: int = 128
     ddp_cpu: bool = False
     profile: bool = False
+    profile_origins: bool = False
     quantize: list[str] = field(default_factory=list)
 
     def estimate(self, kind: str) -> float:
@@ -276,7 +277,8 @@ def section_train(run: Runner, s: Settings) -> None:
                     step = make_train_step(unet_call(impl, model), net.parameters(), cfg, size, batch, s.tokens,
                                            s.device, channels_last=s.channels_last)
                     out = time_train_step(step, batch, s.device, compiled=mode == "compiled", warmup=s.warmup,
-                                          iters=s.iters, profile=s.profile, profile_steps_n=1 if s.tiny else 3)
+                                          iters=s.iters, profile=s.profile, profile_steps_n=1 if s.tiny else 3,
+                                          origins=s.profile_origins)
                     out["mfu"] = mfu(s, 3 * unet_flops(s, impl, size)["fwd_flops"] * out["img_s"])  # fwd + 2 × bwd
                     return out
 
@@ -567,6 +569,10 @@ def profile_markdown(train: dict[str, Any]) -> list[str]:
         parts.append(f"\nTop kernels, {name}:\n\n" + md_table(
             ["kernel", "group", "ms/step", "calls/step"], [[k["name"], k["group"], k["ms"], k["calls"]]
                                                            for k in p["top"]]))
+        if p.get("copy_origins"):
+            parts.append(f"\nWhere the copies come from, {name}:\n\n" + md_table(
+                ["op", "input shapes", "within", "caller", "ms/step", "calls/step"],
+                [[o["op"], o["shapes"], o["within"], o["caller"], o["ms"], o["calls"]] for o in p["copy_origins"]]))
     return parts
 
 
@@ -611,6 +617,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also time ldmkit's UNet with its transformer GEMMs quantized (infer; needs torchao)")
     p.add_argument("--profile", action="store_true",
                    help="also profile each timed training step (kernel time by group, top kernels, GPU idle share)")
+    p.add_argument("--profile-origins", action="store_true",
+                   help="with --profile: also where the copies come from (op, shapes, enclosing ops, caller)")
     return p.parse_args(argv)
 
 
@@ -619,7 +627,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(device=device, tiny=args.tiny, quick=args.quick, sizes=args.sizes or ([8, 16] if args.tiny else
                  [32, 64]), impls=args.impl, modes=args.modes, backend=args.compile_backend,
                  channels_last=not args.contiguous, ceiling_tflops=args.ceiling_tflops, ddp_cpu=args.ddp_cpu,
-                 profile=args.profile, quantize=args.quantize)
+                 profile=args.profile or args.profile_origins, profile_origins=args.profile_origins,
+                 quantize=args.quantize)
     s.train_batch = {32: 128, 64: 32}
     if args.quick:
         s.warmup, s.iters, s.cost_steps = 2, 5, 20

@@ -42,8 +42,10 @@ def group_of(name: str) -> str:
 
 
 def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int = 3, warmup: int = 2,
-                  top: int = 10) -> dict[str, Any]:
-    """Time per step by kernel group, the ``top`` kernels and, on CUDA, the GPU's idle share of the wall time.
+                  top: int = 10, origins: bool = False) -> dict[str, Any]:
+    """Time per step by kernel group, the ``top`` kernels and, on CUDA, the GPU's idle share of the wall time;
+    with ``origins``, also where the copies come from (:func:`copy_origins`; shapes and stacks are recorded,
+    which slows the profiled steps' host side).
 
     ``step`` must already be warm (compiled, autotuned); ``warmup`` more calls run before profiling anyway.
     """
@@ -53,7 +55,7 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int =
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     wall = torch.cuda.Event(enable_timing=True) if cuda else None
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=origins, with_stack=origins) as prof:
         start = torch.cuda.Event(enable_timing=True) if cuda else None
         if start is not None:
             start.record()
@@ -77,10 +79,69 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int =
     kernels = {name: (us / 1e3 / steps, calls / steps) for name, (us, calls) in per_kernel.items()}
     out = summarize(kernels, top)
     out["steps"] = steps
+    if origins:
+        out["copy_origins"] = copy_origins(prof.events(), cuda, steps, top)
     if start is not None and wall is not None:
         out["wall_ms"] = start.elapsed_time(wall) / steps
         out["idle_share"] = max(0.0, 1 - out["busy_ms"] / out["wall_ms"])
     return out
+
+
+#: The operators that copy memory from one layout or tensor into another; a copy inside another one
+#: (``contiguous`` → ``clone`` → ``copy_``) is counted once, at the outermost.
+COPY_OPS = re.compile(r"^aten::(copy_|clone|contiguous|_to_copy|to|cat)$")
+
+
+def _device_us(event) -> float:
+    """Device time of the kernels an operator launched, itself and its children (the attribute's name differs
+    between torch versions)."""
+    for name in ("device_time_total", "cuda_time_total"):
+        if hasattr(event, name):
+            return float(getattr(event, name))
+    return 0.0
+
+
+def _caller(frames: list[str]) -> str:
+    """The innermost source line outside torch itself (a model's line, or a compiled graph's generated code);
+    frames are innermost first."""
+    lines = [f for f in frames if ".py(" in f and not f.startswith("torch/") and "/torch/" not in f
+             and not f.startswith("profile_step.py(")]
+    return lines[0] if lines else ""
+
+
+def _python_frame(name: str) -> bool:
+    """An event ``with_stack`` adds for a Python call ("<built-in method …>", "file.py(12): f"), not an op."""
+    return name.startswith("<") or ".py(" in name
+
+
+def copy_origins(events, cuda: bool, steps: int, top: int = 10) -> list[dict[str, Any]]:
+    """The copy operators of a profile, grouped by operator, input shapes, the operators around it (innermost
+    first, up to three: ``aten::convolution_backward < ConvolutionBackward0`` says cuDNN's backward asked for
+    another layout) and its caller, ranked by the device time of their kernels per step (CPU: operator time)."""
+    rows: dict[tuple[str, str, str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in events:
+        if event.device_type != DeviceType.CPU or not COPY_OPS.match(event.name):
+            continue
+        parent = event.cpu_parent
+        if parent is not None and COPY_OPS.match(parent.name):
+            continue
+        us = _device_us(event) if cuda else event.cpu_time_total
+        if us <= 0:
+            continue  # a copy that launched nothing (a no-op ``to``)
+        within, up, frames = [], parent, list(event.stack or [])
+        while up is not None:  # enclosing ops, and the Python frames that ``with_stack`` records as events
+            if _python_frame(up.name):
+                frames.append(up.name)
+            elif len(within) < 3:
+                within.append(up.name)
+            frames += up.stack or []
+            up = up.cpu_parent
+        key = (event.name, str(event.input_shapes)[:200], " < ".join(within), _caller(frames))
+        rows[key][0] += us
+        rows[key][1] += 1
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])
+    return [{"op": op, "shapes": shapes, "within": within, "caller": caller, "ms": us / 1e3 / steps,
+             "calls": calls / steps} for (op, shapes, within, caller), (us, calls) in ranked[:top]]
 
 
 def summarize(kernels: dict[str, tuple[float, float]], top: int = 10) -> dict[str, Any]:

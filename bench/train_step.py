@@ -50,9 +50,11 @@ def make_train_step(call: UNetCall, params: Iterable[torch.nn.Parameter], cfg: U
 
 
 def time_train_step(step: Callable[[], None], batch: int, device: torch.device, *, compiled: bool, warmup: int,
-                    iters: int, profile: bool = False, profile_steps_n: int = 3) -> dict[str, Any]:
+                    iters: int, profile: bool = False, profile_steps_n: int = 3,
+                    origins: bool = False) -> dict[str, Any]:
     """Compile time (first call, when ``compiled``), median step time, img/s and peak memory of ``step``; with
-    ``profile``, the kernel profile of ``profile_steps_n`` more (warm) steps."""
+    ``profile``, the kernel profile of ``profile_steps_n`` more (warm) steps, and with ``origins`` where its
+    copies come from."""
     out: dict[str, Any] = {"batch": batch}
     done = first_call(step, device)  # compiles where compiled; the peak below leaves out its one-off allocations
     if compiled:
@@ -61,5 +63,5 @@ def time_train_step(step: Callable[[], None], batch: int, device: torch.device, 
     seconds = median_seconds(step, device, warmup=warmup, iters=iters)
     out.update(img_s=batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
     if profile:  # the same warm (compiled) step: costs a few steps, no compile
-        out["profile"] = profile_steps(step, device, steps=profile_steps_n, warmup=1)
+        out["profile"] = profile_steps(step, device, steps=profile_steps_n, warmup=1, origins=origins)
     return out

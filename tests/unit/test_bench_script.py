@@ -148,6 +148,30 @@ def test_profile_groups_kernels_by_what_they_do():
     assert group_of("some_unknown_kernel") == "other"
 
 
+def _layout_step(x: torch.Tensor, w: torch.Tensor):
+    def step():
+        torch.nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), w)  # one explicit copy
+
+    return step
+
+
+def test_copy_origins_name_the_op_its_shapes_and_the_line_that_asked():
+    profile_steps = bench_module("profile_step").profile_steps
+    x, w = torch.randn(2, 3, 16, 16), torch.randn(4, 3, 3, 3)
+    out = profile_steps(_layout_step(x, w), torch.device("cpu"), steps=2, warmup=1, origins=True)
+    by_shape = {o["shapes"].split("], ")[0] + "]": o for o in out["copy_origins"]}
+    assert set(by_shape) == {"[[2, 3, 16, 16]", "[[4, 3, 3, 3]"}, out["copy_origins"]
+    # the step's own copy, once per step at the outermost op (its clone → copy_ are not rows of their own) ...
+    mine = by_shape["[[2, 3, 16, 16]"]
+    assert (mine["op"], mine["calls"], mine["within"]) == ("aten::contiguous", 1, "")
+    assert "test_bench_script.py" in mine["caller"]
+    # ... and the one it causes: a convolution of a channels-last input converts its contiguous weight
+    weight = by_shape["[[4, 3, 3, 3]"]
+    assert weight["calls"] == 1 and "aten::_convolution" in weight["within"]
+    assert "test_bench_script.py" in weight["caller"]
+    assert "copy_origins" not in profile_steps(_layout_step(x, w), torch.device("cpu"), steps=1, warmup=0)
+
+
 def test_stored_profiles_lose_the_annotation_ranges_they_counted_twice():
     drop_annotations = bench_module("profile_step").drop_annotations
     adam = "void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>, fused_adamw>"
