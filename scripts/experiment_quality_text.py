@@ -1,0 +1,244 @@
+"""Time to quality of backbones and objectives on the emoji text model at equal GPU minutes: UNet-ε, UNet-v,
+UNet-flow, DiT-ε and DiT-flow, each trained for the same wall time on one first stage, sampled and scored alike.
+
+The model is ``fluent-emoji-64-text`` (Fluent Emoji 3D at 64², frozen MiniLM per-token states as cross-attention
+context, 16×16×3 latents of ``fluent-emoji-64-kl-f4``); the DiT variants swap its UNet for DiT-S/2 (Table 1 of
+the DiT paper: 12 blocks of width 384, 6 heads; 64 tokens here) with cross-attention to the same tokens; the flow
+variants train rectified flow with logit-normal times (``experiment_quality.FLOW``). Everything else is the
+preset's. Each variant is scored on samples of the **held-out captions** (the preset's 10% split, captions
+cycled: prompts never trained on):
+
+- FD-EffLite0, precision and recall against the held-out images, beside the real floor (training images against
+  the same reference);
+- **category accuracy**: a linear probe on EfficientNet-Lite0 features, fitted here on the training images'
+  emoji categories (Smileys & Emotion, People & Body, Animals & Nature, …; its accuracy on the real held-out images
+  is reported), applied to the samples: the share whose predicted category is their caption's emoji's. It says
+  whether a held-out caption gives an emoji of the right kind.
+
+The carry is ``experiment_sampling_text.py prepare``'s (the 64² emoji, the MiniLM states of every caption,
+LPIPS-AlexNet for the first stage, EfficientNet-Lite0). ``results/<variant>.json`` and ``grid-<variant>.png`` are
+written as each variant finishes; ``--budget-s`` skips a variant that the time left cannot fit (predicted from the
+last one), so a second call can do the rest with ``--variants`` (a first stage retrained there is another one:
+compare within a call, or carry ``--autoencoder``).
+
+    python scripts/experiment_sampling_text.py prepare --to .carry/sampling-text    # here, once (43 MiB)
+    tar czf .carry/tar/sampling-text.tar.gz -C .carry sampling-text
+    # GPU call from the repository root (carry the tar):
+    export LDMKIT_HOME=/tmp/ldmkit PYTHONPATH=$PWD/src:/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+    mkdir -p /tmp/st0 && tar xzf .carry/tar/sampling-text.tar.gz -C /tmp/st0
+    python3 scripts/experiment_quality_text.py --carry /tmp/st0/sampling-text --out $OUT --work /tmp/qt \\
+        --ae-minutes 1 --minutes 1.5 --variants unet-eps dit-flow unet-flow dit-eps --budget-s 560
+    python scripts/experiment_quality_text.py --tiny --out /tmp/qt      # CPU smoke test (about a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from experiment_concept import QUIET, TINY_UNET, last_step, train_first_stage
+from experiment_emoji_text import NEW_COMPOSITIONS, held_out_prompts
+from experiment_quality import FLOW
+from experiment_sampling_text import install_assets, prepare, split_sets
+
+DIT = ["backbone=dit", "dit.patch_size=2", "dit.hidden_size=384", "dit.depth=12", "dit.num_heads=6"]
+VARIANTS: dict[str, list[str]] = {
+    "unet-eps": [],
+    "unet-v": ["schedule.prediction=v"],
+    "unet-flow": FLOW,
+    "dit-eps": DIT,
+    "dit-flow": DIT + FLOW,
+}
+TINY_DIT = ["dit.hidden_size=32", "dit.depth=2", "dit.num_heads=2", "train.batch_size=8", "train.device=cpu"]
+GRID_SEEDS = 4
+
+
+# --------------------------------------------------------------------------------------------- the probe
+
+
+class CategoryProbe:
+    """Multinomial logistic regression on standardised EfficientNet-Lite0 features: image → emoji category."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 400):
+        self.mean, self.std = features.mean(0), features.std(0) + 1e-6
+        z = (features - self.mean) / self.std
+        self.weight = torch.zeros(features.shape[1], classes, requires_grad=True)
+        self.bias = torch.zeros(classes, requires_grad=True)
+        optimiser = torch.optim.Adam([self.weight, self.bias], lr=0.01)
+        for _ in range(steps):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(z @ self.weight + self.bias, labels)
+            (loss + 1e-3 * self.weight.square().sum()).backward()
+            optimiser.step()
+        self.weight, self.bias = self.weight.detach(), self.bias.detach()
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return (((features - self.mean) / self.std) @ self.weight + self.bias).argmax(1)
+
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((self.predict(features) == labels).float().mean())
+
+
+@torch.no_grad()
+def features_of(extractor, images: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
+    return torch.cat([extractor(images[lo:lo + batch].to(device)).float().cpu() for lo in range(0, len(images), batch)])
+
+
+def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([it["image"] for it in items]), torch.tensor([int(it["label"]) for it in items])
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def sample_held_out(pipe, prompts: list[str], n: int, options: dict) -> torch.Tensor:
+    """``n`` samples of ``prompts`` cycled, sample i with seed i (the same for every variant), [-1, 1] on the CPU."""
+    listed = [prompts[i % len(prompts)] for i in range(n)]
+    return torch.cat([pipe(prompt=listed[lo:lo + 500], seed=lo, batch_size=500, **options).cpu()
+                      for lo in range(0, n, 500)])
+
+
+def save_grid_of(pipe, prompts: list[str], options: dict, path: Path) -> None:
+    """One row per prompt, ``GRID_SEEDS`` columns."""
+    from ldmkit.io.images import make_grid, save_grid, to_unit
+
+    columns = [pipe(prompt=prompts, seed=1000 * s, **options).cpu() for s in range(GRID_SEEDS)]
+    save_grid(make_grid(to_unit(torch.stack(columns, dim=1).flatten(0, 1)), nrow=GRID_SEEDS), path)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ldmkit.evaluation import build_feature_extractor
+    from ldmkit.evaluation.evaluate import compute_reference_stats, evaluate_images
+    from ldmkit.pipelines import load_pipeline
+    from ldmkit.training.diffusion_task import run_diffusion_training
+
+    started = time.perf_counter()
+    tiny, carry = args.tiny, args.carry.resolve()
+    (args.out / "results").mkdir(parents=True, exist_ok=True)
+    work = (args.work or args.out / "runs").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not tiny:
+        install_assets(carry)
+    device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
+    workers = 0 if tiny else args.workers
+    summary: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "settings": {k: str(v) for k, v in vars(args).items()},
+                     "timings": {}, "variants": {}, "skipped": {}}
+
+    def save() -> None:
+        (args.out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    began = time.perf_counter()
+    autoencoder = args.autoencoder or train_first_stage(work, carry, args.ae_minutes, tiny, workers)
+    summary["timings"]["autoencoder_seconds"] = round(time.perf_counter() - began, 1)
+    if args.autoencoder is None:
+        summary["autoencoder_steps"] = last_step(work / "ae")
+    summary["autoencoder"] = str(autoencoder)
+
+    # The reference, the floor and the category probe, from real images only.
+    began = time.perf_counter()
+    train_set, val_set = split_sets(carry / "data" / "fluent-emoji-3d")
+    extractor = build_feature_extractor("efflite0", device=device)
+    train_images, train_labels = stack(train_set)
+    val_images, val_labels = stack(val_set)
+    classes = len(train_set.class_names)
+    probe = CategoryProbe(features_of(extractor, train_images, device), train_labels, classes)
+    summary["probe"] = {"classes": list(train_set.class_names),
+                        "accuracy_on_held_out_real": probe.accuracy(features_of(extractor, val_images, device),
+                                                                    val_labels),
+                        "majority_class_share": float(torch.bincount(val_labels).max() / len(val_labels))}
+    reference = compute_reference_stats([val_images], "efflite0", source=f"fluent-emoji-64 val split "
+                                        f"({len(val_set)} held-out emoji)", progress=False)
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:args.n]
+    floor = evaluate_images([train_images[order]], reference, metrics=("fd", "pr"), device=device)
+    summary["real_floor"] = {"description": f"{len(order)} training images against the held-out images",
+                             **floor["metrics"]}
+    summary["timings"]["references_seconds"] = round(time.perf_counter() - began, 1)
+    save()
+
+    prompts = [val_set.caption(i) for i in range(len(val_set))]
+    category = {val_set.caption(i): int(val_labels[i]) for i in range(len(val_set))}
+    grid_prompts = held_out_prompts(val_set, 6) + list(NEW_COMPOSITIONS[:4])
+    options = dict(steps=3 if tiny else args.steps, guidance=args.guidance, sampler="dpm++2m", output="tensor",
+                   progress=False)
+    states = carry / "prompts.safetensors"
+    last_cost = None
+    for name in args.variants:
+        if args.budget_s and last_cost and time.perf_counter() - started + last_cost > args.budget_s:
+            summary["skipped"][name] = f"time budget: {last_cost:.0f} s more would pass {args.budget_s:.0f} s"
+            save()
+            continue
+        variant_began = time.perf_counter()
+        run_dir = work / name
+        budget = ["train.steps=3"] if tiny else [f"train.max_minutes={args.minutes}", "train.steps=1000000",
+                                                 "train.checkpoint_every=1000000"]
+        tiny_net = (TINY_DIT if "dit" in name else TINY_UNET) if tiny else []
+        overrides = [f"autoencoder={autoencoder}", f"train.out={run_dir}",
+                     f"data.path={carry / 'data' / 'fluent-emoji-3d'}", f"conditioner.pretrained.states_file={states}",
+                     *VARIANTS[name], *args.overrides, *budget, *QUIET, f"train.num_workers={workers}", *tiny_net]
+        model = run_diffusion_training("fluent-emoji-64-text", overrides)
+        train_seconds = time.perf_counter() - variant_began
+        pipe = load_pipeline(model)
+        variant_options = {**options, **({"sampler": args.flow_sampler} if "flow" in name else {})}
+        sampled = time.perf_counter()
+        images = sample_held_out(pipe, prompts, args.n, variant_options)
+        sample_seconds = time.perf_counter() - sampled
+        scores = evaluate_images([images], reference, metrics=("fd", "pr"), device=device)
+        wanted = torch.tensor([category[prompts[i % len(prompts)]] for i in range(args.n)])
+        save_grid_of(pipe, grid_prompts, variant_options, args.out / f"grid-{name}.png")
+        record = {"variant": name, "overrides": overrides, "training": {
+                      "seconds": round(train_seconds, 1), "steps": last_step(run_dir),
+                      "parameters": sum(p.numel() for p in pipe.unet.parameters())},
+                  "metrics": scores["metrics"],
+                  "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
+                  "n": args.n, "sampler": variant_options["sampler"], "steps": options["steps"],
+                  "guidance": args.guidance, "sampling_seconds": round(sample_seconds, 1),
+                  "grid_prompts": grid_prompts}
+        (args.out / "results" / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+        summary["variants"][name] = {k: record[k] for k in ("training", "metrics", "category_accuracy")}
+        last_cost = time.perf_counter() - variant_began
+        summary["timings"][f"{name}_seconds"] = round(last_cost, 1)
+        save()
+        print(json.dumps({name: summary["variants"][name]}, default=str), flush=True)
+    summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
+    save()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--carry", type=Path, help="what experiment_sampling_text.py prepare wrote (--tiny: made here)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=None, help="the runs' directory (default OUT/runs)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--minutes", type=float, default=1.5, help="training wall time of each variant")
+    p.add_argument("--ae-minutes", type=float, default=1.0)
+    p.add_argument("--autoencoder", type=Path, default=None, help="reuse a first stage (else train one)")
+    p.add_argument("--n", type=int, default=1000, help="scored samples per variant (held-out captions cycled)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--flow-sampler", default="dpm++2m", help="sampler of the flow variants (flow-heun, euler, …)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip a variant that the seconds left since the "
+                                                                "start cannot fit (predicted from the last one)")
+    p.add_argument("--workers", type=int, default=12, help="data-loader workers of the training runs")
+    p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps, on the CPU (smoke test)")
+    p.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.carry is None:
+            if not args.tiny:
+                p.error("--carry is needed (what experiment_sampling_text.py prepare wrote), or --tiny")
+            args.carry = Path(scratch) / "carry"
+            prepare(args.carry, True)
+        if args.tiny:
+            args.n = min(args.n, 16)
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
