@@ -37,8 +37,9 @@ to OUT (after every stage, so a call cut short keeps what it measured):
 
 Scores (EfficientNet-Lite0 pooled features of the samples, ``--per-prompt`` per prompt):
 
-- ``twemoji_probability``: a logistic probe trained on real Fluent vs real Twemoji images (the concept images left
-  out; its accuracy on held-out real images is reported) — how Twemoji-like a group of samples looks;
+- ``twemoji_probability``: a linear probe (``LinearProbe``) fitted on real Fluent vs real Twemoji images (the
+  concept images left out; its accuracy on held-out real images is reported) — how Twemoji-like a group of
+  samples looks;
 - ``fd_fluent`` / ``fd_twemoji``: FD-EffLite0 of the group against all Fluent / all Twemoji images (biased by the
   small group size; compare across rows only);
 - ``object_accuracy``: each sample's nearest neighbour (cosine, centred features) among the Fluent and the Twemoji
@@ -359,27 +360,19 @@ class Scorer:
         return torch.nn.functional.normalize(features - self.centre, dim=1)
 
     def _fit_probe(self, steps: int = 500) -> None:
-        """Logistic regression Fluent (0) vs Twemoji (1) on standardised features, fitted on half of the real
-        images, its accuracy measured on the other half."""
+        """A linear probe Fluent (0) vs Twemoji (1), fitted on half of the real images, its accuracy measured on
+        the other half."""
+        from ldmkit.evaluation import LinearProbe
+
         x = torch.cat([self.fluent, self.twemoji])
-        y = torch.cat([torch.zeros(len(self.fluent)), torch.ones(len(self.twemoji))])
+        y = torch.cat([torch.zeros(len(self.fluent)), torch.ones(len(self.twemoji))]).long()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         fit, held = order[: len(x) // 2], order[len(x) // 2:]
-        self.mean, self.std = x[fit].mean(0), x[fit].std(0) + 1e-6
-        z = (x - self.mean) / self.std
-        weight = torch.zeros(x.shape[1], requires_grad=True)
-        bias = torch.zeros(1, requires_grad=True)
-        optimiser = torch.optim.Adam([weight, bias], lr=0.01)
-        for _ in range(steps):
-            optimiser.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z[fit] @ weight + bias, y[fit])
-            (loss + 1e-3 * weight.square().sum()).backward()
-            optimiser.step()
-        self.weight, self.bias = weight.detach(), bias.detach()
-        self.probe_accuracy = float((((z[held] @ self.weight + self.bias) > 0).float() == y[held]).float().mean())
+        self.probe = LinearProbe(x[fit], y[fit], classes=2, steps=steps)
+        self.probe_accuracy = self.probe.accuracy(x[held], y[held])
 
     def twemoji_probability(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(((features - self.mean) / self.std) @ self.weight + self.bias)
+        return self.probe.probabilities(features)[:, 1]
 
     def _look(self, features: torch.Tensor) -> dict:
         from ldmkit.evaluation import frechet_distance, mean_and_covariance

@@ -58,30 +58,7 @@ TINY_DIT = ["dit.hidden_size=32", "dit.depth=2", "dit.num_heads=2", "train.batch
 GRID_SEEDS = 4
 
 
-# --------------------------------------------------------------------------------------------- the probe
-
-
-class CategoryProbe:
-    """Multinomial logistic regression on standardised EfficientNet-Lite0 features: image → emoji category."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 400):
-        self.mean, self.std = features.mean(0), features.std(0) + 1e-6
-        z = (features - self.mean) / self.std
-        self.weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-        self.bias = torch.zeros(classes, requires_grad=True)
-        optimiser = torch.optim.Adam([self.weight, self.bias], lr=0.01)
-        for _ in range(steps):
-            optimiser.zero_grad()
-            loss = torch.nn.functional.cross_entropy(z @ self.weight + self.bias, labels)
-            (loss + 1e-3 * self.weight.square().sum()).backward()
-            optimiser.step()
-        self.weight, self.bias = self.weight.detach(), self.bias.detach()
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return (((features - self.mean) / self.std) @ self.weight + self.bias).argmax(1)
-
-    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
-        return float((self.predict(features) == labels).float().mean())
+# --------------------------------------------------------------------------------------------- features
 
 
 @torch.no_grad()
@@ -113,7 +90,7 @@ def save_grid_of(pipe, prompts: list[str], options: dict, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ldmkit.evaluation import build_feature_extractor
+    from ldmkit.evaluation import LinearProbe, build_feature_extractor
     from ldmkit.evaluation.evaluate import compute_reference_stats, evaluate_images
     from ldmkit.pipelines import load_pipeline
     from ldmkit.training.diffusion_task import run_diffusion_training
@@ -148,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
     train_images, train_labels = stack(train_set)
     val_images, val_labels = stack(val_set)
     classes = len(train_set.class_names)
-    probe = CategoryProbe(features_of(extractor, train_images, device), train_labels, classes)
+    probe = LinearProbe(features_of(extractor, train_images, device), train_labels, classes)
     summary["probe"] = {"classes": list(train_set.class_names),
                         "accuracy_on_held_out_real": probe.accuracy(features_of(extractor, val_images, device),
                                                                     val_labels),

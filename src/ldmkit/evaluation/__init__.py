@@ -1,5 +1,6 @@
 """Evaluation: feature networks, Fréchet distance / KID / precision-recall / Inception Score, reference
-statistics, classifier accuracy, and reconstruction metrics (PSNR, SSIM) of the first stage.
+statistics, classifier accuracy, a linear probe on features, and reconstruction metrics (PSNR, SSIM) of the
+first stage.
 
 Importing this package is cheap: names are loaded from their modules on first use.
 """
@@ -23,6 +24,7 @@ _EXPORTS = {
     "precision_recall": "precision_recall",
     "inception_score": "inception_score",
     "classification_accuracy": "classifier",
+    "LinearProbe": "probe",
     "load_classifier": "classifier",
     "ReferenceStats": "stats",
     "StatsMismatchError": "stats",
