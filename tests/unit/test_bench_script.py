@@ -317,6 +317,32 @@ def test_pipeline_optimize_converts_weights_and_still_samples(monkeypatch):
     assert pipe.optimize() is pipe and pipe.optimizations == ("bf16_weights", "channels_last")  # once only
 
 
+def test_pipeline_optimize_compiles_the_decoder_too(monkeypatch):
+    """With compile, decoding goes through torch.compile of the first stage's decoder (traced here by dynamo
+    without inductor's code generation, which keeps the test fast on a CPU) and gives the same images."""
+    from ldmkit.pipelines import text2img
+
+    monkeypatch.setattr(text2img, "_has_fast_path", lambda device: True)
+    real, decodes = torch.compile, []
+
+    def tracing_only(fn, **kwargs):
+        traced = real(fn, backend="eager")
+        if getattr(fn, "__name__", "") != "decode":
+            return traced
+        return lambda *a, **k: decodes.append(1) or traced(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", tracing_only)
+    pipe = tiny_pipeline()
+    reference = pipe(n=2, steps=2, output="tensor", progress=False)
+    pipe.optimize(bf16_weights=False, channels_last=False)
+    assert pipe.optimizations == ("compile:reduce-overhead", "compile_decoder")
+    images = pipe(n=2, steps=2, output="tensor", progress=False)
+    assert decodes == [1]  # one batch decoded, through the compiled decoder
+    torch.testing.assert_close(images, reference)
+    eager = tiny_pipeline().optimize(bf16_weights=False, channels_last=False, compile_decoder=False)
+    assert eager.model.fast_decode is None and "compile_decoder" not in eager.optimizations
+
+
 def test_ldm_sample_accepts_compile_with_an_optional_mode():
     parser = build_parser()
     assert parser.parse_args(["sample", "--model", "m", "--compile"]).compile == "reduce-overhead"

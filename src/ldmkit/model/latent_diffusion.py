@@ -9,7 +9,7 @@ a pipeline never reassembles the parts, and a converted checkpoint is usable as 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +51,9 @@ class LatentDiffusionModel:
     latent_size: tuple[int, int]
     extra: dict[str, Any] = field(default_factory=dict)
     autoencoder_source: Path | None = None
+    #: What :meth:`decode` calls in place of ``autoencoder.decode`` when set: its compiled form (a pipeline's
+    #: ``optimize()``). Not saved.
+    fast_decode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     # ----- what the model is ------------------------------------------------------------------------
     @property
@@ -141,7 +144,8 @@ class LatentDiffusionModel:
             f, channels = self.autoencoder.downsample_factor, self.autoencoder.config.out_channels
             return torch.cat([grid.blend(self.decode, latent[None].to(self.device), in_scale=1, out_scale=f,
                                          out_channels=channels).clamp(-1, 1) for latent in latents])
-        images = self.autoencoder.decode(latents.to(self.device, self._first_stage_dtype(latents)))
+        decode = self.fast_decode or self.autoencoder.decode
+        images = decode(latents.to(self.device, self._first_stage_dtype(latents)))
         return images.float().clamp(-1, 1)
 
     def _first_stage_dtype(self, given: torch.Tensor) -> torch.dtype:
