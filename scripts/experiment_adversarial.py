@@ -23,7 +23,7 @@ vgg16.safetensors LICENSE`` (about 32 MiB): the perceptual loss and LPIPS run on
 (``loss.perceptual_net=alex``; VGG16's weights do not fit beside the data).
 
     python3 scripts/experiment_adversarial.py --out $OUT --work /tmp/adv --preset fluent-emoji-128-kl-f4 \\
-        --warm-minutes 3 --branch-steps 1500
+        --warm-minutes 2 --branch-steps 1200
     python scripts/experiment_adversarial.py --tiny --out /tmp/adv      # CPU smoke test (about a minute)
 """
 
