@@ -76,6 +76,7 @@ from models import (
     cost_first_stage,
     cost_unet_config,
     forward_flops,
+    peer_fast_path,
     text_unet_config,
     unet_call,
     unet_counts,
@@ -232,12 +233,9 @@ def section_infer(run: Runner, s: Settings) -> None:
                                                mode="reduce-overhead" if mode == "cudagraphs" else "default",
                                                channels_last=s.channels_last, quantize=kind or None)
                     else:  # the peer's tuned recipe: bf16, fused QKV, channels_last, torch.compile
-                        net = net.to(torch.bfloat16)
-                        net.fuse_qkv_projections()
-                        if s.channels_last:
-                            net = net.to(memory_format=torch.channels_last)
-                        if mode != "eager":
-                            net = _compile(s, net, "reduce-overhead" if mode == "cudagraphs" else "default")
+                        compile_mode = {"eager": None, "cudagraphs": "reduce-overhead"}.get(mode, "default")
+                        net = peer_fast_path(net, mode=compile_mode, channels_last=s.channels_last,
+                                             backend=s.backend)
                     call = unet_call("diffusers" if impl == "diffusers" else "ldmkit", net)
                     b = s.infer_batch
                     fmt = torch.channels_last if s.channels_last else torch.contiguous_format

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import Runner, environment, free_memory, md_table, median_seconds  # noqa: E402
-from models import build_unet, build_vae, text_unet_config, unet_call, vae_config, vae_decode_call  # noqa: E402
+from models import (build_unet, build_vae, peer_fast_path, text_unet_config, unet_call, vae_config,  # noqa: E402
+                    vae_decode_call)
 
 STEPS = 25
 
@@ -46,12 +47,7 @@ def _unet(impl: str, cfg, device: torch.device, fast: bool):
     net = build_unet(impl, cfg, device).eval().requires_grad_(False)
     if impl == "ldmkit":
         return optimize_network(net, compile=fast, mode="reduce-overhead", channels_last=fast, bf16_weights=fast)
-    if fast:
-        net = net.to(torch.bfloat16)
-        net.fuse_qkv_projections()
-        net = net.to(memory_format=torch.channels_last)
-        return torch.compile(net, mode="reduce-overhead")
-    return net
+    return peer_fast_path(net) if fast else net
 
 
 def _ldmkit_loop(call, steps: int):

@@ -112,6 +112,17 @@ def test_training_variants_script_times_each_variant(tmp_path):
     assert "| flash-first |" in (tmp_path / "train_variants.md").read_text()
 
 
+def test_inference_variants_script_times_each_variant_against_both_baselines(tmp_path):
+    run_script("infer_variants", "--tiny", "--device", "cpu", "--compile-backend", "eager",
+               "--variants", "graphs", "graphs+freezing", "diffusers", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "infer_variants.json").read_text())
+    assert report["errors"] == []
+    for variant in ("graphs", "graphs+freezing", "diffusers"):
+        assert report[variant]["evals_s"] > 0 and report[variant]["compile_s"] >= 0
+    table = (tmp_path / "infer_variants.md").read_text()
+    assert "| graphs+freezing |" in table and "vs diffusers" in table
+
+
 def test_gpu_script_budget_skips_items_instead_of_running_past_it(tmp_path):
     Runner = bench_module("measure").Runner
     run = Runner(tmp_path, "r", budget_s=10.0, meta={})
