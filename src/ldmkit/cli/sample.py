@@ -103,9 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/samples", help="output directory")
     parser.add_argument("--compile", nargs="?", const="reduce-overhead", default=None, metavar="MODE",
                         choices=COMPILE_MODES,
-                        help="GPU fast path: bf16 weights, channels-last and torch.compile with MODE "
-                             f"({', '.join(COMPILE_MODES)}; default reduce-overhead = CUDA graphs); the first batch "
-                             "compiles for a minute or more; no effect on CPU")
+                        help="GPU fast path: bf16 weights, channels-last, the UNet behind torch.compile with MODE "
+                             f"({', '.join(COMPILE_MODES)}; default reduce-overhead = CUDA graphs) and the decoder "
+                             "compiled; the first batch compiles for a minute or more; no effect on CPU")
     parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
                         help="the denoiser's attention and feed-forward GEMMs in int8 (int8: dynamic activations, "
                              "int8-weight: weights only) or fp8 (Ada/Hopper GPUs); needs the quant extra")
