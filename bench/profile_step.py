@@ -109,9 +109,12 @@ def _caller(frames: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def _python_frame(name: str) -> bool:
-    """An event ``with_stack`` adds for a Python call ("<built-in method …>", "file.py(12): f"), not an op."""
-    return name.startswith("<") or ".py(" in name
+def _python_frame(event) -> bool:
+    """An event ``with_stack`` adds for a Python call ("<built-in method …>", "file.py(12): f", "pytest(6):
+    <module>"), not an op."""
+    if getattr(event, "is_python_function", False):
+        return True
+    return event.name.startswith("<") or re.search(r"\(\d+\): ", event.name) is not None
 
 
 def copy_origins(events, cuda: bool, steps: int, top: int = 10) -> list[dict[str, Any]]:
@@ -130,7 +133,7 @@ def copy_origins(events, cuda: bool, steps: int, top: int = 10) -> list[dict[str
             continue  # a copy that launched nothing (a no-op ``to``)
         within, up, frames = [], parent, list(event.stack or [])
         while up is not None:  # enclosing ops, and the Python frames that ``with_stack`` records as events
-            if _python_frame(up.name):
+            if _python_frame(up):
                 frames.append(up.name)
             elif len(within) < 3:
                 within.append(up.name)
