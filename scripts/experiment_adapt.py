@@ -176,11 +176,14 @@ def ldm_command(args_list: list[str]) -> list[str]:
 
 
 def train_run(name: str, overrides: list[str], timeout: float, out: Path) -> dict:
-    """``ldm train diffusion`` in a subprocess (its log in OUT/train-NAME.log), killed past ``timeout`` seconds."""
+    """``ldm train diffusion`` in a subprocess, killed past ``timeout`` seconds. Its output goes to OUT/train.log
+    under a header line per run: one file for every run (few files come back from the device machine)."""
     command = ldm_command(["train", "diffusion", "--config", "fashion-mnist-class", *overrides])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
     began = time.perf_counter()
-    with open(out / f"train-{name}.log", "w") as log:
+    with open(out / "train.log", "a") as log:
+        log.write(f"===== {name}: {' '.join(command)}\n")
+        log.flush()
         try:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
         except subprocess.TimeoutExpired:

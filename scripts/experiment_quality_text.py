@@ -16,8 +16,8 @@ cycled: prompts never trained on):
   whether a held-out caption gives an emoji of the right kind.
 
 The carry is ``experiment_sampling_text.py prepare``'s (the 64² emoji, the MiniLM states of every caption,
-LPIPS-AlexNet for the first stage, EfficientNet-Lite0). ``results/<variant>.json`` and ``grid-<variant>.png`` are
-written as each variant finishes; ``--budget-s`` skips a variant that the time left cannot fit (predicted from the
+LPIPS-AlexNet for the first stage, EfficientNet-Lite0). ``results.json`` (every variant's record) and
+``grid-<variant>.png`` are written as each variant finishes; ``--budget-s`` skips a variant that the time left cannot fit (predicted from the
 last one), so a second call can do the rest with ``--variants`` (a first stage retrained there is another one:
 compare within a call, or carry ``--autoencoder``).
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     tiny, carry = args.tiny, args.carry.resolve()
-    (args.out / "results").mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     work = (args.work or args.out / "runs").resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not tiny:
@@ -177,12 +177,12 @@ def run(args: argparse.Namespace) -> None:
                   "n": args.n, "sampler": variant_options["sampler"], "steps": options["steps"],
                   "guidance": args.guidance, "sampling_seconds": round(sample_seconds, 1),
                   "grid_prompts": grid_prompts}
-        (args.out / "results" / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
-        summary["variants"][name] = {k: record[k] for k in ("training", "metrics", "category_accuracy")}
+        summary["variants"][name] = record  # one results file: few files come back from the device machine
         last_cost = time.perf_counter() - variant_began
         summary["timings"][f"{name}_seconds"] = round(last_cost, 1)
         save()
-        print(json.dumps({name: summary["variants"][name]}, default=str), flush=True)
+        print(json.dumps({name: {k: record[k] for k in ("training", "metrics", "category_accuracy")}},
+                         default=str), flush=True)
     summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
     save()
 
