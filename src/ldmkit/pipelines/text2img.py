@@ -5,8 +5,8 @@
 Each image's noise comes from its own seed (``seed + i``) drawn on the CPU, so an image does not change
 with the batch size or the device. Larger sizes than trained are sampled convolutionally (paper §4.3.2).
 
-``pipe.optimize()`` switches a GPU pipeline to the fast path: bf16 weights, channels-last layout and a
-``torch.compile``d denoising network (CUDA graphs by default).
+``pipe.optimize()`` switches a GPU pipeline to the fast path: bf16 weights, channels-last layout, a
+``torch.compile``d denoising network (CUDA graphs by default) and a compiled decoder.
 """
 
 from __future__ import annotations
