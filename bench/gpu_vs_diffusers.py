@@ -194,14 +194,6 @@ def _compile(s: Settings, fn: Callable, mode: str = "default") -> Callable:
     return torch.compile(fn, backend=s.backend, mode=mode if inductor else None)
 
 
-def _first_call(fn: Callable[[], Any], device: torch.device, compiled: bool) -> dict[str, Any]:
-    """``measure.first_call``: its time is the compile time where ``compiled``; the peak reported afterwards
-    leaves out the first call's one-off allocations (``first_call_peak_gb`` keeps them)."""
-    done = first_call(fn, device)
-    seconds = done.pop("first_call_s")
-    return {"compile_s": seconds, **done} if compiled else done
-
-
 def section_infer(run: Runner, s: Settings) -> None:
     """UNet evaluations/s at batch 16 with bf16 weights and inputs (8 prompts with classifier-free guidance)."""
     from ldmkit.pipelines.text2img import optimize_network
@@ -245,7 +237,7 @@ def section_infer(run: Runner, s: Settings) -> None:
                     context = torch.randn(b, s.tokens, cfg.context_dim, device=s.device, dtype=torch.bfloat16)
                     out: dict[str, Any] = {"batch": b}
                     with torch.no_grad():
-                        out.update(_first_call(lambda: call(x, t, context), s.device, compiled=mode != "eager"))
+                        out.update(first_call(lambda: call(x, t, context), s.device, compiled=mode != "eager"))
                         seconds = median_seconds(lambda: call(x, t, context), s.device,
                                                  warmup=max(s.warmup, 3), iters=max(s.iters, 10))
                     flops = unet_flops(s, "diffusers" if impl == "diffusers" else "ldmkit", size)["fwd_flops"] * b
@@ -301,7 +293,7 @@ def section_vae(run: Runner, s: Settings) -> None:
                                 device=s.device, dtype=torch.bfloat16).to(memory_format=fmt)
                 out: dict[str, Any] = {"batch": s.vae_batch}
                 with torch.no_grad():
-                    out.update(_first_call(lambda: decode(z), s.device, compiled=mode == "compiled"))
+                    out.update(first_call(lambda: decode(z), s.device, compiled=mode == "compiled"))
                     seconds = median_seconds(lambda: decode(z), s.device, warmup=s.warmup, iters=s.iters)
                 out.update(img_s=s.vae_batch / seconds, ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(s.device))
                 return out

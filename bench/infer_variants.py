@@ -68,9 +68,7 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     with compiler_settings(variant), no_compile_caches(), torch.no_grad():
         impl, net = build(variant, cfg, device, args.compile_backend)
         call = unet_call(impl, net)
-        out: dict[str, Any] = {"batch": 2}
-        done = first_call(lambda: call(x, t, context), device)
-        out["compile_s"] = done["first_call_s"]
+        out: dict[str, Any] = {"batch": 2, **first_call(lambda: call(x, t, context), device, compiled=True)}
         seconds = median_seconds(lambda: call(x, t, context), device, warmup=args.warmup, iters=args.iters)
     out.update(evals_s=1 / seconds, ms=seconds * 1e3)
     return out

@@ -55,17 +55,18 @@ def first_call_seconds(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - began
 
 
-def first_call(fn: Callable[[], Any], device: torch.device) -> dict[str, float | None]:
+def first_call(fn: Callable[[], Any], device: torch.device, *, compiled: bool = False) -> dict[str, float | None]:
     """Call ``fn`` once, timed (a fresh compiled function compiles here), and then reset the peak-memory counter,
     so that a peak read afterwards is the steady state every later call sees. The first call of each new shape
     also runs cuDNN's algorithm search (``benchmark=True``), whose trial workspaces only the first side to meet
     the shape pays: 1.6 GB for the SD VAE decoder at 512², batch 8, on an H200, which swapping the sides' order
-    moved from one side to the other. Returns ``first_call_s`` and ``first_call_peak_gb``."""
+    moved from one side to the other. Returns the call's time (as ``compile_s`` where ``compiled``, else
+    ``first_call_s``) and its peak, ``first_call_peak_gb``."""
     reset_peak_memory(device)
     seconds = first_call_seconds(fn, device)
     peak = peak_memory_gb(device)
     reset_peak_memory(device)
-    return {"first_call_s": seconds, "first_call_peak_gb": peak}
+    return {"compile_s" if compiled else "first_call_s": seconds, "first_call_peak_gb": peak}
 
 
 def reset_peak_memory(device: torch.device) -> None:

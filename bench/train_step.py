@@ -56,10 +56,7 @@ def time_train_step(step: Callable[[], None], batch: int, device: torch.device, 
     ``profile``, the kernel profile of ``profile_steps_n`` more (warm) steps, and with ``origins`` where its
     copies come from."""
     out: dict[str, Any] = {"batch": batch}
-    done = first_call(step, device)  # compiles where compiled; the peak below leaves out its one-off allocations
-    if compiled:
-        out["compile_s"] = done["first_call_s"]
-    out["first_call_peak_gb"] = done["first_call_peak_gb"]
+    out.update(first_call(step, device, compiled=compiled))  # the peak below leaves out its one-off allocations
     seconds = median_seconds(step, device, warmup=warmup, iters=iters)
     out.update(img_s=batch / seconds, step_ms=seconds * 1e3, peak_mem_gb=peak_memory_gb(device))
     if profile:  # the same warm (compiled) step: costs a few steps, no compile

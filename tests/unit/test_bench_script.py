@@ -143,6 +143,8 @@ def test_first_call_runs_once_and_resets_the_peak_for_what_follows(monkeypatch):
     # one call between two resets: the one-off peak is reported apart, and the counter starts afresh after it
     assert events == ["reset", "call", "reset"]
     assert done["first_call_peak_gb"] == 1.5 and done["first_call_s"] >= 0.0
+    compiled = measure.first_call(lambda: events.append("call"), torch.device("cpu"), compiled=True)
+    assert set(compiled) == {"compile_s", "first_call_peak_gb"}  # a compiled function's first call is its compile
 
 
 def test_profile_groups_kernels_by_what_they_do():
