@@ -4,10 +4,12 @@ Each rank sees different data, so the ranks end with identical weights only if g
 both started from the same weights; each rank writes a digest of its networks (LDMKIT_DEBUG_DIGEST_DIR).
 """
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -169,10 +171,11 @@ def test_helpers_are_no_ops_in_one_process(monkeypatch):
 
 
 @pytest.mark.parametrize("backend, raised, expected", [
-    ("nccl", RuntimeError("CUDA out of memory"), "abort"),  # peers wait in a collective: never a graceful destroy
-    ("gloo", RuntimeError("CUDA out of memory"), "destroy"),
-    ("nccl", SystemExit(143), "destroy"),  # preemption: every rank stopped at the same step
-    ("nccl", None, "destroy"),
+    ("nccl", RuntimeError("CUDA out of memory"), ["abort"]),  # peers wait in a collective: never a graceful leave
+    ("gloo", RuntimeError("CUDA out of memory"), ["destroy"]),
+    # preemption: every rank stopped at the same step, so all can leave together
+    ("nccl", SystemExit(143), ["barrier", "destroy"]),
+    ("nccl", None, ["barrier", "destroy"]),
 ])
 def test_a_failing_rank_leaves_the_group_without_waiting_for_its_peers(monkeypatch, backend, raised, expected):
     from ldmkit.training import distributed
@@ -183,6 +186,7 @@ def test_a_failing_rank_leaves_the_group_without_waiting_for_its_peers(monkeypat
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.append("init"))
     monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend)
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(distributed.dist.distributed_c10d, "_abort_process_group", lambda: calls.append("abort"))
     device = torch.device("cuda" if backend == "nccl" else "cpu")
     if raised is None:
@@ -191,4 +195,34 @@ def test_a_failing_rank_leaves_the_group_without_waiting_for_its_peers(monkeypat
     else:
         with pytest.raises(type(raised)), distributed.process_group(device):
             raise raised
-    assert calls == ["init", expected]
+    assert calls == ["init", *expected]
+
+
+def test_the_command_line_frees_process_group_holders_before_shutdown(monkeypatch):
+    # A DDP wrapper caught in a reference cycle would otherwise outlive the interpreter's last moments, where
+    # Gloo's worker threads abort the process that trained successfully.
+    import gc
+
+    from ldmkit.cli import main as cli
+    from ldmkit.training import distributed  # noqa: F401  (loaded, as by every training command)
+
+    class Holder:  # stands for a wrapper that holds the process group
+        pass
+
+    def command(args):
+        cycle = Holder()
+        cycle.me = cycle
+        collected.append(weakref.ref(cycle))
+        return 0
+
+    collected = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    gc.disable()
+    try:
+        parser = cli.build_parser()
+        monkeypatch.setattr(cli, "build_parser", lambda: parser)
+        monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(handler=command, command="x"))
+        assert cli.main([]) == 0
+        assert collected[0]() is None
+    finally:
+        gc.enable()

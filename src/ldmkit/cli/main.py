@@ -57,6 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _release_distributed()
+
+
+def _release_distributed() -> None:
+    # Under torchrun the process group must die before interpreter shutdown (release_wrappers says why).
+    distributed = sys.modules.get("ldmkit.training.distributed")
+    if distributed is not None:
+        distributed.release_wrappers()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -52,11 +53,30 @@ def process_group(device: torch.device) -> Iterator[None]:
     except Exception:
         failed = True
         raise
-    finally:  # a graceful destroy also after Preempted (SystemExit): every rank stopped at the same step
+    finally:  # a graceful leave also after Preempted (SystemExit): every rank stopped at the same step
         if failed:
             _abandon_group()
         else:
-            dist.destroy_process_group()
+            _leave_group()
+
+
+def _leave_group() -> None:
+    """Leave the process group together: wait until every rank is done (rank 0 may still be writing the
+    model), then destroy it. The group itself dies with the last wrapper holding it (see
+    :func:`release_wrappers`)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def release_wrappers() -> None:
+    """Free unreachable DDP wrappers, and with them the process group they hold, while the interpreter is whole.
+
+    Left to interpreter shutdown, a Gloo group's worker threads can no longer take the GIL to free the tensors
+    they hold, and a process that trained successfully aborts (``terminate called without an active
+    exception``). The command line calls this after every command; with one process nothing happens.
+    """
+    if world_size() > 1:
+        gc.collect()
 
 
 def _abandon_group() -> None:
@@ -266,4 +286,4 @@ def write_digest(modules: dict[str, nn.Module]) -> None:
 
 __all__ = ["any_rank", "average_gradients_of", "ema_of", "gathered", "is_distributed", "is_sharded",
            "load_module_state", "load_optimizer_state", "local_device", "module_state_dict", "no_sync",
-           "optimizer_state_dict", "process_group", "rank_seed", "same_on_all_ranks", "unwrap", "wrap", "write_digest"]
+           "optimizer_state_dict", "process_group", "rank_seed", "release_wrappers", "same_on_all_ranks", "unwrap", "wrap", "write_digest"]
