@@ -149,12 +149,13 @@ def write_set(name: str, dataset, target: Path, indices: list[int]) -> dict[int,
     from PIL import Image
 
     from experiment_emoji_text import to_unit_uint8
-    from ldmkit.data.emoji import emoji_root
+    from ldmkit.data.emoji import emoji_roots
 
     shutil.rmtree(target, ignore_errors=True)
     (target / "images").mkdir(parents=True)
     keep = ("unified", "non_qualified", "name", "short_name", "short_names", "category", "subcategory")
-    entries = json.loads((emoji_root(dataset.cfg) / "emoji.json").read_text())
+    (_, root), = emoji_roots(dataset.cfg)
+    entries = json.loads((root / "emoji.json").read_text())
     slim = [{k: e[k] for k in keep if k in e} | ({"skin_variations": {
         tone: {k: v[k] for k in ("unified", "non_qualified") if k in v} for tone, v in e["skin_variations"].items()}}
         if e.get("skin_variations") else {}) for e in entries]

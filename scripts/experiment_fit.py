@@ -152,7 +152,7 @@ def write_fashion_mnist(folder: Path, *, tiny: bool, pad: int, workers: int) -> 
 
 def write_emoji(folder: Path, *, tiny: bool) -> dict:
     from ldmkit.data import DataConfig
-    from ldmkit.data.emoji import emoji_dataset, emoji_root
+    from ldmkit.data.emoji import emoji_dataset, emoji_roots
 
     cfg = DataConfig(source="emoji")
     dataset = emoji_dataset(cfg, split="all")  # every image matched to a name: caption = the name
@@ -165,7 +165,8 @@ def write_emoji(folder: Path, *, tiny: bool) -> dict:
         shutil.copyfile(entry.path, target)
         target.with_suffix(".txt").write_text(entry.caption + "\n", encoding="utf-8")
         files.append(target)
-    return {"source": str(emoji_root(cfg)), "images": len(entries), "captions": len(entries),
+    (_, root), = emoji_roots(cfg)
+    return {"source": str(root), "images": len(entries), "captions": len(entries),
             "classes": sorted({p.parent.name for p in files}),
             "example": {"file": str(files[0].relative_to(folder)), "caption": entries[0].caption}}
 

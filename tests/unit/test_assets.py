@@ -42,7 +42,8 @@ def test_home_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_registry_lists_the_contracted_assets():
-    assert {"lpips", "efficientnet-lite0", "minilm", "fashion-mnist", "fluent-emoji-3d", "twemoji"} <= set(assets.ASSETS)
+    assert {"lpips", "efficientnet-lite0", "minilm", "fashion-mnist", "fluent-emoji-3d", "twemoji",
+            "noto-emoji"} <= set(assets.ASSETS)
     for asset in assets.ASSETS.values():
         assert asset.description and asset.license and asset.download_mb > 0 and asset.source
 

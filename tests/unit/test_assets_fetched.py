@@ -44,7 +44,8 @@ def test_fashion_mnist_files():
     assert (root / "train-images-idx3-ubyte.gz").stat().st_size > 20e6
 
 
-@pytest.mark.parametrize("name, suffix, count", [("fluent-emoji-3d", ".webp", 3391), ("twemoji", ".png", 3786)])
+@pytest.mark.parametrize("name, suffix, count", [("fluent-emoji-3d", ".webp", 3391), ("twemoji", ".png", 3786),
+                                                    ("noto-emoji", ".png", 3786)])
 def test_emoji_images_and_names(name, suffix, count):
     root = _asset(name)
     images = list((root / "images").iterdir())

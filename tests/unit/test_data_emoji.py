@@ -6,7 +6,7 @@ from PIL import Image
 
 from ldmkit.data import DataConfig, build_dataset, class_names
 from ldmkit.data.emoji import normalize_codepoints
-from ldmkit.errors import AssetMissingError, DataError
+from ldmkit.errors import AssetMissingError, ConfigError, DataError
 
 ENTRIES = [
     {"unified": "1F600", "name": "GRINNING FACE", "short_name": "grinning", "category": "Smileys & Emotion",
@@ -70,3 +70,42 @@ def test_layout_errors(tmp_path):
 def test_normalize_codepoints():
     assert normalize_codepoints("1F468-200D-1F9B3") == "1f468-200d-1f9b3"
     assert normalize_codepoints("emoji_u2764_fe0f") == "2764"
+
+
+def test_described_captions_add_subcategory_and_category(tmp_path):
+    root = make_emoji(tmp_path / "set")
+    ds = build_dataset(DataConfig(source="emoji", path=str(root), resolution=8, val_fraction=0.0,
+                                  emoji_captions="described"))
+    captions = {e.key: e.caption for e in ds.entries}
+    assert captions["1f600"] == "grinning face, face smiling, smileys and emotion"
+    assert captions["1f44b-1f3fd"] == "waving hand sign: medium skin tone, people and body"  # no subcategory
+
+
+def test_mixed_sets_prefix_their_style_and_hold_out_an_emoji_from_every_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDMKIT_HOME", str(tmp_path))
+    make_emoji(tmp_path / "twemoji")
+    make_emoji(tmp_path / "noto-emoji")
+    cfg = DataConfig(source="emoji", emoji_set="twemoji+noto-emoji", resolution=8, val_fraction=0.4)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(train) + len(val) == 10  # five matched emoji in each of the two sets
+    for ds in (train, val):
+        for entry in ds.entries:
+            style = {"twemoji": "a flat emoji of ", "noto-emoji": "a cartoon emoji of "}[entry.key.split("/")[0]]
+            assert entry.caption.startswith(style)
+    emoji = lambda ds: {e.key.split("/")[1] for e in ds.entries}  # noqa: E731
+    assert len(emoji(val)) == 2 and not emoji(train) & emoji(val)  # 40% of the five emoji, in both sets
+    assert len(val) == 4
+    # one category table for the mix: an emoji has the same label in both sets
+    labels = {}
+    for entry in train.entries + val.entries:
+        assert labels.setdefault(entry.key.split("/")[1], entry.label) == entry.label
+    assert class_names(cfg)[labels["1f1eb-1f1f7"]] == "Flags"
+
+
+def test_mixed_sets_refuse_a_single_path_and_unknown_sets(tmp_path):
+    with pytest.raises(DataError, match="path=null"):
+        build_dataset(DataConfig(source="emoji", emoji_set="twemoji+noto-emoji", path=str(make_emoji(tmp_path))))
+    with pytest.raises(ConfigError, match="did you mean 'twemoji'"):
+        DataConfig(source="emoji", emoji_set="fluent-emoji-3d+twemoj")
+    with pytest.raises(ConfigError, match="twice"):
+        DataConfig(source="emoji", emoji_set="twemoji+twemoji")

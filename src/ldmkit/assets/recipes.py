@@ -129,6 +129,7 @@ def build_fashion_mnist(ctx: FetchContext) -> None:
 EMOJI_DATASOURCE = "emoji-datasource@16.0.0"
 FLUENT_EMOJI_3D = "@lobehub/fluent-emoji-3d@1.1.0"
 TWEMOJI = "emoji-datasource-twitter@16.0.0"
+NOTO_EMOJI = "emoji-datasource-google@16.0.0"
 
 
 def _emoji_images(ctx: FetchContext, tarball: Path, folder: str, suffix: str, minimum: int) -> int:
@@ -152,8 +153,18 @@ def build_fluent_emoji_3d(ctx: FetchContext) -> None:
     (ctx.out / "emoji.json").write_bytes(read_member(npm_pack(ctx, EMOJI_DATASOURCE), "package/emoji.json"))
 
 
+def _datasource_set(ctx: FetchContext, spec: str, vendor: str) -> None:
+    """One vendor's 64 px PNGs of an ``emoji-datasource-<vendor>`` package (``images/*.png``) + its ``emoji.json``."""
+    tarball = npm_pack(ctx, spec)
+    _emoji_images(ctx, tarball, f"package/img/{vendor}/64/", ".png", 3000)
+    (ctx.out / "emoji.json").write_bytes(read_member(tarball, "package/emoji.json"))
+
+
 def build_twemoji(ctx: FetchContext) -> None:
     """Twemoji 64 px PNGs (``images/*.png``) + the package's ``emoji.json``."""
-    tarball = npm_pack(ctx, TWEMOJI)
-    _emoji_images(ctx, tarball, "package/img/twitter/64/", ".png", 3000)
-    (ctx.out / "emoji.json").write_bytes(read_member(tarball, "package/emoji.json"))
+    _datasource_set(ctx, TWEMOJI, "twitter")
+
+
+def build_noto_emoji(ctx: FetchContext) -> None:
+    """Google Noto Color Emoji 64 px PNGs (``images/*.png``) + the package's ``emoji.json``."""
+    _datasource_set(ctx, NOTO_EMOJI, "google")

@@ -8,7 +8,7 @@
 | ``clip-vocab`` | ``vocab.json`` + ``merges.txt``: CLIP's BPE vocabulary for ``CLIPTokenizer`` (49,408 tokens) |
 | ``fashion-mnist`` | ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` |
 | ``fluent-emoji-3d`` | ``images/<codepoints>.webp`` (256 px RGBA) + ``emoji.json`` (emoji-datasource) |
-| ``twemoji`` | ``images/<codepoints>.png`` (64 px) + ``emoji.json`` |
+| ``twemoji``, ``noto-emoji`` | ``images/<codepoints>.png`` (64 px) + ``emoji.json`` |
 
 Every directory also holds ``manifest.json`` (files, SHA-256, sources) and, where the package has one,
 ``LICENSE``.
@@ -56,6 +56,8 @@ ASSETS: dict[str, Asset] = {
               recipes.build_fluent_emoji_3d),
         Asset("twemoji", "Twemoji: 3,786 64x64 emoji images with names and categories", 62, "CC-BY-4.0",
               f"npm pack {recipes.TWEMOJI}", recipes.build_twemoji),
+        Asset("noto-emoji", "Google Noto Color Emoji: 3,786 64x64 emoji images with names and categories", 74,
+              "Apache-2.0", f"npm pack {recipes.NOTO_EMOJI}", recipes.build_noto_emoji),
     )
 }
 

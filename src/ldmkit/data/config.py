@@ -11,6 +11,7 @@ Every source yields the same sample, a dict:
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,12 +25,26 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink", "brown", "black", "gray")
 BACKGROUNDS = ("white", "cream", "light gray", "pale blue", "pale green", "pale pink", "pale yellow")
 SIZES = ("small", "medium", "large")
-EMOJI_SETS = ("fluent-emoji-3d", "twemoji")
+EMOJI_SETS = ("fluent-emoji-3d", "twemoji", "noto-emoji")
 SOURCES = ("synthetic", "folder", "shards", "fashion_mnist", "emoji")
 #: Largest training image side (the paper trains at up to 1024 px; a 4096² batch of 16 is already ~3 GB of pixels).
 MAX_RESOLUTION = 4096
 #: Largest canvas side the synthetic source draws on (resolution × supersample).
 MAX_SYNTHETIC_CANVAS = 16384
+
+
+def emoji_sets(emoji_set: str) -> tuple[str, ...]:
+    """The set names of ``data.emoji_set`` ("fluent-emoji-3d+twemoji" -> both), each checked."""
+    names = tuple(part.strip() for part in emoji_set.split("+"))
+    for name in names:
+        if name not in EMOJI_SETS:
+            close = difflib.get_close_matches(name, EMOJI_SETS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key 'emoji_set': unknown emoji set '{name}'{hint}; known sets: "
+                              f"{', '.join(EMOJI_SETS)}, several joined by '+'")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config key 'emoji_set' names a set twice: {emoji_set!r}")
+    return names
 
 
 def _unique(name: str, values: tuple[str, ...]) -> None:
@@ -77,8 +92,12 @@ class DataConfig:
         "synthetic", help="synthetic shapes, an image folder, tar shards, Fashion-MNIST or an emoji set")
     path: str | None = option(None, help="folder, shard directory/glob or data set directory (null: the source's "
                               "default place under $LDMKIT_HOME)")
-    emoji_set: str = option("fluent-emoji-3d", help="which emoji set when source=emoji and path is null",
-                            choices=EMOJI_SETS)
+    emoji_set: str = option("fluent-emoji-3d", help="which emoji set when source=emoji and path is null: "
+                            f"{', '.join(EMOJI_SETS)}; several joined by '+' train together (each emoji held out "
+                            "of all or none, captions begin with the set's style)")
+    emoji_captions: Literal["name", "described"] = option(
+        "name", help="emoji captions: the name ('grinning face'), or described: the name, its subcategory and "
+        "category ('grinning face, face smiling, smileys and emotion')")
     resolution: int = option(32, help="side of the square images, in pixels", min=1, max=MAX_RESOLUTION)
     channels: int = option(3, help="3 = RGB (gray sources repeated), 1 = gray", choices=(1, 3))
     resize: bool = option(True, help="resize the shorter side to `resolution` (false: crop, or pad small images)")
@@ -111,6 +130,7 @@ class DataConfig:
         except ValueError:
             raise ConfigError(f"config key 'background': got {self.background!r}, expected a colour name such as "
                               "'white' or a hex colour such as '#808080'") from None
+        emoji_sets(self.emoji_set)  # a typo fails at load time, not when the data is first read
         canvas = self.resolution * self.synthetic.supersample
         if self.source == "synthetic" and canvas > MAX_SYNTHETIC_CANVAS:
             raise ConfigError(f"config key 'synthetic.supersample': resolution {self.resolution} x supersample "

@@ -32,7 +32,9 @@ def split_score(key: str, seed: int) -> float:
 
 
 def held_out_keys(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """The ``round(fraction * len(keys))`` keys with the lowest scores."""
+    """The ``round(fraction * n)`` of the ``n`` distinct keys with the lowest scores (items sharing a key, such as
+    one emoji in several sets, fall on the same side)."""
+    keys = list(dict.fromkeys(keys))
     count = round(fraction * len(keys))
     if fraction > 0 and count == 0 and len(keys) > 1:
         count = 1
