@@ -94,6 +94,27 @@ def test_sample_float_flags_refuse_nan_and_inf(tmp_path, capsys, model_dir, flag
     assert not (out / "settings.json").exists()
 
 
+def test_sample_guidance_interval_is_checked_recorded_and_reaches_the_sampler(tmp_path, capsys, model_dir, pipe):
+    base = ["sample", "--model", str(model_dir), "--class", "1", "--steps", "2", "--device", "cpu", "--guidance", "2"]
+    code = ldm([*base, "--out", str(tmp_path / "a"), "--guidance-interval", "0.5", "nan"])
+    assert "must be a finite number" in _one_line_error(capsys, code)
+    code = ldm([*base, "--out", str(tmp_path / "b"), "--guidance-interval", "2", "1"])
+    assert "σ_lo < σ_hi" in _one_line_error(capsys, code)
+    assert ldm([*base, "--out", str(tmp_path / "c"), "--guidance-interval", "0.5", "5"]) == 0
+    assert json.loads((tmp_path / "c" / "settings.json").read_text())["guidance_interval"] == [0.5, 5.0]
+    # through the pipeline: an interval above every level guides nowhere, one conditional pass per step
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        kwargs = dict(class_label=[1, 2], steps=3, sampler="ddim", guidance=2.0, output="tensor", progress=False)
+        pipe(**kwargs)
+        guided, batches[:] = list(batches), []
+        pipe(guidance_interval=(1e6, 2e6), **kwargs)
+    finally:
+        hook.remove()
+    assert guided == [4, 4, 4] and batches == [2, 2, 2]
+
+
 def test_img2img_strength_nan_is_refused(tmp_path, capsys, model_dir):
     image = tmp_path / "in.png"
     Image.new("RGB", (16, 16), (10, 200, 30)).save(image)

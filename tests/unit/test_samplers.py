@@ -379,6 +379,38 @@ def test_conditioning_and_guidance_reach_the_network():
     assert (g_offset.flatten() - offset.flatten()).abs().min() > 1.0  # pushed further from the null condition
 
 
+def test_guidance_interval_guides_only_the_levels_inside_it():
+    denoiser = make()
+    schedule = denoiser.schedule
+    cond = Conditioning(vector=torch.tensor([[3.0, -2.0]]))
+    uncond = Conditioning(vector=torch.tensor([[0.0, 0.0]]))
+    noise = probes()
+    batch = noise.shape[0]
+    guided = run("ddim", denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=20)
+    plain = run("ddim", denoiser, noise, cond, steps=20)
+    # an interval holding every level is plain guidance; one holding none is one conditional pass per level
+    everywhere = run("ddim", denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=20,
+                     guidance_interval=(0.0, 1e6))
+    assert torch.equal(everywhere, guided)
+    denoiser.network.calls.clear()
+    nowhere = run("ddim", denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=20, guidance_interval=(1e6, 1e7))
+    assert torch.equal(nowhere, plain) and all(t.shape == (batch,) for t in denoiser.network.calls)
+    # in between: a batched pair exactly where lo < σ <= hi (σ = sqrt((1 - ᾱ)/ᾱ) of the evaluated level)
+    lo, hi = 0.5, 5.0
+    denoiser.network.calls.clear()
+    middle = run("ddim", denoiser, noise, cond, uncond=uncond, guidance=2.0, steps=20, guidance_interval=(lo, hi))
+    inside = []
+    for t in denoiser.network.calls:
+        ab = schedule.alpha_bar(t[:1], dtype=torch.float64).item()
+        inside.append(lo < ((1 - ab) / ab) ** 0.5 <= hi)
+        assert t.shape == ((2 * batch,) if inside[-1] else (batch,))
+    assert 0 < sum(inside) < len(inside)
+    assert not torch.allclose(middle, guided) and not torch.allclose(middle, plain)
+    for bad in [(2.0, 1.0), (-1.0, 1.0), (float("nan"), 1.0), (0.0, float("inf")), (1.0,)]:
+        with pytest.raises(ConfigError, match="guidance"):
+            SamplerOptions(guidance_interval=bad)
+
+
 def test_argument_errors():
     denoiser = make()
     noise = torch.randn(1, 2, 1, 1)

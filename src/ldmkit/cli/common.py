@@ -62,6 +62,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own, else 25)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1]")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
+                        help="guide only where SIGMA_LO < σ <= SIGMA_HI (σ = sqrt((1-ᾱ)/ᾱ); a SIGMA_HI above the "
+                             "schedule's σ_max: no upper bound), one conditional pass elsewhere (docs/sampling.md)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
     parser.add_argument("--spacing", default=None, help="timestep spacing (leading, trailing, linspace, karras)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.quantize:
         pipe.quantize(args.quantize)
     settings = fill_sampling_defaults(pipe, dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                                 guidance_rescale=args.guidance_rescale, eta=args.eta,
+                                                 guidance_rescale=args.guidance_rescale,
+                                                 guidance_interval=args.guidance_interval, eta=args.eta,
                                                  spacing=args.spacing, height=args.height, width=args.width))
     prompts = args.prompt or None
     classes = args.class_label or None
@@ -82,7 +83,8 @@ def load_lora_args(pipe, specs: list[str] | None) -> list[dict]:
 
 
 def _sampler_kwargs(settings: dict) -> dict:
-    keep = ("sampler", "steps", "guidance", "guidance_rescale", "eta", "spacing", "height", "width")
+    keep = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "eta", "spacing", "height",
+            "width")
     return {k: settings[k] for k in keep}
 
 

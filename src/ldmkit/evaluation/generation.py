@@ -148,6 +148,7 @@ def evaluate_generation(
     steps: int | None = None,
     guidance: float = 3.0,
     guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     eta: float = 0.0,
     spacing: str | None = None,
     negative_prompt: str | None = None,
@@ -202,7 +203,8 @@ def evaluate_generation(
     defaults = pipeline.model.sampling_defaults  # a sampler or steps left None: the model's own
     sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
     sample_kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "guidance": guidance,
-                                     "guidance_rescale": guidance_rescale, "eta": eta, "spacing": spacing,
+                                     "guidance_rescale": guidance_rescale, "guidance_interval": guidance_interval,
+                                     "eta": eta, "spacing": spacing,
                                      "height": height, "width": width}
     if negative_prompt is not None:
         sample_kwargs["negative_prompt"] = negative_prompt

@@ -88,6 +88,7 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 0.6, n: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -95,7 +96,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
         count = self._image_count(prompt, class_label, n)
         options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
                                   sampler=sampler, steps=steps,
-                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
+                                  guidance_interval=guidance_interval, eta=eta,
                                   strength=strength)
         check_task("img2img", self.conditioning)
         pixels = self.prepare_image(image)

@@ -103,6 +103,7 @@ class InpaintPipeline(ImageToImagePipeline):
                  class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 1.0, n: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True):
@@ -114,7 +115,8 @@ class InpaintPipeline(ImageToImagePipeline):
         count = self._image_count(prompt, class_label, n)
         options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
                                   sampler=sampler, steps=steps,
-                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale, eta=eta,
+                                  spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
+                                  guidance_interval=guidance_interval, eta=eta,
                                   strength=strength)
         trained = self.trained_for_inpainting
         if not trained:

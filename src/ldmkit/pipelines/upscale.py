@@ -161,7 +161,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
     def __call__(self, image: str | Path | Image.Image | torch.Tensor,  # type: ignore[override]
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, n: int = 1, steps: int | None = None,
-                 sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0, eta: float = 0.0,
+                 sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, tile: int | Literal["auto"] | None = None,
                  overlap: int | None = None, tile_batch: int = 4, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -174,7 +175,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
         """
         options = request_options(defaults=self.model.sampling_defaults, count=n, batch_size=1, seed=seed,
                                   sampler=sampler, steps=steps, spacing=spacing,
-                                  guidance=guidance, guidance_rescale=guidance_rescale, eta=eta)
+                                  guidance=guidance, guidance_rescale=guidance_rescale,
+                                  guidance_interval=guidance_interval, eta=eta)
         check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)
         low_res = self.prepare_image(image)  # [1, C, h, w]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -26,6 +26,9 @@ from ldmkit.diffusion.noise import randn
 from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import ConfigError, LdmkitError
 from ldmkit.samplers.guidance import fit_batch, guided_prediction
+
+if TYPE_CHECKING:
+    from ldmkit.samplers.options import SamplerOptions
 
 
 class SamplingCancelled(LdmkitError):
@@ -94,16 +97,22 @@ class LadderModel:
 
     The condition and the null condition are fitted to the batch once, the timesteps become device tensors
     once, and the schedule tables the denoiser reads are copied to the device before the first step.
+    ``guidance_interval`` (σ_lo, σ_hi) guides only the levels with σ_lo < σ ≤ σ_hi and runs one conditional
+    pass at the others (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval", §3: guidance at
+    high noise collapses variety, at low noise it does little); ``scales[i]`` is the scale level ``i`` uses.
     """
 
     def __init__(self, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor, cond: Conditioning | None = None,
-                 uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0):
+                 uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None):
         batch = like.shape[0]
         self.denoiser = denoiser
         self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
         self.uncond = fit_batch(uncond.to(device=like.device), batch) if uncond is not None else None
         self.guidance = float(guidance)
         self.guidance_rescale = float(guidance_rescale)
+        lo, hi = guidance_interval or (-math.inf, math.inf)
+        self.scales = tuple(self.guidance if lo < ladder.sigma(i) <= hi else 1.0 for i in range(len(ladder)))
         self.timesteps = _timestep_tensors(ladder.timesteps, like)
         table_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         for table in ("alphas_cumprod", "log_sigmas"):
@@ -113,9 +122,18 @@ class LadderModel:
     def schedule(self) -> NoiseSchedule:
         return self.denoiser.schedule
 
+    @classmethod
+    def for_options(cls, options: "SamplerOptions", denoiser: Denoiser, ladder: Ladder, like: torch.Tensor,
+                    cond: Conditioning | None, uncond: Conditioning | None) -> "LadderModel":
+        """The model of a sampling request: the null condition is kept only when the request guides."""
+        guided = options.guidance != 1.0
+        return cls(denoiser, ladder, like, cond, uncond if guided else None, options.guidance,
+                   options.guidance_rescale, options.guidance_interval)
+
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
-        return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, self.guidance,
-                                 self.guidance_rescale)
+        scale = self.scales[i]
+        return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, scale,
+                                 self.guidance_rescale if scale != 1.0 else 0.0)
 
 
 def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:

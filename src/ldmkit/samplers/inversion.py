@@ -76,9 +76,7 @@ def invert(options: SamplerOptions, denoiser: Denoiser, latents: torch.Tensor, c
         raise ConfigError(f"inversion runs the whole ladder; strength must be 1, got {options.strength}")
     check_guidance(cond, uncond, options.guidance, options.guidance_rescale)
     ladder = options.ladder(denoiser.schedule)
-    guided = options.guidance != 1.0
-    model = LadderModel(denoiser, ladder, latents, cond, uncond if guided else None, options.guidance,
-                        options.guidance_rescale)
+    model = LadderModel.for_options(options, denoiser, ladder, latents, cond, uncond)
     return ddim_inversion(model, latents, ladder, iterations=iterations, callback=callback)
 
 

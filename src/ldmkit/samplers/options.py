@@ -27,6 +27,16 @@ def check_steps(steps: int) -> int:
     return steps
 
 
+def check_guidance_interval(interval: tuple[float, float]) -> tuple[float, float]:
+    """``(σ_lo, σ_hi)`` with 0 ≤ σ_lo < σ_hi, both finite (a σ_hi above the schedule's σ_max has no upper bound)."""
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise ConfigError(f"guidance_interval must be two noise levels (σ_lo, σ_hi); got {interval!r}")
+    lo, hi = check_finite("guidance interval σ_lo", interval[0]), check_finite("guidance interval σ_hi", interval[1])
+    if not 0.0 <= lo < hi:
+        raise ConfigError(f"guidance_interval needs 0 <= σ_lo < σ_hi; got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """One sampling request's settings (everything but the condition and the image size)."""
@@ -36,6 +46,9 @@ class SamplerOptions:
     spacing: str | None = None  # leading, trailing, linspace or karras; None: the sampler's default
     guidance: float = 3.0  # classifier-free guidance scale s (1: one forward pass, no guidance)
     guidance_rescale: float = 0.0  # φ of Lin et al. 2023 (0: off)
+    # (σ_lo, σ_hi): guide only at levels with σ_lo < σ ≤ σ_hi, one conditional pass elsewhere (Kynkäänniemi et
+    # al. 2024); σ = sqrt((1 - ᾱ)/ᾱ) where the step evaluates the denoiser. None: guide at every level.
+    guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0  # DDIM's η (samplers without η require 0)
     strength: float = 1.0  # img2img: how far into the ladder the input is noised (1: from pure noise)
     seed: int = 0  # seeds the noise stochastic samplers add at each step
@@ -48,6 +61,8 @@ class SamplerOptions:
         check_finite("guidance", self.guidance)
         if not 0.0 <= check_finite("guidance rescale", self.guidance_rescale) <= 1.0:
             raise ConfigError(f"guidance_rescale must be in [0, 1]; got {self.guidance_rescale}")
+        if self.guidance_interval is not None:  # a list from JSON or the command line becomes a tuple
+            object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         check_finite("eta", self.eta)
         if self.eta < 0:
             raise ConfigError(f"eta must be at least 0; got {self.eta}")
@@ -74,4 +89,4 @@ class SamplerOptions:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["MAX_STEPS", "SamplerOptions", "check_steps"]
+__all__ = ["MAX_STEPS", "SamplerOptions", "check_guidance_interval", "check_steps"]
