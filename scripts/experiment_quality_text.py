@@ -19,7 +19,8 @@ The carry is ``experiment_sampling_text.py prepare``'s (the 64² emoji, the Mini
 LPIPS-AlexNet for the first stage, EfficientNet-Lite0). ``results.json`` (every variant's record) and
 ``grid-<variant>.png`` are written as each variant finishes; ``--budget-s`` skips a variant that the time left cannot fit (predicted from the
 last one), so a second call can do the rest with ``--variants`` (a first stage retrained there is another one:
-compare within a call, or carry ``--autoencoder``).
+compare within a call, or carry ``--autoencoder``). ``--sweep 2 4 4@0.28:5.42`` then scores the first variant
+again at other guidance scales, each optionally limited to an interval of noise levels, on the same seeds.
 
     python scripts/experiment_sampling_text.py prepare --to .carry/sampling-text    # here, once (43 MiB)
     tar czf .carry/tar/sampling-text.tar.gz -C .carry sampling-text
@@ -145,6 +146,19 @@ def run(args: argparse.Namespace) -> None:
     options = dict(steps=3 if tiny else args.steps, guidance=args.guidance, sampler="dpm++2m", output="tensor",
                    progress=False)
     states = carry / "prompts.safetensors"
+    wanted = torch.tensor([category[prompts[i % len(prompts)]] for i in range(args.n)])
+
+    def score(pipe, sampling: dict) -> dict:
+        """FD/PR against the held-out images and the category accuracy of ``n`` held-out-caption samples."""
+        sampled = time.perf_counter()
+        images = sample_held_out(pipe, prompts, args.n, sampling)
+        seconds = time.perf_counter() - sampled
+        return {"metrics": evaluate_images([images], reference, metrics=("fd", "pr"), device=device)["metrics"],
+                "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
+                "guidance": sampling["guidance"], "guidance_interval": sampling.get("guidance_interval"),
+                "sampling_seconds": round(seconds, 1)}
+
+    models_to_sweep: list[tuple[str, Path, dict]] = []
     last_cost = None
     for name in args.variants:
         if args.budget_s and last_cost and time.perf_counter() - started + last_cost > args.budget_s:
@@ -163,28 +177,45 @@ def run(args: argparse.Namespace) -> None:
         train_seconds = time.perf_counter() - variant_began
         pipe = load_pipeline(model)
         variant_options = {**options, **({"sampler": args.flow_sampler} if "flow" in name else {})}
-        sampled = time.perf_counter()
-        images = sample_held_out(pipe, prompts, args.n, variant_options)
-        sample_seconds = time.perf_counter() - sampled
-        scores = evaluate_images([images], reference, metrics=("fd", "pr"), device=device)
-        wanted = torch.tensor([category[prompts[i % len(prompts)]] for i in range(args.n)])
         save_grid_of(pipe, grid_prompts, variant_options, args.out / f"grid-{name}.png")
         record = {"variant": name, "overrides": overrides, "training": {
                       "seconds": round(train_seconds, 1), "steps": last_step(run_dir),
                       "parameters": sum(p.numel() for p in pipe.unet.parameters())},
-                  "metrics": scores["metrics"],
-                  "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
-                  "n": args.n, "sampler": variant_options["sampler"], "steps": options["steps"],
-                  "guidance": args.guidance, "sampling_seconds": round(sample_seconds, 1),
-                  "grid_prompts": grid_prompts}
+                  **score(pipe, variant_options), "n": args.n, "sampler": variant_options["sampler"],
+                  "steps": options["steps"], "grid_prompts": grid_prompts}
         summary["variants"][name] = record  # one results file: few files come back from the device machine
+        if name == args.variants[0] and args.sweep:
+            models_to_sweep.append((name, model, variant_options))
         last_cost = time.perf_counter() - variant_began
         summary["timings"][f"{name}_seconds"] = round(last_cost, 1)
         save()
         print(json.dumps({name: {k: record[k] for k in ("training", "metrics", "category_accuracy")}},
                          default=str), flush=True)
+    # Guidance of the first variant: scale and interval on the same samples' seeds (item 5's guidance lever).
+    for name, model, sampling in models_to_sweep:
+        pipe = load_pipeline(model)
+        summary["sweep"] = {"variant": name, "settings": {}}
+        cost = None
+        for setting in args.sweep:
+            if args.budget_s and cost and time.perf_counter() - started + cost > args.budget_s:
+                summary["skipped"][f"sweep {setting}"] = f"time budget: {cost:.0f} s more would pass it"
+                continue
+            began = time.perf_counter()
+            summary["sweep"]["settings"][setting] = score(pipe, {**sampling, **guidance_setting(setting)})
+            cost = time.perf_counter() - began
+            save()
     summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
     save()
+
+
+def guidance_setting(text: str) -> dict:
+    """"4" → scale 4 at every step; "4@0.28:5.42" → scale 4 where 0.28 < σ <= 5.42."""
+    scale, _, interval = text.partition("@")
+    setting: dict = {"guidance": float(scale)}
+    if interval:
+        lo, _, hi = interval.partition(":")
+        setting["guidance_interval"] = (float(lo), float(hi))
+    return setting
 
 
 def main() -> None:
@@ -199,6 +230,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="scored samples per variant (held-out captions cycled)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--sweep", nargs="*", default=[], metavar="S[@LO:HI]",
+                   help="after the variants, score the first one again at these guidance settings: a scale, "
+                        "optionally with an interval of noise levels (4@0.28:5.42)")
     p.add_argument("--flow-sampler", default="dpm++2m", help="sampler of the flow variants (flow-heun, euler, …)")
     p.add_argument("--budget-s", type=float, default=None, help="skip a variant that the seconds left since the "
                                                                 "start cannot fit (predicted from the last one)")
