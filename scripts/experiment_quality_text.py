@@ -15,12 +15,16 @@ cycled: prompts never trained on):
   is reported), applied to the samples: the share whose predicted category is their caption's emoji's. It says
   whether a held-out caption gives an emoji of the right kind.
 
-The carry is ``experiment_sampling_text.py prepare``'s (the 64² emoji, the MiniLM states of every caption,
-LPIPS-AlexNet for the first stage, EfficientNet-Lite0). ``results.json`` (every variant's record) and
-``grid-<variant>.png`` are written as each variant finishes; ``--budget-s`` skips a variant that the time left cannot fit (predicted from the
-last one), so a second call can do the rest with ``--variants`` (a first stage retrained there is another one:
-compare within a call, or carry ``--autoencoder``). ``--sweep 2 4 4@0.28:5.42`` then scores the first variant
-again at other guidance scales, each optionally limited to an interval of noise levels, on the same seeds.
+Two carries. ``experiment_sampling_text.py prepare``'s holds the MiniLM states of the name captions (variants
+"unet-eps", …). ``--prepare DIR`` writes one without states. It has MiniLM itself, cut to the word embeddings of
+every caption style (``device_assets.py --vocabulary-of``), so captions are encoded on the device. Only that one
+runs **caption variants**: "unet-eps:described" trains on and is prompted with ``data.emoji_captions=described``
+("beating heart, heart, smileys and emotion"). The held-out emoji, seeds and scores stay those of the name
+variant beside it. ``results.json`` (every variant's record) and ``grid-<variant>.png`` are written as each
+variant finishes. ``--budget-s`` skips a variant that the time left cannot fit (predicted from the last one), so a
+second call can do the rest with ``--variants``. A first stage retrained there is another one: compare within a
+call, or carry ``--autoencoder``. ``--sweep 2 4 4@0.28:5.42`` then scores the first variant again at other
+guidance scales, each optionally limited to an interval of noise levels, on the same seeds.
 
     python scripts/experiment_sampling_text.py prepare --to .carry/sampling-text    # here, once (43 MiB)
     tar czf .carry/tar/sampling-text.tar.gz -C .carry sampling-text
@@ -29,6 +33,15 @@ again at other guidance scales, each optionally limited to an interval of noise 
     mkdir -p /tmp/st0 && tar xzf .carry/tar/sampling-text.tar.gz -C /tmp/st0
     python3 scripts/experiment_quality_text.py --carry /tmp/st0/sampling-text --out $OUT --work /tmp/qt \\
         --ae-minutes 1 --minutes 1.5 --variants unet-eps dit-flow unet-flow dit-eps --budget-s 560
+
+    # caption styles and guidance (carry 45 MiB: Fluent 12, MiniLM cut 23, EffLite0 9, LPIPS-AlexNet 5)
+    python scripts/experiment_quality_text.py --prepare .carry/quality-text
+    tar czf .carry/tar/quality-text.tar.gz -C .carry quality-text
+    mkdir -p /tmp/qc && tar xzf .carry/tar/quality-text.tar.gz -C /tmp/qc        # GPU call, same exports
+    python3 scripts/device_assets.py unpack /tmp/qc/quality-text/assets
+    python3 scripts/experiment_quality_text.py --carry /tmp/qc/quality-text --out $OUT --work /tmp/qt \\
+        --ae-minutes 1 --minutes 2 --variants unet-eps:described unet-eps --sweep 2 4 6 4@0.28:5.42 --budget-s 560
+
     python scripts/experiment_quality_text.py --tiny --out /tmp/qt      # CPU smoke test (about a minute)
 """
 
@@ -42,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from experiment_concept import QUIET, TINY_UNET, last_step, train_first_stage
+from experiment_concept import QUIET, TINY_UNET, emoji_set, last_step, train_first_stage, write_set
 from experiment_emoji_text import NEW_COMPOSITIONS, held_out_prompts
 from experiment_quality import FLOW
 from experiment_sampling_text import install_assets, prepare, split_sets
@@ -55,6 +68,8 @@ VARIANTS: dict[str, list[str]] = {
     "dit-eps": DIT,
     "dit-flow": DIT + FLOW,
 }
+#: How captions read: a variant named "unet-eps:described" trains and is prompted with the described ones.
+CAPTIONS = ("name", "described")
 TINY_DIT = ["dit.hidden_size=32", "dit.depth=2", "dit.num_heads=2", "train.batch_size=8", "train.device=cpu"]
 GRID_SEEDS = 4
 
@@ -70,6 +85,38 @@ def features_of(extractor, images: torch.Tensor, device: torch.device, batch: in
 def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]
     return torch.stack([it["image"] for it in items]), torch.tensor([int(it["label"]) for it in items])
+
+
+def parse_variant(text: str) -> tuple[str, str]:
+    """"dit-flow" → ("dit-flow", "name"); "unet-eps:described" → ("unet-eps", "described")."""
+    name, _, captions = text.partition(":")
+    captions = captions or "name"
+    if name not in VARIANTS or captions not in CAPTIONS:
+        raise SystemExit(f"unknown variant '{text}': one of {', '.join(VARIANTS)}, optionally with "
+                         f":{' or :'.join(CAPTIONS)}")
+    return name, captions
+
+
+def prepare_encoder_carry(to: Path, tiny: bool) -> None:
+    """The carry of runs that encode captions on the device (any caption style): the 64² Fluent emoji,
+    MiniLM with only the word embeddings of every caption style, grid prompt and new composition
+    (``device_assets.py --vocabulary-of``), LPIPS-AlexNet and EfficientNet-Lite0."""
+    from device_assets import pack
+
+    fluent = emoji_set("fluent-emoji-3d")
+    root = to / "data" / "fluent-emoji-3d"
+    write_set("fluent-emoji-3d", fluent, root, list(range(0, len(fluent), 60)) if tiny else list(range(len(fluent))))
+    texts = list(NEW_COMPOSITIONS)
+    for captions in CAPTIONS:
+        train, val = split_sets(root, captions)
+        texts += [train.caption(i) for i in range(len(train))] + [val.caption(i) for i in range(len(val))]
+    listed = to / "vocabulary.txt"
+    listed.write_text("\n".join(dict.fromkeys(texts)) + "\n", encoding="utf-8")
+    pack(["minilm"], to / "assets", [], vocabulary_of=listed)
+    pack(["lpips"], to / "assets", ["vgg16.safetensors"])
+    pack(["efficientnet-lite0"], to / "assets", [])
+    size = sum(p.stat().st_size for p in to.rglob("*") if p.is_file())
+    print(f"prepared {to}: {size / 2**20:.1f} MiB")
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -140,59 +187,65 @@ def run(args: argparse.Namespace) -> None:
     summary["timings"]["references_seconds"] = round(time.perf_counter() - began, 1)
     save()
 
-    prompts = [val_set.caption(i) for i in range(len(val_set))]
-    category = {val_set.caption(i): int(val_labels[i]) for i in range(len(val_set))}
-    grid_prompts = held_out_prompts(val_set, 6) + list(NEW_COMPOSITIONS[:4])
+    # The held-out emoji in each caption style (the split is by emoji, so the same items in the same order).
+    held_out = {captions: split_sets(carry / "data" / "fluent-emoji-3d", captions)[1] for captions in CAPTIONS}
+    prompts = {c: [held.caption(i) for i in range(len(held))] for c, held in held_out.items()}
+    grids = {c: held_out_prompts(held, 6) + list(NEW_COMPOSITIONS[:4]) for c, held in held_out.items()}
+    wanted = torch.tensor([int(val_labels[i % len(val_set)]) for i in range(args.n)])  # each sample's category
     options = dict(steps=3 if tiny else args.steps, guidance=args.guidance, sampler="dpm++2m", output="tensor",
                    progress=False)
+    # Precomputed name-caption states where the carry has them, else MiniLM encodes on the device.
     states = carry / "prompts.safetensors"
-    wanted = torch.tensor([category[prompts[i % len(prompts)]] for i in range(args.n)])
+    encoding = [f"conditioner.pretrained.states_file={states}"] if states.is_file() else []
 
-    def score(pipe, sampling: dict) -> dict:
+    def score(pipe, sampling: dict, captions: str) -> dict:
         """FD/PR against the held-out images and the category accuracy of ``n`` held-out-caption samples."""
         sampled = time.perf_counter()
-        images = sample_held_out(pipe, prompts, args.n, sampling)
+        images = sample_held_out(pipe, prompts[captions], args.n, sampling)
         seconds = time.perf_counter() - sampled
         return {"metrics": evaluate_images([images], reference, metrics=("fd", "pr"), device=device)["metrics"],
                 "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
                 "guidance": sampling["guidance"], "guidance_interval": sampling.get("guidance_interval"),
                 "sampling_seconds": round(seconds, 1)}
 
-    models_to_sweep: list[tuple[str, Path, dict]] = []
+    models_to_sweep: list[tuple[str, Path, dict, str]] = []
     last_cost = None
-    for name in args.variants:
+    for spec in args.variants:
         if args.budget_s and last_cost and time.perf_counter() - started + last_cost > args.budget_s:
-            summary["skipped"][name] = f"time budget: {last_cost:.0f} s more would pass {args.budget_s:.0f} s"
+            summary["skipped"][spec] = f"time budget: {last_cost:.0f} s more would pass {args.budget_s:.0f} s"
             save()
             continue
+        name, captions = parse_variant(spec)
         variant_began = time.perf_counter()
-        run_dir = work / name
+        run_dir = work / spec.replace(":", "-")
         budget = ["train.steps=3"] if tiny else [f"train.max_minutes={args.minutes}", "train.steps=1000000",
                                                  "train.checkpoint_every=1000000"]
         tiny_net = (TINY_DIT if "dit" in name else TINY_UNET) if tiny else []
+        if captions != "name" and encoding:
+            raise SystemExit(f"variant {spec}: the carry's states are of name captions; prepare it with --prepare")
         overrides = [f"autoencoder={autoencoder}", f"train.out={run_dir}",
-                     f"data.path={carry / 'data' / 'fluent-emoji-3d'}", f"conditioner.pretrained.states_file={states}",
+                     f"data.path={carry / 'data' / 'fluent-emoji-3d'}", f"data.emoji_captions={captions}", *encoding,
                      *VARIANTS[name], *args.overrides, *budget, *QUIET, f"train.num_workers={workers}", *tiny_net]
         model = run_diffusion_training("fluent-emoji-64-text", overrides)
         train_seconds = time.perf_counter() - variant_began
         pipe = load_pipeline(model)
         variant_options = {**options, **({"sampler": args.flow_sampler} if "flow" in name else {})}
-        save_grid_of(pipe, grid_prompts, variant_options, args.out / f"grid-{name}.png")
-        record = {"variant": name, "overrides": overrides, "training": {
+        save_grid_of(pipe, grids[captions], variant_options, args.out / f"grid-{spec.replace(':', '-')}.png")
+        record = {"variant": name, "captions": captions, "overrides": overrides, "training": {
                       "seconds": round(train_seconds, 1), "steps": last_step(run_dir),
                       "parameters": sum(p.numel() for p in pipe.unet.parameters())},
-                  **score(pipe, variant_options), "n": args.n, "sampler": variant_options["sampler"],
-                  "steps": options["steps"], "grid_prompts": grid_prompts}
-        summary["variants"][name] = record  # one results file: few files come back from the device machine
-        if name == args.variants[0] and args.sweep:
-            models_to_sweep.append((name, model, variant_options))
+                  **score(pipe, variant_options, captions), "n": args.n, "sampler": variant_options["sampler"],
+                  "steps": options["steps"], "grid_prompts": grids[captions]}
+        summary["variants"][spec] = record  # one results file: few files come back from the device machine
+        if spec == args.variants[0] and args.sweep:
+            models_to_sweep.append((spec, model, variant_options, captions))
         last_cost = time.perf_counter() - variant_began
-        summary["timings"][f"{name}_seconds"] = round(last_cost, 1)
+        summary["timings"][f"{spec}_seconds"] = round(last_cost, 1)
         save()
-        print(json.dumps({name: {k: record[k] for k in ("training", "metrics", "category_accuracy")}},
+        print(json.dumps({spec: {k: record[k] for k in ("training", "metrics", "category_accuracy")}},
                          default=str), flush=True)
     # Guidance of the first variant: scale and interval on the same samples' seeds (item 5's guidance lever).
-    for name, model, sampling in models_to_sweep:
+    for name, model, sampling, captions in models_to_sweep:
         pipe = load_pipeline(model)
         summary["sweep"] = {"variant": name, "settings": {}}
         cost = None
@@ -201,7 +254,7 @@ def run(args: argparse.Namespace) -> None:
                 summary["skipped"][f"sweep {setting}"] = f"time budget: {cost:.0f} s more would pass it"
                 continue
             began = time.perf_counter()
-            summary["sweep"]["settings"][setting] = score(pipe, {**sampling, **guidance_setting(setting)})
+            summary["sweep"]["settings"][setting] = score(pipe, {**sampling, **guidance_setting(setting)}, captions)
             cost = time.perf_counter() - began
             save()
     summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -221,9 +274,12 @@ def guidance_setting(text: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--carry", type=Path, help="what experiment_sampling_text.py prepare wrote (--tiny: made here)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="results folder (needed unless --prepare)")
     p.add_argument("--work", type=Path, default=None, help="the runs' directory (default OUT/runs)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--prepare", type=Path, default=None, metavar="DIR",
+                   help="here: write the carry of runs that encode captions on the device, then stop")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT[:CAPTIONS]",
+                   help=f"of {', '.join(VARIANTS)}; ':described' trains and prompts with described captions")
     p.add_argument("--minutes", type=float, default=1.5, help="training wall time of each variant")
     p.add_argument("--ae-minutes", type=float, default=1.0)
     p.add_argument("--autoencoder", type=Path, default=None, help="reuse a first stage (else train one)")
@@ -240,6 +296,13 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps, on the CPU (smoke test)")
     p.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
     args = p.parse_args()
+    if args.prepare is not None:
+        prepare_encoder_carry(args.prepare, args.tiny)
+        return
+    if args.out is None:
+        p.error("--out is needed (or --prepare DIR)")
+    for spec in args.variants:
+        parse_variant(spec)  # a typo fails before anything trains
     with tempfile.TemporaryDirectory() as scratch:
         if args.carry is None:
             if not args.tiny:

@@ -58,13 +58,13 @@ CARRIED_ASSETS = ("lpips", "efficientnet-lite0")
 # --------------------------------------------------------------------------------------------- data
 
 
-def split_sets(root: Path | None = None):
+def split_sets(root: Path | None = None, captions: str = "name"):
     """(train, val) of the text model's data (the ``fluent-emoji-64`` preset: 10% held out, seed 0), from ``root``
-    (a carried copy) if given."""
+    (a carried copy) if given, with ``captions`` (``data.emoji_captions``)."""
     from ldmkit.config import load_config
     from ldmkit.data import DataConfig, build_dataset
 
-    cfg = load_config(DataConfig, "fluent-emoji-64", [], group="data")
+    cfg = load_config(DataConfig, "fluent-emoji-64", [f"emoji_captions={captions}"], group="data")
     if root is not None:
         cfg = dataclasses.replace(cfg, path=str(root))
     return build_dataset(cfg, split="train"), build_dataset(cfg, split="val")
