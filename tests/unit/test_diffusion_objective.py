@@ -87,6 +87,37 @@ def test_offset_noise_shifts_each_sample_and_channel():
     assert torch.equal(offset["target"], offset["noise"])  # eps prediction: the target carries the offset
 
 
+def _multires_covariance(h: int, w: int, levels: int, discount: float) -> torch.Tensor:
+    """The exact covariance [h·w, h·w] of multi-resolution noise: a coarse field's normalised interpolation weights
+    W give it the covariance WᵀW per axis, and the two axes multiply (a Kronecker product)."""
+    def axis(low: int, high: int) -> torch.Tensor:
+        weights = torch.nn.functional.interpolate(torch.eye(low, dtype=torch.float64)[None], size=high, mode="linear",
+                                                  align_corners=False)[0]  # [low, high]
+        weights = weights / weights.pow(2).sum(dim=0).sqrt()
+        return weights.T @ weights  # [high, high]
+
+    cov, total = torch.eye(h * w, dtype=torch.float64), 1.0
+    for i in range(1, levels + 1):
+        cov += discount ** (2 * i) * torch.kron(axis(max(1, h >> i), h), axis(max(1, w >> i), w))
+        total += discount ** (2 * i)
+    return cov / total
+
+
+def test_multires_noise_is_unit_variance_everywhere_with_the_predicted_correlations():
+    from ldmkit.diffusion.multires_noise import multires_noise
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(6000, 1, 8, 8, generator=g)
+    assert multires_noise(noise, 0, 0.5) is noise  # off: the draw is untouched
+    pyramid = multires_noise(noise, 3, 0.8, generator=g).flatten(1).double()  # [6000, 64]
+    empirical = pyramid.T @ pyramid / len(pyramid)
+    exact = _multires_covariance(8, 8, 3, 0.8)
+    assert torch.allclose(exact.diagonal(), torch.ones(64, dtype=torch.float64))  # N(0, 1) at every position
+    assert (empirical - exact).abs().max() < 0.1  # 6000 samples: a standard error of about 0.02
+    assert exact[27, 28] > 0.4 and exact[0, 63] > 0.05  # neighbours, and even far corners, now move together
+    assert (empirical.diagonal() - 1).abs().max() < 0.1
+
+
 def test_input_perturbation_noises_the_input_but_not_the_target():
     x0 = torch.randn(64, 3, 8, 8)
     t = torch.full((64,), 500)
@@ -162,6 +193,7 @@ def test_a_loss_mask_weighs_pixels_and_ignores_the_rest():
 
 @pytest.mark.parametrize("options", [
     {"loss": "l1"}, {"loss": "huber", "huber_delta": 0.3}, {"offset_noise": 0.1}, {"input_perturbation": 0.1},
+    {"multires_noise_levels": 3, "multires_noise_discount": 0.5},
     {"timesteps": {"kind": "logit_normal", "mean": 0.3}}, {"timesteps": {"min": 10, "max": 20}},
 ])
 def test_diffusion_experiment_options_reach_the_training_loss(options):

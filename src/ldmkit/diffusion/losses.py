@@ -8,6 +8,8 @@ Options (each off by default, which is the objective above):
 - ``timesteps``: another density p(t) (:mod:`ldmkit.diffusion.timestep_sampling`);
 - ``offset_noise`` δ: ε ← ε + δ·η, η ~ N(0, I) of shape [B, C, 1, 1], one shift per sample and channel
   (Guttenberg 2023, "Diffusion with offset noise"), so the model learns to change an image's mean brightness;
+- ``multires_noise_levels`` N, ``multires_noise_discount`` d: multi-resolution noise, ε plus N coarser noise
+  fields at weights d^i, rescaled to unit variance (:mod:`ldmkit.diffusion.multires_noise`); before the offset;
 - ``input_perturbation`` γ: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t)(ε + γξ), ξ ~ N(0, I), while the target keeps ε
   (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models", §4), γ = 0.1 there;
 - ``loss``: ``mse`` d², ``l1`` |d|, or ``huber``, the pseudo-Huber 2δ(sqrt(d² + δ²) - δ) per element (Charbonnier;
@@ -32,6 +34,7 @@ import torch
 
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.diffusion.parameterisation import network_input, target as prediction_target
+from ldmkit.diffusion.multires_noise import multires_noise
 from ldmkit.diffusion.noise import randint, randn
 from ldmkit.diffusion.schedules import NoiseSchedule, broadcast_per_sample
 from ldmkit.diffusion.timestep_sampling import TimestepConfig, draw_timesteps
@@ -112,14 +115,15 @@ def diffusion_loss(network: Any, x0: torch.Tensor, cond: Conditioning | None, sc
                    weighting: str = "simple", min_snr_gamma: float = 5.0, generator: torch.Generator | None = None,
                    noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
                    timesteps: TimestepConfig | None = None, offset_noise: float = 0.0,
+                   multires_noise_levels: int = 0, multires_noise_discount: float = 0.3,
                    input_perturbation: float = 0.0, loss: str = "mse", huber_delta: float = 0.1,
                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted denoising loss on a batch of clean latents ``x0`` [B, C, h, w].
 
     ``network(x_t, t, cond)`` predicts ``schedule.prediction``. ``noise`` and ``t`` default to fresh
     draws (from ``generator`` when given; ``t`` from ``timesteps``, uniform when None; fresh noise gets the
-    ``offset_noise``, given noise is used as it is). Returns the scalar loss (the batch mean of the weighted
-    per-sample losses) and an info dict: ``t`` [B], ``per_sample`` [B] (the unweighted, masked mean of the
+    ``offset_noise`` and multi-resolution levels, given noise is used as it is). Returns the scalar loss (the
+    batch mean of the weighted per-sample losses) and an info dict: ``t`` [B], ``per_sample`` [B] (the unweighted, masked mean of the
     element loss), ``weights`` [B], ``x_t``, ``target`` and ``noise`` (what the target was built from).
     """
     batch = x0.shape[0]
@@ -129,6 +133,7 @@ def diffusion_loss(network: Any, x0: torch.Tensor, cond: Conditioning | None, sc
     t = t.to(x0.device)
     if noise is None:
         noise = randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        noise = multires_noise(noise, multires_noise_levels, multires_noise_discount, generator)  # 0: no draws
         if offset_noise:  # one extra draw only when asked, so the default keeps its random stream
             shift = randn((batch, x0.shape[1], 1, 1), device=x0.device, dtype=x0.dtype, generator=generator)
             noise = noise + offset_noise * shift

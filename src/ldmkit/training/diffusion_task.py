@@ -84,6 +84,12 @@ class DiffusionExperiment:
                                        help="distribution of training timesteps (uniform, logit_normal, log_normal)")
     offset_noise: float = option(0.0, help="offset noise: add this x N(0,1) per sample and channel to the noise "
                                            "(Guttenberg 2023; 0.05-0.1 is common)", min=0.0)
+    multires_noise_levels: int = option(0, help="multi-resolution noise: add this many coarser noise fields "
+                                                "(halving the grid each time), rescaled to unit variance (Whitaker "
+                                                "2023; sd-scripts' multires_noise_iterations, 6-10 there)", min=0,
+                                        max=16)
+    multires_noise_discount: float = option(0.3, help="weight ratio of each coarser level (level i: discount^i)",
+                                            min=0.0, max=1.0)
     input_perturbation: float = option(0.0, help="γ of input perturbation: the input is noised with noise + γ·ξ, "
                                                  "the target keeps the noise (Ning et al. 2023; 0.1 there)", min=0.0)
     loss: Literal["mse", "huber", "l1"] = option("mse", help="element loss: mse, huber (pseudo-Huber of scale "
@@ -134,6 +140,8 @@ class _DenoisingLoss(torch.nn.Module):
         # The uniform default goes the way it always went (no TimestepConfig), drawing the same numbers.
         self.timesteps = None if experiment.timesteps == TimestepConfig() else experiment.timesteps
         self.objective = {"offset_noise": experiment.offset_noise, "input_perturbation": experiment.input_perturbation,
+                          "multires_noise_levels": experiment.multires_noise_levels,
+                          "multires_noise_discount": experiment.multires_noise_discount,
                           "loss": experiment.loss, "huber_delta": experiment.huber_delta}
 
     def forward(self, z0: torch.Tensor, batch: dict[str, Any], cond: Any, prior: tuple | None = None) -> torch.Tensor:
