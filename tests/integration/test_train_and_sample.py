@@ -96,6 +96,11 @@ def test_sample_command_writes_images_grid_and_settings(tmp_path, class_model):
     assert ldm(["sample", "--model", str(class_model), "--class", "1", "--interpolate", "--n", "4", "--steps", "2",
                 "--device", "cpu", "--out", str(tmp_path / "strip")]) == 0
     assert (tmp_path / "strip" / "interpolation.png").is_file()
+    # perturbed-attention guidance on the UNet's middle block, inside a guidance interval
+    assert ldm(["sample", "--model", str(class_model), "--class", "1", "--n", "2", "--steps", "2", "--device", "cpu",
+                "--pag-scale", "2", "--guidance-interval", "0.5", "200", "--out", str(tmp_path / "pag")]) == 0
+    settings = json.loads((tmp_path / "pag" / "settings.json").read_text())
+    assert settings["pag_scale"] == 2.0 and settings["pag_layers"] == [] and settings["guidance_interval"] == [0.5, 200]
 
 
 @pytest.mark.parametrize("args, message", [

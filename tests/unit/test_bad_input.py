@@ -115,6 +115,15 @@ def test_sample_guidance_interval_is_checked_recorded_and_reaches_the_sampler(tm
     assert guided == [4, 4, 4] and batches == [2, 2, 2]
 
 
+def test_sample_pag_on_layers_without_self_attention_is_one_line(tmp_path, capsys, model_dir):
+    base = ["sample", "--model", str(model_dir), "--class", "1", "--steps", "1", "--device", "cpu"]
+    code = ldm([*base, "--out", str(tmp_path / "a"), "--pag-scale", "2", "--pag-layers", "up"])  # attention: middle
+    assert "'up' names no self-attention layer" in _one_line_error(capsys, code)
+    code = ldm([*base, "--out", str(tmp_path / "b"), "--pag-scale", "-1"])
+    assert "pag_scale must be at least 0" in _one_line_error(capsys, code)
+    assert not (tmp_path / "a" / "settings.json").exists()
+
+
 def test_img2img_strength_nan_is_refused(tmp_path, capsys, model_dir):
     image = tmp_path / "in.png"
     Image.new("RGB", (16, 16), (10, 200, 30)).save(image)

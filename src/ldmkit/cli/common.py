@@ -65,6 +65,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
                         help="guide only where SIGMA_LO < σ <= SIGMA_HI (σ = sqrt((1-ᾱ)/ᾱ); a SIGMA_HI above the "
                              "schedule's σ_max: no upper bound), one conditional pass elsewhere (docs/sampling.md)")
+    parser.add_argument("--pag-scale", type=float, default=0.0,
+                        help="perturbed-attention guidance scale (0 = off, about 3 is common; docs/sampling.md)")
+    parser.add_argument("--pag-layers", nargs="+", default=[], metavar="LAYER",
+                        help="self-attention layers PAG perturbs, by module path prefix (default: the middle block)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
     parser.add_argument("--spacing", default=None, help="timestep spacing (leading, trailing, linspace, karras)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")

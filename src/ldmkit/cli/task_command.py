@@ -12,7 +12,8 @@ from typing import Any, Callable
 from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_sampling_defaults
 
 #: Options every task pipeline call takes, by their ``argparse`` names.
-SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "eta", "spacing", "seed")
+SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
+                  "eta", "spacing", "seed")
 
 
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "model") -> None:

@@ -149,6 +149,8 @@ def evaluate_generation(
     guidance: float = 3.0,
     guidance_rescale: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
+    pag_scale: float = 0.0,
+    pag_layers: Sequence[str] = (),
     eta: float = 0.0,
     spacing: str | None = None,
     negative_prompt: str | None = None,
@@ -204,7 +206,8 @@ def evaluate_generation(
     sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
     sample_kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "guidance": guidance,
                                      "guidance_rescale": guidance_rescale, "guidance_interval": guidance_interval,
-                                     "eta": eta, "spacing": spacing,
+                                     "pag_scale": pag_scale, "pag_layers": tuple(pag_layers), "eta": eta,
+                                     "spacing": spacing,
                                      "height": height, "width": width}
     if negative_prompt is not None:
         sample_kwargs["negative_prompt"] = negative_prompt

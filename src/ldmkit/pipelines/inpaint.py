@@ -103,7 +103,8 @@ class InpaintPipeline(ImageToImagePipeline):
                  class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 1.0, n: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None,
+                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
+                 pag_layers: Sequence[str] = (),
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True):
@@ -116,7 +117,8 @@ class InpaintPipeline(ImageToImagePipeline):
         options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
                                   sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
-                                  guidance_interval=guidance_interval, eta=eta,
+                                  guidance_interval=guidance_interval, pag_scale=pag_scale,
+                                  pag_layers=pag_layers, eta=eta,
                                   strength=strength)
         trained = self.trained_for_inpainting
         if not trained:

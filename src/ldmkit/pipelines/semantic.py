@@ -140,7 +140,8 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, n: int | None = None, steps: int | None = None,
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
+                 pag_layers: Sequence[str] = (), eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, batch_size: int = 16, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """``n`` images of the map's size (image i from seed ``seed + i``). ``prompt`` / ``class_label`` and
@@ -149,7 +150,8 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
         options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
                                   sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
-                                  guidance_interval=guidance_interval, eta=eta)
+                                  guidance_interval=guidance_interval, pag_scale=pag_scale,
+                                  pag_layers=pag_layers, eta=eta)
         ids = self.prepare_map(segmentation_map)  # [1, H, W]
         self.check_memory(ids.shape[-2], ids.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)

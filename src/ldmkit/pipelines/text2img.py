@@ -364,7 +364,8 @@ class LatentDiffusionPipeline:
     def __call__(self, prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, n: int | None = None, steps: int | None = None,
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
+                 pag_layers: Sequence[str] = (), eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                  batch_size: int = 16, callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -373,7 +374,8 @@ class LatentDiffusionPipeline:
         options = request_options(defaults=self.model.sampling_defaults, count=count, batch_size=batch_size, seed=seed,
                                   sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
-                                  guidance_interval=guidance_interval, eta=eta)
+                                  guidance_interval=guidance_interval, pag_scale=pag_scale,
+                                  pag_layers=pag_layers, eta=eta)
         shape = self.model.latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=batch_size, count=count)

@@ -162,7 +162,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
                  prompt: str | Sequence[str] | None = None, *, class_label: int | Sequence[int] | None = None,
                  negative_prompt: str | Sequence[str] | None = None, n: int = 1, steps: int | None = None,
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
+                 pag_layers: Sequence[str] = (), eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, tile: int | Literal["auto"] | None = None,
                  overlap: int | None = None, tile_batch: int = 4, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -176,7 +177,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
         options = request_options(defaults=self.model.sampling_defaults, count=n, batch_size=1, seed=seed,
                                   sampler=sampler, steps=steps, spacing=spacing,
                                   guidance=guidance, guidance_rescale=guidance_rescale,
-                                  guidance_interval=guidance_interval, eta=eta)
+                                  guidance_interval=guidance_interval, pag_scale=pag_scale,
+                                  pag_layers=pag_layers, eta=eta)
         check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)
         low_res = self.prepare_image(image)  # [1, C, h, w]

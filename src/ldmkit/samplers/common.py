@@ -97,22 +97,26 @@ class LadderModel:
 
     The condition and the null condition are fitted to the batch once, the timesteps become device tensors
     once, and the schedule tables the denoiser reads are copied to the device before the first step.
-    ``guidance_interval`` (σ_lo, σ_hi) guides only the levels with σ_lo < σ ≤ σ_hi and runs one conditional
-    pass at the others (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval", §3: guidance at
-    high noise collapses variety, at low noise it does little); ``scales[i]`` is the scale level ``i`` uses.
+    ``guidance_interval`` (σ_lo, σ_hi) guides (classifier-free and perturbed-attention) only the levels with
+    σ_lo < σ ≤ σ_hi and runs one conditional pass at the others (Kynkäänniemi et al. 2024, "Applying Guidance in
+    a Limited Interval", §3: guidance at high noise collapses variety, at low noise it does little);
+    ``scales[i]`` is the (classifier-free, perturbed-attention) pair of scales level ``i`` uses.
     """
 
     def __init__(self, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor, cond: Conditioning | None = None,
                  uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None):
+                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
+                 pag_layers: tuple[str, ...] = ()):
         batch = like.shape[0]
         self.denoiser = denoiser
         self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
         self.uncond = fit_batch(uncond.to(device=like.device), batch) if uncond is not None else None
         self.guidance = float(guidance)
         self.guidance_rescale = float(guidance_rescale)
+        self.pag_layers = tuple(pag_layers)
         lo, hi = guidance_interval or (-math.inf, math.inf)
-        self.scales = tuple(self.guidance if lo < ladder.sigma(i) <= hi else 1.0 for i in range(len(ladder)))
+        self.scales = tuple((self.guidance, float(pag_scale)) if lo < ladder.sigma(i) <= hi else (1.0, 0.0)
+                            for i in range(len(ladder)))
         self.timesteps = _timestep_tensors(ladder.timesteps, like)
         table_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         for table in ("alphas_cumprod", "log_sigmas"):
@@ -128,12 +132,13 @@ class LadderModel:
         """The model of a sampling request: the null condition is kept only when the request guides."""
         guided = options.guidance != 1.0
         return cls(denoiser, ladder, like, cond, uncond if guided else None, options.guidance,
-                   options.guidance_rescale, options.guidance_interval)
+                   options.guidance_rescale, options.guidance_interval, options.pag_scale, options.pag_layers)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
-        scale = self.scales[i]
+        scale, pag_scale = self.scales[i]
+        guided = scale != 1.0 or pag_scale != 0.0
         return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, scale,
-                                 self.guidance_rescale if scale != 1.0 else 0.0)
+                                 self.guidance_rescale if guided else 0.0, pag_scale, self.pag_layers)
 
 
 def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:

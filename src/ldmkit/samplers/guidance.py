@@ -6,6 +6,9 @@ concatenated along the batch). Because x0 and eps are affine in each other at a 
 combining the x0 estimates with the same weights gives exactly the x0 of the guided eps, with no
 division by sqrt(ᾱ).
 
+Perturbed-attention guidance adds ``s_pag (eps_c - eps_p)``, ``eps_p`` the conditional prediction with chosen
+self-attention maps replaced by the identity (:mod:`ldmkit.samplers.pag`), from the same batched pass.
+
 Rescale (φ = ``rescale``) counters over-exposure at large scales: the guided x0 is rescaled to the
 per-sample standard deviation of the conditional x0, then mixed with the plain guided x0,
 ``x0 = φ · x0_cfg · std(x0_c)/std(x0_cfg) + (1 - φ) · x0_cfg``, and eps follows from x0. (Some codes
@@ -14,12 +17,15 @@ rescale the raw network output instead; for eps-prediction networks that is a di
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ldmkit.conditioning.types import Conditioning
 from ldmkit.diffusion.parameterisation import eps_from_x0
 from ldmkit.denoisers.wrapper import Denoiser, Prediction
 from ldmkit.errors import ConfigError
+from ldmkit.samplers.pag import perturbed_self_attention
 
 
 def check_guidance(cond: Conditioning | None, uncond: Conditioning | None, scale: float, rescale: float) -> None:
@@ -43,25 +49,40 @@ def fit_batch(cond: Conditioning | None, batch: int) -> Conditioning | None:
 
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None,
-                      uncond: Conditioning | None = None, scale: float = 1.0, rescale: float = 0.0) -> Prediction:
-    """The denoiser's prediction at ``(x_t, t)`` under classifier-free guidance.
+                      uncond: Conditioning | None = None, scale: float = 1.0, rescale: float = 0.0,
+                      pag_scale: float = 0.0, pag_layers: Sequence[str] = ()) -> Prediction:
+    """The denoiser's prediction at ``(x_t, t)`` under classifier-free guidance, and with ``pag_scale`` > 0
+    perturbed-attention guidance on ``pag_layers`` (:mod:`ldmkit.samplers.pag`).
 
-    ``scale == 1`` runs only the conditional pass and returns it unchanged. ``t`` is a tensor [B] or a
-    scalar. Conditionings of batch 1 are repeated to the batch of ``x_t``.
+    ``scale == 1`` without PAG runs only the conditional pass and returns it unchanged. Otherwise one batched
+    forward runs the conditional, the unconditional (when ``scale != 1``) and the perturbed conditional parts,
+    in that order. ``t`` is a tensor [B] or a scalar. Conditionings of batch 1 are repeated to the batch of ``x_t``.
     """
     batch = x_t.shape[0]
-    if scale == 1.0:
+    if scale == 1.0 and pag_scale == 0.0:
         return denoiser(x_t, t, fit_batch(cond, batch))
-    check_guidance(cond, uncond, scale, rescale)
+    if scale != 1.0:
+        check_guidance(cond, uncond, scale, rescale)
     cond, uncond = fit_batch(cond, batch), fit_batch(uncond, batch)
     t = torch.as_tensor(t, device=x_t.device)
     t = t.expand(batch) if t.dim() == 0 else t
-    both = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]))  # [2B, C, h, w]
-    x0_c, x0_u = both.x0.chunk(2)
-    eps_c, eps_u = both.eps.chunk(2)
-    x0 = x0_u + scale * (x0_c - x0_u)
+    conds = [cond, *([uncond] if scale != 1.0 else []), *([cond] if pag_scale else [])]
+    parts = len(conds)
+    inputs = (torch.cat([x_t] * parts), torch.cat([t] * parts), Conditioning.cat(conds) if cond is not None else None)
+    if pag_scale:
+        with perturbed_self_attention(denoiser.network, pag_layers, first=(parts - 1) * batch):
+            out = denoiser(*inputs)  # [parts·B, C, h, w]
+    else:
+        out = denoiser(*inputs)
+    x0s, epss = out.x0.chunk(parts), out.eps.chunk(parts)
+    x0_c, eps_c = x0s[0], epss[0]
+    x0, eps = x0_c, eps_c
+    if scale != 1.0:
+        x0, eps = x0s[1] + scale * (x0_c - x0s[1]), epss[1] + scale * (eps_c - epss[1])
+    if pag_scale:  # away from the prediction whose self-attention saw only itself
+        x0, eps = x0 + pag_scale * (x0_c - x0s[-1]), eps + pag_scale * (eps_c - epss[-1])
     if rescale == 0.0:
-        return Prediction(x0=x0, eps=eps_u + scale * (eps_c - eps_u))
+        return Prediction(x0=x0, eps=eps)
     dims = tuple(range(1, x0.dim()))
     factor = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
     x0 = x0 * (rescale * factor + (1 - rescale))

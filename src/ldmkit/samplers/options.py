@@ -49,6 +49,10 @@ class SamplerOptions:
     # (σ_lo, σ_hi): guide only at levels with σ_lo < σ ≤ σ_hi, one conditional pass elsewhere (Kynkäänniemi et
     # al. 2024); σ = sqrt((1 - ᾱ)/ᾱ) where the step evaluates the denoiser. None: guide at every level.
     guidance_interval: tuple[float, float] | None = None
+    # Perturbed-attention guidance (Ahn et al. 2024): scale (0: off) and self-attention layers (module path
+    # prefixes; empty: the middle block); see ldmkit.samplers.pag.
+    pag_scale: float = 0.0
+    pag_layers: tuple[str, ...] = ()
     eta: float = 0.0  # DDIM's η (samplers without η require 0)
     strength: float = 1.0  # img2img: how far into the ladder the input is noised (1: from pure noise)
     seed: int = 0  # seeds the noise stochastic samplers add at each step
@@ -63,6 +67,11 @@ class SamplerOptions:
             raise ConfigError(f"guidance_rescale must be in [0, 1]; got {self.guidance_rescale}")
         if self.guidance_interval is not None:  # a list from JSON or the command line becomes a tuple
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        if check_finite("pag scale", self.pag_scale) < 0:
+            raise ConfigError(f"pag_scale must be at least 0; got {self.pag_scale} (0 turns it off, 3 is common)")
+        if isinstance(self.pag_layers, str) or not all(isinstance(layer, str) for layer in self.pag_layers):
+            raise ConfigError(f"pag_layers must be a list of layer names such as ['middle']; got {self.pag_layers!r}")
+        object.__setattr__(self, "pag_layers", tuple(self.pag_layers))
         check_finite("eta", self.eta)
         if self.eta < 0:
             raise ConfigError(f"eta must be at least 0; got {self.eta}")
