@@ -83,3 +83,16 @@ def test_pag_needs_no_condition_and_is_off_at_zero():
     for bad in [{"pag_scale": -1.0}, {"pag_scale": float("nan")}, {"pag_layers": "middle"}]:
         with pytest.raises(ConfigError, match="pag"):
             SamplerOptions(**bad)
+
+
+def test_a_compiled_network_follows_the_perturbation_from_call_to_call():
+    # The same batch of 2B is a CFG pass or a PAG pass: a compiled network must not replay the other one.
+    denoiser = _denoiser(context_dim=8)
+    compiled = Denoiser(torch.compile(denoiser.network, backend="eager"), denoiser.schedule)
+    x, t = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([300, 600])
+    cond, uncond = Conditioning(context=torch.randn(2, 3, 8)), Conditioning(context=torch.zeros(1, 3, 8))
+    with torch.no_grad():
+        for scale, pag_scale in [(3.0, 0.0), (1.0, 2.0), (3.0, 0.0)]:
+            eager = guided_prediction(denoiser, x, t, cond, uncond, scale=scale, pag_scale=pag_scale)
+            fast = guided_prediction(compiled, x, t, cond, uncond, scale=scale, pag_scale=pag_scale)
+            assert torch.allclose(fast.eps, eager.eps, atol=1e-5)
