@@ -40,7 +40,7 @@ guidance scales, each optionally limited to an interval of noise levels, on the 
     mkdir -p /tmp/qc && tar xzf .carry/tar/quality-text.tar.gz -C /tmp/qc        # GPU call, same exports
     python3 scripts/device_assets.py unpack /tmp/qc/quality-text/assets
     python3 scripts/experiment_quality_text.py --carry /tmp/qc/quality-text --out $OUT --work /tmp/qt \\
-        --ae-minutes 1 --minutes 2 --variants unet-eps:described unet-eps --sweep 2 4 6 4@0.28:5.42 --budget-s 560
+        --ae-minutes 1 --minutes 2 --variants unet-eps:described unet-eps --sweep 2 4 6 4@0.28:5.42 3+p2 --budget-s 560
 
     python scripts/experiment_quality_text.py --tiny --out /tmp/qt      # CPU smoke test (about a minute)
 """
@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> None:
         return {"metrics": evaluate_images([images], reference, metrics=("fd", "pr"), device=device)["metrics"],
                 "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
                 "guidance": sampling["guidance"], "guidance_interval": sampling.get("guidance_interval"),
+                "pag_scale": sampling.get("pag_scale", 0.0),
                 "sampling_seconds": round(seconds, 1)}
 
     models_to_sweep: list[tuple[str, Path, dict, str]] = []
@@ -262,9 +263,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def guidance_setting(text: str) -> dict:
-    """"4" → scale 4 at every step; "4@0.28:5.42" → scale 4 where 0.28 < σ <= 5.42."""
-    scale, _, interval = text.partition("@")
-    setting: dict = {"guidance": float(scale)}
+    """"4" → scale 4 at every step; "4@0.28:5.42" → scale 4 where 0.28 < σ <= 5.42; "3+p2" → scale 3 and
+    perturbed-attention guidance 2 (on the middle block)."""
+    scales, _, interval = text.partition("@")
+    scale, _, pag = scales.partition("+p")
+    setting: dict = {"guidance": float(scale), **({"pag_scale": float(pag)} if pag else {})}
     if interval:
         lo, _, hi = interval.partition(":")
         setting["guidance_interval"] = (float(lo), float(hi))
@@ -286,9 +289,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="scored samples per variant (held-out captions cycled)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sweep", nargs="*", default=[], metavar="S[@LO:HI]",
+    p.add_argument("--sweep", nargs="*", default=[], metavar="S[+pP][@LO:HI]",
                    help="after the variants, score the first one again at these guidance settings: a scale, "
-                        "optionally with an interval of noise levels (4@0.28:5.42)")
+                        "optionally perturbed-attention guidance (3+p2) and an interval of noise levels (4@0.28:5.42)")
     p.add_argument("--flow-sampler", default="dpm++2m", help="sampler of the flow variants (flow-heun, euler, …)")
     p.add_argument("--budget-s", type=float, default=None, help="skip a variant that the seconds left since the "
                                                                 "start cannot fit (predicted from the last one)")
