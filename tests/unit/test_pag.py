@@ -80,7 +80,7 @@ def test_pag_needs_no_condition_and_is_off_at_zero():
     pag = sample(SamplerOptions(sampler="ddim", steps=3, guidance=1.0, pag_scale=3.0), denoiser, noise)
     assert torch.equal(plain, off) and not torch.allclose(plain, pag)
     assert SamplerOptions(pag_layers=["middle"]).pag_layers == ("middle",)
-    for bad in [{"pag_scale": -1.0}, {"pag_scale": float("nan")}, {"pag_layers": "middle"}]:
+    for bad in [{"pag_scale": -1.0}, {"pag_scale": float("nan")}, {"pag_layers": "middle"}, {"pag_layers": 3}]:
         with pytest.raises(ConfigError, match="pag"):
             SamplerOptions(**bad)
 

@@ -69,7 +69,8 @@ class SamplerOptions:
             object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if check_finite("pag scale", self.pag_scale) < 0:
             raise ConfigError(f"pag_scale must be at least 0; got {self.pag_scale} (0 turns it off, 3 is common)")
-        if isinstance(self.pag_layers, str) or not all(isinstance(layer, str) for layer in self.pag_layers):
+        layers = self.pag_layers
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(layer, str) for layer in layers):
             raise ConfigError(f"pag_layers must be a list of layer names such as ['middle']; got {self.pag_layers!r}")
         object.__setattr__(self, "pag_layers", tuple(self.pag_layers))
         check_finite("eta", self.eta)
