@@ -74,6 +74,24 @@ def test_unconditional_model_has_no_condition_widgets(models):
     demo = build_app(models["uncond"])
     assert _tabs(demo) == ["Generate", "Image to image", "Inpaint"]
     assert not {"Prompt", "Class", "Guidance scale"} & _labels(demo)
+    # perturbed-attention guidance needs no condition: the slider stays wherever there is self-attention
+    assert models["uncond"].has_self_attention and "Perturbed-attention guidance" in _labels(demo)
+
+
+def test_the_pag_slider_reaches_the_sampler(models):
+    model = models["text"]
+    assert model.has_self_attention and "Perturbed-attention guidance" in _labels(build_app(model))
+    batches = []
+    hook = model.pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        model.generate("a blue square", n=1, guidance=3.0, **FAST)
+        plain, batches[:] = list(batches), []
+        model.generate("a blue square", n=1, guidance=3.0, pag_scale=2.0, **FAST)
+    finally:
+        hook.remove()
+    assert plain == [2, 2] and batches == [3, 3]  # [cond, uncond] and [cond, uncond, perturbed] per step
+    with pytest.raises(ConfigError, match="pag_scale must be at least 0"):
+        model.generate("a blue square", n=1, pag_scale=-1.0, **FAST)
 
 
 def test_super_resolution_and_semantic_models_get_their_one_tab(models):
@@ -212,7 +230,8 @@ def test_api_parameters_are_named_like_the_handler_arguments(models):
     endpoints = build_app(models["text"]).get_api_info()["named_endpoints"]
     assert set(endpoints) == {"/generate", "/img2img", "/inpaint"}  # the upload checks stay private
     names = [parameter["parameter_name"] for parameter in endpoints["/generate"]["parameters"]]
-    assert names == ["height", "width", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "n"]
+    assert names == ["height", "width", "prompt", "negative_prompt", "sampler", "steps", "guidance", "pag_scale",
+                     "seed", "n"]
     inpaint = [parameter["parameter_name"] for parameter in endpoints["/inpaint"]["parameters"]]
     assert inpaint[:3] == ["image", "mask", "resize"]
     assert all(endpoint["description"] for endpoint in endpoints.values())

@@ -152,7 +152,7 @@ def _condition_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
 
 
 def _sampling_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
-    """Sampler, steps, guidance (where it applies), seed and number of images."""
+    """Sampler, steps, guidance and perturbed-attention guidance (where they apply), seed and number of images."""
     from ldmkit import samplers
 
     defaults = model.pipe.model.sampling_defaults  # a distilled student starts at lcm, 4 steps
@@ -162,6 +162,9 @@ def _sampling_widgets(gr: Any, model: ServedModel) -> dict[str, Any]:
     if model.has_guidance:
         widgets["guidance"] = gr.Slider(1.0, 15.0, value=3.0, step=0.5, label="Guidance scale",
                                         info="classifier-free guidance; 1 = off")
+    if model.has_self_attention:
+        widgets["pag_scale"] = gr.Slider(0.0, 10.0, value=0.0, step=0.5, label="Perturbed-attention guidance",
+                                         info="PAG scale: firmer structure, also without a prompt; 0 = off, about 3")
     widgets["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                 info=f"0 to {MAX_SEED}; image i uses seed + i")
     widgets["n"] = gr.Slider(1, MAX_IMAGES, value=1 if model.tasks == ("upscale",) else 4, step=1,

@@ -151,6 +151,13 @@ class ServedModel:
         return not self.pipe.conditioning.unconditional and self.pipe.conditioning.drop_prob > 0
 
     @property
+    def has_self_attention(self) -> bool:
+        """Whether perturbed-attention guidance applies: the denoiser has self-attention layers to perturb."""
+        from ldmkit.samplers.pag import self_attention_layers
+
+        return bool(self_attention_layers(self.pipe.unet))
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """Training size (height, width) in pixels."""
         return self.pipe.image_size
@@ -192,7 +199,7 @@ class ServedModel:
     # ----- the widgets' values ----------------------------------------------------------------------
     def _settings(self, prompt: str | None, class_label: int | str | None, negative_prompt: str | None,
                   sampler: str, steps: float, guidance: float, seed: float, n: float,
-                  progress: Progress | None, runs: int | None = None) -> dict[str, Any]:
+                  progress: Progress | None, runs: int | None = None, pag_scale: float = 0.0) -> dict[str, Any]:
         """Keyword arguments of a pipeline call from widget values (blank text = none)."""
         n, steps, seed = int(n), int(steps), int(seed)
         if not 1 <= n <= MAX_IMAGES:
@@ -200,7 +207,8 @@ class ServedModel:
         if seed < 0:
             raise ConfigError(f"seed must be 0 or more; got {seed}")
         kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "seed": seed, "n": n, "progress": False,
-                                  "guidance": float(guidance) if self.has_guidance else 1.0}
+                                  "guidance": float(guidance) if self.has_guidance else 1.0,
+                                  "pag_scale": float(pag_scale) if self.has_self_attention else 0.0}
         if self.pipe.conditioning.takes_text:
             kwargs["prompt"] = (prompt or "").strip() or None
             kwargs["negative_prompt"] = (negative_prompt or "").strip() or None
@@ -220,28 +228,32 @@ class ServedModel:
     # ----- handlers ---------------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, class_label: int | str | None = None,
                  negative_prompt: str | None = None, *, sampler: str = "dpm++2m", steps: int = 25,
-                 guidance: float = 3.0, seed: int = 0, n: int = 4, height: int | None = None,
-                 width: int | None = None, progress: Progress | None = None) -> list[Image.Image]:
+                 guidance: float = 3.0, pag_scale: float = 0.0, seed: int = 0, n: int = 4,
+                 height: int | None = None, width: int | None = None,
+                 progress: Progress | None = None) -> list[Image.Image]:
         """``n`` images from the prompt / class (or from nothing), at the training size unless given."""
-        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress)
+        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress,
+                                pag_scale=pag_scale)
         size = {"height": int(height) if height else None, "width": int(width) if width else None}
         return self.pipeline("generate")(batch_size=MAX_IMAGES, **size, **kwargs)
 
     def img2img(self, image: Image.Image | None, prompt: str | None = None, class_label: int | str | None = None,
                 negative_prompt: str | None = None, *, strength: float = 0.6, resize: bool = True,
-                sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0, seed: int = 0, n: int = 4,
-                progress: Progress | None = None) -> list[Image.Image]:
+                sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0, pag_scale: float = 0.0,
+                seed: int = 0, n: int = 4, progress: Progress | None = None) -> list[Image.Image]:
         """``n`` redrawings of ``image`` (SDEdit): small ``strength`` stays close to it."""
         if image is None:
             raise ConfigError("upload an image to start from")
-        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress)
+        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress,
+                                pag_scale=pag_scale)
         fitted, _ = self._fit(image, resize)
         return self.pipeline("img2img")(fitted, strength=float(strength), batch_size=MAX_IMAGES, **kwargs)
 
     def inpaint(self, image: Any, mask: Image.Image | None = None, prompt: str | None = None,
                 class_label: int | str | None = None, negative_prompt: str | None = None, *,
-                resize: bool = True, sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0, seed: int = 0,
-                n: int = 4, progress: Progress | None = None) -> list[Image.Image]:
+                resize: bool = True, sampler: str = "dpm++2m", steps: int = 25, guidance: float = 3.0,
+                pag_scale: float = 0.0, seed: int = 0, n: int = 4,
+                progress: Progress | None = None) -> list[Image.Image]:
         """``n`` fillings of the white region of ``mask`` (pixels under black stay as they are).
 
         ``image`` is a PIL image or an image editor's value; a region painted in the editor is the mask
@@ -256,20 +268,21 @@ class ServedModel:
         if mask.size != picture.size:
             raise ConfigError(f"the mask is {mask.width}x{mask.height} pixels but the image is "
                               f"{picture.width}x{picture.height}; give a mask of the image's size")
-        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress)
+        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress,
+                                pag_scale=pag_scale)
         fitted, box = self._fit(picture, resize)
         fitted_mask = fit_image(mask.convert("L"), box, Image.Resampling.NEAREST)
         return self.pipeline("inpaint")(fitted, fitted_mask, batch_size=MAX_IMAGES, **kwargs)
 
     def upscale(self, image: Image.Image | None, prompt: str | None = None, class_label: int | str | None = None,
                 negative_prompt: str | None = None, *, tiled: bool = False, sampler: str = "dpm++2m",
-                steps: int = 25, guidance: float = 3.0, seed: int = 0, n: int = 1,
+                steps: int = 25, guidance: float = 3.0, pag_scale: float = 0.0, seed: int = 0, n: int = 1,
                 progress: Progress | None = None) -> list[Image.Image]:
         """``n`` versions of ``image`` at the model's factor × its size (cropped to fit the grid)."""
         if image is None:
             raise ConfigError("upload a low-resolution image")
         kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress,
-                                runs=int(n))
+                                runs=int(n), pag_scale=pag_scale)
         factor = self.upscale_factor
         box = fit_box(image.size, None, self.multiple // math.gcd(self.multiple, factor))
         fitted = fit_image(image.convert("RGB"), box)
@@ -278,14 +291,15 @@ class ServedModel:
     def synthesize(self, segmentation_map: str | Path | Image.Image | torch.Tensor | None,
                    prompt: str | None = None, class_label: int | str | None = None,
                    negative_prompt: str | None = None, *, sampler: str = "dpm++2m", steps: int = 25,
-                   guidance: float = 3.0, seed: int = 0, n: int = 4,
+                   guidance: float = 3.0, pag_scale: float = 0.0, seed: int = 0, n: int = 4,
                    progress: Progress | None = None) -> list[Image.Image]:
         """``n`` images laid out like a map of class ids (PNG: grey levels or palette indices = ids)."""
         from ldmkit.pipelines.semantic import map_to_tensor
 
         if segmentation_map is None:
             raise ConfigError("upload a map PNG of class ids")
-        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress)
+        kwargs = self._settings(prompt, class_label, negative_prompt, sampler, steps, guidance, seed, n, progress,
+                                pag_scale=pag_scale)
         ids = crop_ids(map_to_tensor(segmentation_map), self.multiple)  # [H, W]
         return self.pipeline("synthesize")(ids, batch_size=MAX_IMAGES, **kwargs)
 
