@@ -1,4 +1,5 @@
-"""train.optimizer: AdamW as before, and 8-bit AdamW (bitsandbytes) on CUDA only, refused elsewhere in one line."""
+"""train.optimizer: AdamW as before, 8-bit AdamW (bitsandbytes) on CUDA only, refused elsewhere in one line, and
+Prodigy, which estimates its own step size."""
 
 from __future__ import annotations
 
@@ -87,3 +88,42 @@ def test_8bit_adamw_trains_and_resumes_on_a_gpu(tmp_path, make_first_stage):
     resumed = run(6)  # resumes from the step-4 checkpoint with its 8-bit moments
     assert resumed.ema.updates == 6
     assert all(torch.isfinite(p).all() for p in resumed.unet.parameters())
+
+
+# --- Prodigy -----------------------------------------------------------------------------------------------------
+
+def test_prodigy_finds_its_step_size_where_adam_at_its_start_would_barely_move():
+    # f(w) = ½‖w − w*‖², w* 10 away: Prodigy starts from d0 = 1e-6 and must grow d to the distance to get there
+    target = torch.full((100,), 1.0)
+    w = torch.nn.Parameter(torch.zeros(100))
+    opt = build_optimizer("prodigy", [w], lr=1.0, betas=(0.9, 0.999), device=torch.device("cpu"))
+    assert type(opt).__name__ == "Prodigy" and opt.param_groups[0]["d"] == pytest.approx(1e-6)
+    for _ in range(300):
+        opt.zero_grad()
+        (0.5 * (w - target).pow(2).sum()).backward()
+        opt.step()
+    assert opt.param_groups[0]["d"] > 1e-3  # three orders of magnitude grown from d0
+    assert (w - target).norm() < 0.1 * target.norm()  # 300 Adam steps of 1e-6 would move w by 3e-4 at most
+
+
+def test_prodigy_refuses_an_adam_learning_rate_and_names_its_extra(monkeypatch):
+    with pytest.raises(ConfigError, match=r"estimates the step size itself and train.lr=0.0001 .* set train.lr=1.0"):
+        build_optimizer("prodigy", params(), lr=1e-4, betas=(0.9, 0.999), device=torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)
+    with pytest.raises(ConfigError, match=r"needs prodigyopt: pip install \"ldmkit\[prodigy\]\""):
+        build_optimizer("prodigy", params(), lr=1.0, betas=(0.9, 0.999), device=torch.device("cpu"))
+
+
+def test_prodigy_runs_resume_bitwise_identical(tmp_path):
+    # d and its running sums live in the optimiser's param groups: a resumed run must carry them over exactly
+    from tests.unit.test_training_resume import assert_same_run, run_ae
+
+    extra = ("train.steps=6", "train.checkpoint_every=2", "loss.disc_start=2", "train.optimizer=prodigy",
+             "train.lr=1.0")
+    straight_log, how = run_ae(tmp_path / "straight", *extra)
+    assert how == "done"
+    first, how = run_ae(tmp_path / "resumed", *extra, stop_after=2)
+    assert how == "preempted"
+    second, how = run_ae(tmp_path / "resumed", *extra)
+    assert how == "done" and first + second == straight_log
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")

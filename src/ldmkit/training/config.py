@@ -33,8 +33,10 @@ class TrainConfig:
     lr_min_ratio: float = option(0.0, help="learning rate at the end of linear/cosine decay, as a fraction of train.lr",
                                  min=0.0, max=1.0)
     weight_decay: float = option(0.0, help="AdamW weight decay", min=0.0)
-    optimizer: str = option("adamw", help="adamw (the autoencoder: Adam), or adamw8bit: the same with 8-bit "
-                                          "moments (bitsandbytes, CUDA only; pip install 'ldmkit[bnb]')",
+    optimizer: str = option("adamw", help="adamw (the autoencoder: Adam); adamw8bit: the same with 8-bit "
+                                          "moments (bitsandbytes, CUDA only; pip install 'ldmkit[bnb]'); prodigy: "
+                                          "Adam that estimates its own step size, train.lr=1.0 "
+                                          "(pip install 'ldmkit[prodigy]')",
                             choices=OPTIMIZERS)
     grad_clip: float = option(1.0, help="clip the global gradient norm to this (0 disables)", min=0.0)
     precision: str = option("auto", help="autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32",
