@@ -27,9 +27,12 @@ def _denoiser(**config) -> Denoiser:
 
 def test_the_identity_map_passes_each_token_its_own_value():
     q, k, v = torch.randn(3, 3, 2, 5, 4).unbind(0)  # [B=3, heads=2, N=5, d=4] each
-    out = attend(q, k, v, identity_from=1)
+    out = attend(q, k, v, identity=(1, 3))
     assert torch.equal(out[1:], v[1:])
     assert torch.allclose(out[:1], torch.nn.functional.scaled_dot_product_attention(q[:1], k[:1], v[:1]))
+    # the same batch stacked twice (two tiles in one call): the same samples marked in each copy
+    stacked = attend(*(torch.cat([t, t]) for t in (q, k, v)), identity=(1, 3))
+    assert torch.allclose(stacked, torch.cat([out, out]), atol=1e-6)
 
 
 def test_layers_default_to_the_middle_block_and_a_wrong_name_is_one_line():
@@ -42,9 +45,9 @@ def test_layers_default_to_the_middle_block_and_a_wrong_name_is_one_line():
         perturbed_layers(unet, ["uup"])
     with pytest.raises(ConfigError, match="has none"):
         perturbed_layers(torch.nn.Linear(2, 2))
-    with perturbed_self_attention(unet, ["middle"], first=4):
-        assert all(m.identity_from == 4 for m in perturbed_layers(unet))
-    assert all(m.identity_from is None for m in self_attention_layers(unet).values())  # reset on leaving
+    with perturbed_self_attention(unet, ["middle"], first=4, batch=6):
+        assert all(m.identity == (4, 6) for m in perturbed_layers(unet))
+    assert all(m.identity is None for m in self_attention_layers(unet).values())  # reset on leaving
 
 
 @pytest.mark.parametrize("config", [{"context_dim": 8}, {"vector_dim": 8}])  # transformer and spatial attention
@@ -57,7 +60,7 @@ def test_pag_guides_away_from_the_perturbed_prediction_in_one_pass(config):
         cond, uncond = Conditioning(vector=torch.randn(2, 8)), Conditioning(vector=torch.zeros(1, 8))
     with torch.no_grad():
         c, u = denoiser(x, t, cond), denoiser(x, t, uncond.repeat(2))
-        with perturbed_self_attention(denoiser.network, [], first=0):  # every sample perturbed
+        with perturbed_self_attention(denoiser.network, [], first=0, batch=2):  # every sample perturbed
             p = denoiser(x, t, cond)
         assert (c.eps - p.eps).abs().max() > 1e-3  # the perturbation changes the prediction
         batches = []
@@ -96,3 +99,20 @@ def test_a_compiled_network_follows_the_perturbation_from_call_to_call():
             eager = guided_prediction(denoiser, x, t, cond, uncond, scale=scale, pag_scale=pag_scale)
             fast = guided_prediction(compiled, x, t, cond, uncond, scale=scale, pag_scale=pag_scale)
             assert torch.allclose(fast.eps, eager.eps, atol=1e-5)
+
+
+def test_tiles_stacked_into_one_call_keep_the_perturbed_samples():
+    from ldmkit.pipelines.upscale import TiledNetwork
+
+    plain = _denoiser(context_dim=8)
+    tiled = TiledNetwork(plain.network)
+    tiled.grid_tile, tiled.overlap = (8, 8), 4
+    denoiser = Denoiser(tiled, plain.schedule)
+    x, t = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([300, 600])
+    cond, uncond = Conditioning(context=torch.randn(2, 3, 8)), Conditioning(context=torch.zeros(1, 3, 8))
+    results = []
+    with torch.no_grad():
+        for tile_batch in (1, 4):  # one tile a call, or four tiles of the 3-part batch in one call
+            tiled.tile_batch = tile_batch
+            results.append(guided_prediction(denoiser, x, t, cond, uncond, scale=3.0, pag_scale=2.0).eps)
+    assert (results[0] - results[1]).abs().max() < 1e-3  # float32 rounding of the batched tiles only

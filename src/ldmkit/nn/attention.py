@@ -44,16 +44,26 @@ def _token_mask(context_mask: torch.Tensor | None) -> tuple[torch.Tensor | None,
     return safe[:, None, None, :], has_token[:, None, None]
 
 
+#: Which samples of a batch perturbed-attention guidance perturbs: ``(first, period)`` marks sample i when
+#: ``i % period >= first``: the last part of the guided batch, also when a wrapper stacks several copies of that
+#: batch (tiles) into one call.
+Identity = tuple[int, int]
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-           identity_from: int | None = None) -> torch.Tensor:
-    """Scaled dot-product attention of q, k, v [B, heads, N, d]. With ``identity_from``, the samples from that
-    batch index on use the identity attention map instead, each token keeping its own value: the perturbed half
-    of perturbed-attention guidance (:mod:`ldmkit.samplers.pag`)."""
-    if identity_from is None:
+           identity: Identity | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of q, k, v [B, heads, N, d]. The samples ``identity`` marks use the identity
+    attention map instead, each token keeping its own value: the perturbed part of perturbed-attention guidance
+    (:mod:`ldmkit.samplers.pag`)."""
+    if identity is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    first = identity_from
-    kept = attn_mask[:first] if attn_mask is not None and attn_mask.shape[0] > 1 else attn_mask
-    return torch.cat([F.scaled_dot_product_attention(q[:first], k[:first], v[:first], attn_mask=kept), v[first:]])
+    first, period = identity
+    if q.shape[0] == period:  # the plain case: attend for the leading samples only
+        kept = attn_mask[:first] if attn_mask is not None and attn_mask.shape[0] > 1 else attn_mask
+        return torch.cat([F.scaled_dot_product_attention(q[:first], k[:first], v[:first], attn_mask=kept),
+                          v[first:]])
+    marked = (torch.arange(q.shape[0], device=q.device) % period >= first).view(-1, 1, 1, 1)
+    return torch.where(marked, v, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
 
 
 class SpatialSelfAttention(nn.Module):
@@ -79,7 +89,7 @@ class SpatialSelfAttention(nn.Module):
         self.norm = group_norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
-        self.identity_from: int | None = None  # perturbed-attention guidance (see attend)
+        self.identity: Identity | None = None  # perturbed-attention guidance (see attend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape  # [B, C, H, W]
@@ -87,7 +97,7 @@ class SpatialSelfAttention(nn.Module):
         # Channels last in memory: SDPA's memory-efficient and flash kernels need a unit stride over d, and
         # without one fall back to the math kernel and its [HW, HW] matrix (40 GB at a 2048² VAE decode).
         q, k, v = qkv.transpose(-1, -2).contiguous().unbind(dim=1)  # each [B, heads, HW, d]
-        out = attend(q, k, v, identity_from=self.identity_from)  # [B, heads, HW, d]
+        out = attend(q, k, v, identity=self.identity)  # [B, heads, HW, d]
         out = out.transpose(-1, -2).reshape(b, c, h, w)  # [B, C, H, W]
         return x + self.proj_out(out)
 
@@ -118,7 +128,7 @@ class CrossAttention(nn.Module):
         else:
             self.to_qkv = nn.Linear(query_dim, 3 * inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
-        self.identity_from: int | None = None  # perturbed-attention guidance, self-attention only (see attend)
+        self.identity: Identity | None = None  # perturbed-attention guidance, self-attention only (see attend)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape  # [B, N, heads*d]
@@ -140,7 +150,7 @@ class CrossAttention(nn.Module):
                 raise ValueError("a self-attention layer takes no context; build it with context_dim")
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # each [B, N, inner]
         out = attend(self._split(q), self._split(k), self._split(v), attn_mask=attn_mask,
-                     identity_from=None if self.is_cross else self.identity_from)  # [B, heads, N, d]
+                     identity=None if self.is_cross else self.identity)  # [B, heads, N, d]
         out = self.to_out(out.transpose(1, 2).flatten(2))  # [B, N, query_dim]
         if keep is not None:
             out = out * keep.to(out.dtype)

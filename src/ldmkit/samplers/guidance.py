@@ -70,7 +70,7 @@ def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, co
     parts = len(conds)
     inputs = (torch.cat([x_t] * parts), torch.cat([t] * parts), Conditioning.cat(conds) if cond is not None else None)
     if pag_scale:
-        with perturbed_self_attention(denoiser.network, pag_layers, first=(parts - 1) * batch):
+        with perturbed_self_attention(denoiser.network, pag_layers, first=(parts - 1) * batch, batch=parts * batch):
             out = denoiser(*inputs)  # [parts·B, C, h, w]
     else:
         out = denoiser(*inputs)

@@ -64,16 +64,18 @@ def perturbed_layers(network: nn.Module, layers: Sequence[str] = ()) -> list[Sel
 
 
 @contextlib.contextmanager
-def perturbed_self_attention(network: nn.Module, layers: Sequence[str], first: int) -> Iterator[None]:
-    """Inside, the chosen self-attention layers use the identity map for batch samples ``first`` on."""
+def perturbed_self_attention(network: nn.Module, layers: Sequence[str], first: int, batch: int) -> Iterator[None]:
+    """Inside, the chosen self-attention layers use the identity map for the samples ``first`` to ``batch`` of a
+    batch of ``batch`` samples (a wrapper that stacks tiles of that batch into one call keeps the same samples
+    marked in every copy)."""
     modules = perturbed_layers(network, layers)
     for module in modules:
-        module.identity_from = first
+        module.identity = (first, batch)
     try:
         yield
     finally:
         for module in modules:
-            module.identity_from = None
+            module.identity = None
 
 
 __all__ = ["perturbed_layers", "perturbed_self_attention", "self_attention_layers"]
