@@ -40,7 +40,8 @@ guidance scales, each optionally limited to an interval of noise levels, on the 
     mkdir -p /tmp/qc && tar xzf .carry/tar/quality-text.tar.gz -C /tmp/qc        # GPU call, same exports
     python3 scripts/device_assets.py unpack /tmp/qc/quality-text/assets
     python3 scripts/experiment_quality_text.py --carry /tmp/qc/quality-text --out $OUT --work /tmp/qt \\
-        --ae-minutes 1 --minutes 2 --variants unet-eps:described unet-eps --sweep 2 4 6 4@0.28:5.42 3+p2 --budget-s 560
+        --ae-minutes 1 --minutes 2 --variants unet-eps:described unet-eps \\
+        --sweep 2 4 6 4@0.28:5.42 3+p2 8+a0 --budget-s 560
 
     python scripts/experiment_quality_text.py --tiny --out /tmp/qt      # CPU smoke test (about a minute)
 """
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
         return {"metrics": evaluate_images([images], reference, metrics=("fd", "pr"), device=device)["metrics"],
                 "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
                 "guidance": sampling["guidance"], "guidance_interval": sampling.get("guidance_interval"),
-                "pag_scale": sampling.get("pag_scale", 0.0),
+                "pag_scale": sampling.get("pag_scale", 0.0), "guidance_parallel": sampling.get("guidance_parallel", 1.0),
                 "sampling_seconds": round(seconds, 1)}
 
     models_to_sweep: list[tuple[str, Path, dict, str]] = []
@@ -264,10 +265,17 @@ def run(args: argparse.Namespace) -> None:
 
 def guidance_setting(text: str) -> dict:
     """"4" → scale 4 at every step; "4@0.28:5.42" → scale 4 where 0.28 < σ <= 5.42; "3+p2" → scale 3 and
-    perturbed-attention guidance 2 (on the middle block)."""
+    perturbed-attention guidance 2 (on the middle block); "8+a0" → scale 8 with adaptive projected guidance,
+    the parallel part at weight 0."""
     scales, _, interval = text.partition("@")
-    scale, _, pag = scales.partition("+p")
-    setting: dict = {"guidance": float(scale), **({"pag_scale": float(pag)} if pag else {})}
+    scale, *extras = scales.split("+")
+    setting: dict = {"guidance": float(scale)}
+    names = {"p": "pag_scale", "a": "guidance_parallel"}
+    for extra in extras:
+        if extra[:1] not in names:
+            raise SystemExit(f"unknown guidance setting '{extra}' in '{text}': +pS (PAG) or +aW (APG's parallel "
+                             "weight)")
+        setting[names[extra[0]]] = float(extra[1:])
     if interval:
         lo, _, hi = interval.partition(":")
         setting["guidance_interval"] = (float(lo), float(hi))
@@ -289,9 +297,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="scored samples per variant (held-out captions cycled)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sweep", nargs="*", default=[], metavar="S[+pP][@LO:HI]",
+    p.add_argument("--sweep", nargs="*", default=[], metavar="S[+pP][+aW][@LO:HI]",
                    help="after the variants, score the first one again at these guidance settings: a scale, "
-                        "optionally perturbed-attention guidance (3+p2) and an interval of noise levels (4@0.28:5.42)")
+                        "optionally perturbed-attention guidance (3+p2), projected guidance (8+a0) and an interval "
+                        "of noise levels (4@0.28:5.42)")
     p.add_argument("--flow-sampler", default="dpm++2m", help="sampler of the flow variants (flow-heun, euler, …)")
     p.add_argument("--budget-s", type=float, default=None, help="skip a variant that the seconds left since the "
                                                                 "start cannot fit (predicted from the last one)")

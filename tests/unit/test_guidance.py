@@ -77,3 +77,38 @@ def test_guidance_needs_an_unconditional_condition(setup):
         guided_prediction(denoiser, x, torch.tensor(5), cond, None, scale=3.0)
     with pytest.raises(ConfigError, match="guidance_rescale"):
         guided_prediction(denoiser, x, torch.tensor(5), cond, cond, scale=3.0, rescale=2.0)
+
+
+def test_projected_guidance_weights_the_part_along_the_conditional_prediction(setup):
+    denoiser, _, x, cond, uncond = setup
+    t = torch.tensor([200, 500, 800])
+    c, u = denoiser(x, t, cond), denoiser(x, t, uncond.repeat(3))
+    plain = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0)
+    same = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, parallel=1.0, norm_threshold=0.0)
+    assert torch.equal(same.x0, plain.x0) and torch.equal(same.eps, plain.eps)  # the defaults are plain CFG
+    dims = (1, 2, 3)
+
+    def norm(v, keepdim=False):
+        return torch.linalg.vector_norm(v, dim=dims, keepdim=keepdim)
+
+    delta = c.x0 - u.x0
+    unit = c.x0 / norm(c.x0, keepdim=True)
+    along = (delta * unit).sum(dim=dims, keepdim=True) * unit
+    half = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, parallel=0.5)
+    assert torch.allclose(half.x0, c.x0 + 4.0 * (delta - along + 0.5 * along), atol=1e-4)
+    apg = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, parallel=0.0)
+    update = apg.x0 - c.x0
+    assert ((update * c.x0).sum(dim=dims).abs() < 1e-3 * norm(update) * norm(c.x0)).all()  # orthogonal
+    ab = denoiser.schedule.alpha_bar(t).view(-1, 1, 1, 1)
+    assert torch.allclose(apg.eps, (x - ab.sqrt() * apg.x0) / (1 - ab).sqrt(), atol=1e-4)  # eps follows x0
+    capped = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, norm_threshold=0.1)
+    lengths = norm(capped.x0 - c.x0)
+    assert norm(delta).min() > 0.1 and torch.allclose(lengths, torch.full((3,), 4.0 * 0.1), rtol=1e-4)
+
+
+def test_projected_guidance_options_are_checked():
+    from ldmkit.samplers import SamplerOptions
+
+    for bad in [{"guidance_parallel": -0.5}, {"guidance_parallel": float("nan")}, {"guidance_norm_threshold": -1.0}]:
+        with pytest.raises(ConfigError, match="guidance"):
+            SamplerOptions(**bad)

@@ -69,6 +69,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="perturbed-attention guidance scale (0 = off, about 3 is common; docs/sampling.md)")
     parser.add_argument("--pag-layers", nargs="+", default=[], metavar="LAYER",
                         help="self-attention layers PAG perturbs, by module path prefix (default: the middle block)")
+    parser.add_argument("--guidance-parallel", type=float, default=1.0,
+                        help="weight of the guidance along the conditional prediction: 1 = plain CFG, 0 = adaptive "
+                             "projected guidance, which keeps high scales from oversaturating (docs/sampling.md)")
+    parser.add_argument("--guidance-norm-threshold", type=float, default=0.0,
+                        help="cap on the guidance direction's norm per sample (APG's rescaling; 0 = none)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
     parser.add_argument("--spacing", default=None, help="timestep spacing (leading, trailing, linspace, karras)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")

@@ -221,7 +221,8 @@ def _generation(args: argparse.Namespace) -> int:
     result = evaluate_generation(
         pipe, reference, n=args.n, prompts=prompts, class_labels=args.class_label, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-        guidance_interval=args.guidance_interval, pag_scale=args.pag_scale, pag_layers=args.pag_layers, eta=args.eta,
+        guidance_interval=args.guidance_interval, pag_scale=args.pag_scale, pag_layers=args.pag_layers,
+        guidance_parallel=args.guidance_parallel, guidance_norm_threshold=args.guidance_norm_threshold, eta=args.eta,
         spacing=args.spacing, negative_prompt=args.negative_prompt, seed=args.seed, height=args.height,
         width=args.width, batch_size=args.batch_size, feature=args.feature, feature_weights=args.feature_weights,
         metrics=args.metrics or ("fd", "kd", "pr"), classifier=args.classifier, eval_batch_size=args.eval_batch_size,

@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     settings = fill_sampling_defaults(pipe, dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                                  guidance_rescale=args.guidance_rescale,
                                                  guidance_interval=args.guidance_interval,
-                                                 pag_scale=args.pag_scale, pag_layers=args.pag_layers, eta=args.eta,
+                                                 pag_scale=args.pag_scale, pag_layers=args.pag_layers,
+                                                 guidance_parallel=args.guidance_parallel,
+                                                 guidance_norm_threshold=args.guidance_norm_threshold, eta=args.eta,
                                                  spacing=args.spacing, height=args.height, width=args.width))
     prompts = args.prompt or None
     classes = args.class_label or None
@@ -84,8 +86,8 @@ def load_lora_args(pipe, specs: list[str] | None) -> list[dict]:
 
 
 def _sampler_kwargs(settings: dict) -> dict:
-    keep = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers", "eta",
-            "spacing", "height", "width")
+    keep = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
+            "guidance_parallel", "guidance_norm_threshold", "eta", "spacing", "height", "width")
     return {k: settings[k] for k in keep}
 
 

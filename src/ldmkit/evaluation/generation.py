@@ -151,6 +151,8 @@ def evaluate_generation(
     guidance_interval: tuple[float, float] | None = None,
     pag_scale: float = 0.0,
     pag_layers: Sequence[str] = (),
+    guidance_parallel: float = 1.0,
+    guidance_norm_threshold: float = 0.0,
     eta: float = 0.0,
     spacing: str | None = None,
     negative_prompt: str | None = None,
@@ -206,7 +208,9 @@ def evaluate_generation(
     sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
     sample_kwargs: dict[str, Any] = {"sampler": sampler, "steps": steps, "guidance": guidance,
                                      "guidance_rescale": guidance_rescale, "guidance_interval": guidance_interval,
-                                     "pag_scale": pag_scale, "pag_layers": tuple(pag_layers), "eta": eta,
+                                     "pag_scale": pag_scale, "pag_layers": tuple(pag_layers),
+                                     "guidance_parallel": guidance_parallel,
+                                     "guidance_norm_threshold": guidance_norm_threshold, "eta": eta,
                                      "spacing": spacing,
                                      "height": height, "width": width}
     if negative_prompt is not None:

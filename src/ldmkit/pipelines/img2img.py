@@ -89,7 +89,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  negative_prompt: str | Sequence[str] | None = None, strength: float = 0.6, n: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
-                 pag_layers: Sequence[str] = (),
+                 pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
+                 guidance_norm_threshold: float = 0.0,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -99,7 +100,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                                   sampler=sampler, steps=steps,
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
-                                  pag_layers=pag_layers, eta=eta,
+                                  pag_layers=pag_layers, guidance_parallel=guidance_parallel,
+                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta,
                                   strength=strength)
         check_task("img2img", self.conditioning)
         pixels = self.prepare_image(image)

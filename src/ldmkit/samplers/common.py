@@ -106,7 +106,8 @@ class LadderModel:
     def __init__(self, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor, cond: Conditioning | None = None,
                  uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
-                 pag_layers: tuple[str, ...] = ()):
+                 pag_layers: tuple[str, ...] = (), guidance_parallel: float = 1.0,
+                 guidance_norm_threshold: float = 0.0):
         batch = like.shape[0]
         self.denoiser = denoiser
         self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
@@ -114,6 +115,7 @@ class LadderModel:
         self.guidance = float(guidance)
         self.guidance_rescale = float(guidance_rescale)
         self.pag_layers = tuple(pag_layers)
+        self.projection = {"parallel": float(guidance_parallel), "norm_threshold": float(guidance_norm_threshold)}
         lo, hi = guidance_interval or (-math.inf, math.inf)
         self.scales = tuple((self.guidance, float(pag_scale)) if lo < ladder.sigma(i) <= hi else (1.0, 0.0)
                             for i in range(len(ladder)))
@@ -132,13 +134,15 @@ class LadderModel:
         """The model of a sampling request: the null condition is kept only when the request guides."""
         guided = options.guidance != 1.0
         return cls(denoiser, ladder, like, cond, uncond if guided else None, options.guidance,
-                   options.guidance_rescale, options.guidance_interval, options.pag_scale, options.pag_layers)
+                   options.guidance_rescale, options.guidance_interval, options.pag_scale, options.pag_layers,
+                   options.guidance_parallel, options.guidance_norm_threshold)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         scale, pag_scale = self.scales[i]
         guided = scale != 1.0 or pag_scale != 0.0
         return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, scale,
-                                 self.guidance_rescale if guided else 0.0, pag_scale, self.pag_layers)
+                                 self.guidance_rescale if guided else 0.0, pag_scale, self.pag_layers,
+                                 **self.projection)
 
 
 def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:

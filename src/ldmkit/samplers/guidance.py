@@ -9,6 +9,9 @@ division by sqrt(ᾱ).
 Perturbed-attention guidance adds ``s_pag (eps_c - eps_p)``, ``eps_p`` the conditional prediction with chosen
 self-attention maps replaced by the identity (:mod:`ldmkit.samplers.pag`), from the same batched pass.
 
+Projected guidance (APG, :func:`project_guidance`) replaces the plain direction by its part orthogonal to the
+conditional x0, the parallel part weighted, and eps follows from the guided x0.
+
 Rescale (φ = ``rescale``) counters over-exposure at large scales: the guided x0 is rescaled to the
 per-sample standard deviation of the conditional x0, then mixed with the plain guided x0,
 ``x0 = φ · x0_cfg · std(x0_c)/std(x0_cfg) + (1 - φ) · x0_cfg``, and eps follows from x0. (Some codes
@@ -50,9 +53,11 @@ def fit_batch(cond: Conditioning | None, batch: int) -> Conditioning | None:
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None,
                       uncond: Conditioning | None = None, scale: float = 1.0, rescale: float = 0.0,
-                      pag_scale: float = 0.0, pag_layers: Sequence[str] = ()) -> Prediction:
+                      pag_scale: float = 0.0, pag_layers: Sequence[str] = (), parallel: float = 1.0,
+                      norm_threshold: float = 0.0) -> Prediction:
     """The denoiser's prediction at ``(x_t, t)`` under classifier-free guidance, and with ``pag_scale`` > 0
-    perturbed-attention guidance on ``pag_layers`` (:mod:`ldmkit.samplers.pag`).
+    perturbed-attention guidance on ``pag_layers`` (:mod:`ldmkit.samplers.pag`); ``parallel`` and
+    ``norm_threshold`` project the guidance as APG does (:func:`project_guidance`; 1 and 0: plain CFG).
 
     ``scale == 1`` without PAG runs only the conditional pass and returns it unchanged. Otherwise one batched
     forward runs the conditional, the unconditional (when ``scale != 1``) and the perturbed conditional parts,
@@ -77,16 +82,38 @@ def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, co
     x0s, epss = out.x0.chunk(parts), out.eps.chunk(parts)
     x0_c, eps_c = x0s[0], epss[0]
     x0, eps = x0_c, eps_c
-    if scale != 1.0:
+    projected = scale != 1.0 and (parallel != 1.0 or norm_threshold > 0)
+    if projected:  # eps follows from x0 below
+        x0 = x0_c + (scale - 1) * project_guidance(x0_c - x0s[1], x0_c, parallel, norm_threshold)
+    elif scale != 1.0:
         x0, eps = x0s[1] + scale * (x0_c - x0s[1]), epss[1] + scale * (eps_c - epss[1])
     if pag_scale:  # away from the prediction whose self-attention saw only itself
         x0, eps = x0 + pag_scale * (x0_c - x0s[-1]), eps + pag_scale * (eps_c - epss[-1])
-    if rescale == 0.0:
+    if rescale == 0.0 and not projected:
         return Prediction(x0=x0, eps=eps)
     dims = tuple(range(1, x0.dim()))
-    factor = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
-    x0 = x0 * (rescale * factor + (1 - rescale))
+    if rescale:
+        factor = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        x0 = x0 * (rescale * factor + (1 - rescale))
     dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     alpha_bar = denoiser.schedule.alpha_bar(t, dtype=dtype).reshape(batch, *([1] * (x_t.dim() - 1)))
     eps = eps_from_x0(x_t.to(dtype), x0.to(dtype), alpha_bar).to(x_t.dtype)
     return Prediction(x0=x0, eps=eps)
+
+
+def project_guidance(delta: torch.Tensor, x0_c: torch.Tensor, parallel: float, norm_threshold: float) -> torch.Tensor:
+    """Adaptive projected guidance's update (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High
+    Guidance Scales in Diffusion Models", ICLR 2025; without its momentum term).
+
+    The guidance direction Δ = x0_c − x0_u [B, ...] is first shortened to at most ``norm_threshold`` per sample
+    (0: not), then split into its part along the conditional prediction x0_c, which mostly saturates colours,
+    and the part orthogonal to it, which mostly adds detail. The parallel part is kept at weight ``parallel``
+    (APG: 0). The guided x0 is x0_c + (s − 1) · the result.
+    """
+    dims = tuple(range(1, delta.dim()))
+    if norm_threshold > 0:
+        norm = torch.linalg.vector_norm(delta, dim=dims, keepdim=True)
+        delta = delta * (norm_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)
+    unit = x0_c / torch.linalg.vector_norm(x0_c, dim=dims, keepdim=True).clamp_min(1e-12)
+    along = (delta * unit).sum(dim=dims, keepdim=True) * unit
+    return delta - along + parallel * along

@@ -53,6 +53,10 @@ class SamplerOptions:
     # prefixes; empty: the middle block); see ldmkit.samplers.pag.
     pag_scale: float = 0.0
     pag_layers: tuple[str, ...] = ()
+    # Adaptive projected guidance (Sadat et al. 2024): the weight of the guidance's part along the conditional
+    # prediction (1: plain CFG, APG: 0) and a cap on its norm per sample (0: none); see guidance.project_guidance.
+    guidance_parallel: float = 1.0
+    guidance_norm_threshold: float = 0.0
     eta: float = 0.0  # DDIM's η (samplers without η require 0)
     strength: float = 1.0  # img2img: how far into the ladder the input is noised (1: from pure noise)
     seed: int = 0  # seeds the noise stochastic samplers add at each step
@@ -73,6 +77,12 @@ class SamplerOptions:
         if not isinstance(layers, (list, tuple)) or not all(isinstance(layer, str) for layer in layers):
             raise ConfigError(f"pag_layers must be a list of layer names such as ['middle']; got {self.pag_layers!r}")
         object.__setattr__(self, "pag_layers", tuple(self.pag_layers))
+        if check_finite("guidance parallel", self.guidance_parallel) < 0:
+            raise ConfigError(f"guidance_parallel must be at least 0; got {self.guidance_parallel} (1: plain "
+                              "classifier-free guidance, 0: only the part orthogonal to the conditional prediction)")
+        if check_finite("guidance norm threshold", self.guidance_norm_threshold) < 0:
+            raise ConfigError(f"guidance_norm_threshold must be at least 0; got {self.guidance_norm_threshold} "
+                              "(0: no cap)")
         check_finite("eta", self.eta)
         if self.eta < 0:
             raise ConfigError(f"eta must be at least 0; got {self.eta}")
