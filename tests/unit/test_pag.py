@@ -50,6 +50,16 @@ def test_layers_default_to_the_middle_block_and_a_wrong_name_is_one_line():
     assert all(m.identity is None for m in self_attention_layers(unet).values())  # reset on leaving
 
 
+def test_a_dit_defaults_to_its_middle_block():
+    from ldmkit.denoisers.dit import DiT, DiTConfig
+
+    dit = DiT(DiTConfig(in_channels=2, out_channels=2, hidden_size=32, depth=5, num_heads=2, context_dim=8))
+    layers = self_attention_layers(dit)
+    assert list(layers) == [f"blocks.{i}.attn" for i in range(5)]  # the cross-attention layers are not listed
+    assert perturbed_layers(dit) == [layers["blocks.2.attn"]]
+    assert perturbed_layers(dit, ["blocks.4"]) == [layers["blocks.4.attn"]]
+
+
 @pytest.mark.parametrize("config", [{"context_dim": 8}, {"vector_dim": 8}])  # transformer and spatial attention
 def test_pag_guides_away_from_the_perturbed_prediction_in_one_pass(config):
     denoiser = _denoiser(**config)
