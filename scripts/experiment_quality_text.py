@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> None:
                 "category_accuracy": probe.accuracy(features_of(extractor, images, device), wanted),
                 "guidance": sampling["guidance"], "guidance_interval": sampling.get("guidance_interval"),
                 "pag_scale": sampling.get("pag_scale", 0.0), "guidance_parallel": sampling.get("guidance_parallel", 1.0),
+                "guidance_momentum": sampling.get("guidance_momentum", 0.0),
                 "sampling_seconds": round(seconds, 1)}
 
     models_to_sweep: list[tuple[str, Path, dict, str]] = []
@@ -265,16 +266,16 @@ def run(args: argparse.Namespace) -> None:
 
 def guidance_setting(text: str) -> dict:
     """"4" → scale 4 at every step; "4@0.28:5.42" → scale 4 where 0.28 < σ <= 5.42; "3+p2" → scale 3 and
-    perturbed-attention guidance 2 (on the middle block); "8+a0" → scale 8 with adaptive projected guidance,
-    the parallel part at weight 0."""
+    perturbed-attention guidance 2 (on the middle block); "8+a0+m-0.5" → scale 8 with adaptive projected
+    guidance, the parallel part at weight 0 and momentum -0.5."""
     scales, _, interval = text.partition("@")
     scale, *extras = scales.split("+")
     setting: dict = {"guidance": float(scale)}
-    names = {"p": "pag_scale", "a": "guidance_parallel"}
+    names = {"p": "pag_scale", "a": "guidance_parallel", "m": "guidance_momentum"}
     for extra in extras:
         if extra[:1] not in names:
-            raise SystemExit(f"unknown guidance setting '{extra}' in '{text}': +pS (PAG) or +aW (APG's parallel "
-                             "weight)")
+            raise SystemExit(f"unknown guidance setting '{extra}' in '{text}': +pS (PAG), +aW (APG's parallel "
+                             "weight) or +mB (APG's momentum)")
         setting[names[extra[0]]] = float(extra[1:])
     if interval:
         lo, _, hi = interval.partition(":")

@@ -119,9 +119,11 @@ def test_sample_projected_guidance_is_checked_and_recorded(tmp_path, capsys, mod
     base = ["sample", "--model", str(model_dir), "--class", "1", "--steps", "1", "--device", "cpu"]
     code = ldm([*base, "--out", str(tmp_path / "a"), "--guidance-parallel", "-1"])
     assert "guidance_parallel must be at least 0" in _one_line_error(capsys, code)
-    assert ldm([*base, "--out", str(tmp_path / "b"), "--guidance-parallel", "0", "--guidance-norm-threshold", "2"]) == 0
+    assert ldm([*base, "--out", str(tmp_path / "b"), "--guidance-parallel", "0", "--guidance-norm-threshold", "2",
+                "--guidance-momentum", "-0.5"]) == 0
     settings = json.loads((tmp_path / "b" / "settings.json").read_text())
     assert settings["guidance_parallel"] == 0.0 and settings["guidance_norm_threshold"] == 2.0
+    assert settings["guidance_momentum"] == -0.5
 
 
 def test_sample_pag_on_layers_without_self_attention_is_one_line(tmp_path, capsys, model_dir):

@@ -109,6 +109,20 @@ def test_projected_guidance_weights_the_part_along_the_conditional_prediction(se
 def test_projected_guidance_options_are_checked():
     from ldmkit.samplers import SamplerOptions
 
-    for bad in [{"guidance_parallel": -0.5}, {"guidance_parallel": float("nan")}, {"guidance_norm_threshold": -1.0}]:
+    for bad in [{"guidance_parallel": -0.5}, {"guidance_parallel": float("nan")}, {"guidance_norm_threshold": -1.0},
+                {"guidance_momentum": -1.5}]:
         with pytest.raises(ConfigError, match="guidance"):
             SamplerOptions(**bad)
+
+
+def test_projected_guidance_momentum_runs_over_the_calls_of_one_history(setup):
+    denoiser, _, x, cond, uncond = setup
+    t = torch.tensor(400)
+    c, u = denoiser(x, t, cond), denoiser(x, t, uncond.repeat(3))
+    history = []
+    first = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, momentum=-0.5, history=history)
+    assert torch.allclose(first.x0, c.x0 + 4.0 * (c.x0 - u.x0), atol=1e-4)  # nothing to run on yet
+    second = guided_prediction(denoiser, x, t, cond, uncond, scale=5.0, momentum=-0.5, history=history)
+    # the same inputs again: Δ + β·Δ = 0.5·Δ
+    assert torch.allclose(second.x0, c.x0 + 4.0 * 0.5 * (c.x0 - u.x0), atol=1e-4)
+    assert len(history) == 1

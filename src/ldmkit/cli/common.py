@@ -74,6 +74,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "projected guidance, which keeps high scales from oversaturating (docs/sampling.md)")
     parser.add_argument("--guidance-norm-threshold", type=float, default=0.0,
                         help="cap on the guidance direction's norm per sample (APG's rescaling; 0 = none)")
+    parser.add_argument("--guidance-momentum", type=float, default=0.0,
+                        help="APG's momentum β in [-1, 1]: the direction runs as Δ + β·(the previous); 0 = off")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 = deterministic)")
     parser.add_argument("--spacing", default=None, help="timestep spacing (leading, trailing, linspace, karras)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")

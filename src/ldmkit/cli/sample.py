@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
                                                  guidance_interval=args.guidance_interval,
                                                  pag_scale=args.pag_scale, pag_layers=args.pag_layers,
                                                  guidance_parallel=args.guidance_parallel,
-                                                 guidance_norm_threshold=args.guidance_norm_threshold, eta=args.eta,
+                                                 guidance_norm_threshold=args.guidance_norm_threshold,
+                                                 guidance_momentum=args.guidance_momentum, eta=args.eta,
                                                  spacing=args.spacing, height=args.height, width=args.width))
     prompts = args.prompt or None
     classes = args.class_label or None
@@ -87,7 +88,7 @@ def load_lora_args(pipe, specs: list[str] | None) -> list[dict]:
 
 def _sampler_kwargs(settings: dict) -> dict:
     keep = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
-            "guidance_parallel", "guidance_norm_threshold", "eta", "spacing", "height", "width")
+            "guidance_parallel", "guidance_norm_threshold", "guidance_momentum", "eta", "spacing", "height", "width")
     return {k: settings[k] for k in keep}
 
 

@@ -13,7 +13,7 @@ from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_s
 
 #: Options every task pipeline call takes, by their ``argparse`` names.
 SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
-                  "guidance_parallel", "guidance_norm_threshold", "eta", "spacing", "seed")
+                  "guidance_parallel", "guidance_norm_threshold", "guidance_momentum", "eta", "spacing", "seed")
 
 
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "model") -> None:

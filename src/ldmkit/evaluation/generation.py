@@ -153,6 +153,7 @@ def evaluate_generation(
     pag_layers: Sequence[str] = (),
     guidance_parallel: float = 1.0,
     guidance_norm_threshold: float = 0.0,
+    guidance_momentum: float = 0.0,
     eta: float = 0.0,
     spacing: str | None = None,
     negative_prompt: str | None = None,
@@ -210,7 +211,8 @@ def evaluate_generation(
                                      "guidance_rescale": guidance_rescale, "guidance_interval": guidance_interval,
                                      "pag_scale": pag_scale, "pag_layers": tuple(pag_layers),
                                      "guidance_parallel": guidance_parallel,
-                                     "guidance_norm_threshold": guidance_norm_threshold, "eta": eta,
+                                     "guidance_norm_threshold": guidance_norm_threshold,
+                                     "guidance_momentum": guidance_momentum, "eta": eta,
                                      "spacing": spacing,
                                      "height": height, "width": width}
     if negative_prompt is not None:

@@ -90,7 +90,7 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0,
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -101,7 +101,8 @@ class ImageToImagePipeline(LatentDiffusionPipeline):
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
                                   pag_layers=pag_layers, guidance_parallel=guidance_parallel,
-                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta,
+                                  guidance_norm_threshold=guidance_norm_threshold,
+                                  guidance_momentum=guidance_momentum, eta=eta,
                                   strength=strength)
         check_task("img2img", self.conditioning)
         pixels = self.prepare_image(image)

@@ -105,7 +105,7 @@ class InpaintPipeline(ImageToImagePipeline):
                  steps: int | None = None, sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0,
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0,
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, batch_size: int = 16,
                  callback: Callable | None = None, output: str = "pil",
                  progress: bool = True):
@@ -120,7 +120,8 @@ class InpaintPipeline(ImageToImagePipeline):
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
                                   pag_layers=pag_layers, guidance_parallel=guidance_parallel,
-                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta,
+                                  guidance_norm_threshold=guidance_norm_threshold,
+                                  guidance_momentum=guidance_momentum, eta=eta,
                                   strength=strength)
         trained = self.trained_for_inpainting
         if not trained:

@@ -142,7 +142,7 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0, eta: float = 0.0,
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, batch_size: int = 16, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
         """``n`` images of the map's size (image i from seed ``seed + i``). ``prompt`` / ``class_label`` and
@@ -153,7 +153,8 @@ class SemanticSynthesisPipeline(LatentDiffusionPipeline):
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
                                   pag_layers=pag_layers, guidance_parallel=guidance_parallel,
-                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta)
+                                  guidance_norm_threshold=guidance_norm_threshold,
+                                  guidance_momentum=guidance_momentum, eta=eta)
         ids = self.prepare_map(segmentation_map)  # [1, H, W]
         self.check_memory(ids.shape[-2], ids.shape[-1], batch=batch_size, count=count)
         cond, uncond, count = self.model.condition(prompt, class_label, negative_prompt, n)

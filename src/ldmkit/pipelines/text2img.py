@@ -366,7 +366,7 @@ class LatentDiffusionPipeline:
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0, eta: float = 0.0,
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                  batch_size: int = 16, callback: Callable | None = None, output: str = "pil",
                  progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -377,7 +377,8 @@ class LatentDiffusionPipeline:
                                   spacing=spacing, guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
                                   pag_layers=pag_layers, guidance_parallel=guidance_parallel,
-                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta)
+                                  guidance_norm_threshold=guidance_norm_threshold,
+                                  guidance_momentum=guidance_momentum, eta=eta)
         shape = self.model.latent_shape(height, width)
         f = self.autoencoder.downsample_factor
         self.check_memory(shape[1] * f, shape[2] * f, batch=batch_size, count=count)

@@ -164,7 +164,7 @@ class UpscalePipeline(LatentDiffusionPipeline):
                  sampler: str | None = None, guidance: float = 3.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: Sequence[str] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0, eta: float = 0.0,
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0, eta: float = 0.0,
                  spacing: str | None = None, seed: int = 0, tile: int | Literal["auto"] | None = None,
                  overlap: int | None = None, tile_batch: int = 4, callback: Callable | None = None,
                  output: str = "pil", progress: bool = True) -> list[Image.Image] | torch.Tensor:
@@ -180,7 +180,8 @@ class UpscalePipeline(LatentDiffusionPipeline):
                                   guidance=guidance, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, pag_scale=pag_scale,
                                   pag_layers=pag_layers, guidance_parallel=guidance_parallel,
-                                  guidance_norm_threshold=guidance_norm_threshold, eta=eta)
+                                  guidance_norm_threshold=guidance_norm_threshold,
+                                  guidance_momentum=guidance_momentum, eta=eta)
         check_count("tile batch", tile_batch)
         tile_size = self._tile_size(tile)
         low_res = self.prepare_image(image)  # [1, C, h, w]

@@ -107,7 +107,7 @@ class LadderModel:
                  uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
                  guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
                  pag_layers: tuple[str, ...] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0):
+                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0):
         batch = like.shape[0]
         self.denoiser = denoiser
         self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
@@ -115,7 +115,9 @@ class LadderModel:
         self.guidance = float(guidance)
         self.guidance_rescale = float(guidance_rescale)
         self.pag_layers = tuple(pag_layers)
-        self.projection = {"parallel": float(guidance_parallel), "norm_threshold": float(guidance_norm_threshold)}
+        # APG's momentum runs over this model's calls: one sampling run (a batch's trajectory)
+        self.projection = {"parallel": float(guidance_parallel), "norm_threshold": float(guidance_norm_threshold),
+                           "momentum": float(guidance_momentum), "history": []}
         lo, hi = guidance_interval or (-math.inf, math.inf)
         self.scales = tuple((self.guidance, float(pag_scale)) if lo < ladder.sigma(i) <= hi else (1.0, 0.0)
                             for i in range(len(ladder)))
@@ -135,7 +137,7 @@ class LadderModel:
         guided = options.guidance != 1.0
         return cls(denoiser, ladder, like, cond, uncond if guided else None, options.guidance,
                    options.guidance_rescale, options.guidance_interval, options.pag_scale, options.pag_layers,
-                   options.guidance_parallel, options.guidance_norm_threshold)
+                   options.guidance_parallel, options.guidance_norm_threshold, options.guidance_momentum)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         scale, pag_scale = self.scales[i]

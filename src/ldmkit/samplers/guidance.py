@@ -54,10 +54,12 @@ def fit_batch(cond: Conditioning | None, batch: int) -> Conditioning | None:
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None,
                       uncond: Conditioning | None = None, scale: float = 1.0, rescale: float = 0.0,
                       pag_scale: float = 0.0, pag_layers: Sequence[str] = (), parallel: float = 1.0,
-                      norm_threshold: float = 0.0) -> Prediction:
+                      norm_threshold: float = 0.0, momentum: float = 0.0,
+                      history: list[torch.Tensor] | None = None) -> Prediction:
     """The denoiser's prediction at ``(x_t, t)`` under classifier-free guidance, and with ``pag_scale`` > 0
-    perturbed-attention guidance on ``pag_layers`` (:mod:`ldmkit.samplers.pag`); ``parallel`` and
-    ``norm_threshold`` project the guidance as APG does (:func:`project_guidance`; 1 and 0: plain CFG).
+    perturbed-attention guidance on ``pag_layers`` (:mod:`ldmkit.samplers.pag`); ``parallel``, ``norm_threshold``
+    and ``momentum`` project the guidance as APG does (:func:`project_guidance`; 1, 0 and 0: plain CFG), the
+    momentum's running direction kept in ``history`` (one list per sampling run).
 
     ``scale == 1`` without PAG runs only the conditional pass and returns it unchanged. Otherwise one batched
     forward runs the conditional, the unconditional (when ``scale != 1``) and the perturbed conditional parts,
@@ -82,9 +84,13 @@ def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, co
     x0s, epss = out.x0.chunk(parts), out.eps.chunk(parts)
     x0_c, eps_c = x0s[0], epss[0]
     x0, eps = x0_c, eps_c
-    projected = scale != 1.0 and (parallel != 1.0 or norm_threshold > 0)
+    projected = scale != 1.0 and (parallel != 1.0 or norm_threshold > 0 or momentum != 0)
     if projected:  # eps follows from x0 below
-        x0 = x0_c + (scale - 1) * project_guidance(x0_c - x0s[1], x0_c, parallel, norm_threshold)
+        delta = x0_c - x0s[1]
+        if momentum and history is not None:  # APG's running average of the direction (its β, negative there)
+            delta = delta + momentum * history[0] if history else delta
+            history[:] = [delta]
+        x0 = x0_c + (scale - 1) * project_guidance(delta, x0_c, parallel, norm_threshold)
     elif scale != 1.0:
         x0, eps = x0s[1] + scale * (x0_c - x0s[1]), epss[1] + scale * (eps_c - epss[1])
     if pag_scale:  # away from the prediction whose self-attention saw only itself
@@ -103,7 +109,8 @@ def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, co
 
 def project_guidance(delta: torch.Tensor, x0_c: torch.Tensor, parallel: float, norm_threshold: float) -> torch.Tensor:
     """Adaptive projected guidance's update (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High
-    Guidance Scales in Diffusion Models", ICLR 2025; without its momentum term).
+    Guidance Scales in Diffusion Models", ICLR 2025; its momentum is applied to Δ before, in
+    :func:`guided_prediction`).
 
     The guidance direction Δ = x0_c − x0_u [B, ...] is first shortened to at most ``norm_threshold`` per sample
     (0: not), then split into its part along the conditional prediction x0_c, which mostly saturates colours,

@@ -57,6 +57,7 @@ class SamplerOptions:
     # prediction (1: plain CFG, APG: 0) and a cap on its norm per sample (0: none); see guidance.project_guidance.
     guidance_parallel: float = 1.0
     guidance_norm_threshold: float = 0.0
+    guidance_momentum: float = 0.0  # APG's β: the direction runs as Δ + β·(the previous one); 0: off, −0.5 there
     eta: float = 0.0  # DDIM's η (samplers without η require 0)
     strength: float = 1.0  # img2img: how far into the ladder the input is noised (1: from pure noise)
     seed: int = 0  # seeds the noise stochastic samplers add at each step
@@ -83,6 +84,9 @@ class SamplerOptions:
         if check_finite("guidance norm threshold", self.guidance_norm_threshold) < 0:
             raise ConfigError(f"guidance_norm_threshold must be at least 0; got {self.guidance_norm_threshold} "
                               "(0: no cap)")
+        if not -1.0 <= check_finite("guidance momentum", self.guidance_momentum) <= 1.0:
+            raise ConfigError(f"guidance_momentum must be in [-1, 1]; got {self.guidance_momentum} (0: off, APG "
+                              "uses negative values such as -0.5)")
         check_finite("eta", self.eta)
         if self.eta < 0:
             raise ConfigError(f"eta must be at least 0; got {self.eta}")
