@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Any, Callable
 
 
 def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
@@ -53,6 +53,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, group: str) -> None:
 # tests/unit/test_samplers.py keeps the two equal.
 SAMPLER_NAMES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "dpm++3m", "euler", "euler-a", "flow-heun", "heun", "lcm",
                  "plms", "unipc")
+
+
+#: The options of :func:`add_sampling_arguments` that every pipeline call takes, by their ``argparse`` names.
+SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
+                    "guidance_parallel", "guidance_norm_threshold", "guidance_momentum", "eta", "spacing")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :data:`SAMPLING_OPTIONS` on the command line, as pipeline keyword arguments."""
+    return {name: getattr(args, name) for name in SAMPLING_OPTIONS}
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

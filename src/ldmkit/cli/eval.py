@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.cli.common import add_group, add_verb, check_counts, configure_pipeline
+from ldmkit.cli.common import add_group, add_verb, check_counts, configure_pipeline, sampling_options
 
 METRIC_CHOICES = ("fd", "kd", "pr", "is")  # a folder's images have no intended class for accuracy
 GENERATION_METRICS = (*METRIC_CHOICES, "accuracy")  # samples of a class model do
@@ -219,12 +219,8 @@ def _generation(args: argparse.Namespace) -> int:
         prompt_source = {"data": data, "overrides": list(args.overrides), "split": split}
     pipe = configure_pipeline(load_pipeline(args.model, device=args.device, precision=args.precision), args)
     result = evaluate_generation(
-        pipe, reference, n=args.n, prompts=prompts, class_labels=args.class_label, sampler=args.sampler,
-        steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-        guidance_interval=args.guidance_interval, pag_scale=args.pag_scale, pag_layers=args.pag_layers,
-        guidance_parallel=args.guidance_parallel, guidance_norm_threshold=args.guidance_norm_threshold,
-        guidance_momentum=args.guidance_momentum, eta=args.eta,
-        spacing=args.spacing, negative_prompt=args.negative_prompt, seed=args.seed, height=args.height,
+        pipe, reference, n=args.n, prompts=prompts, class_labels=args.class_label, **sampling_options(args),
+        negative_prompt=args.negative_prompt, seed=args.seed, height=args.height,
         width=args.width, batch_size=args.batch_size, feature=args.feature, feature_weights=args.feature_weights,
         metrics=args.metrics or ("fd", "kd", "pr"), classifier=args.classifier, eval_batch_size=args.eval_batch_size,
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, pr_k=args.pr_k,

@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_sampling_defaults
+from ldmkit.cli.common import (SAMPLING_OPTIONS, add_sampling_arguments, configure_pipeline, fill_sampling_defaults,
+                               sampling_options)
 
 HELP = "sample images from a trained latent diffusion model"
 DESCRIPTION = "Sample images from a latent diffusion model directory."
@@ -34,14 +35,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.optimize(mode=args.compile, quantize=args.quantize)
     elif args.quantize:
         pipe.quantize(args.quantize)
-    settings = fill_sampling_defaults(pipe, dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                                 guidance_rescale=args.guidance_rescale,
-                                                 guidance_interval=args.guidance_interval,
-                                                 pag_scale=args.pag_scale, pag_layers=args.pag_layers,
-                                                 guidance_parallel=args.guidance_parallel,
-                                                 guidance_norm_threshold=args.guidance_norm_threshold,
-                                                 guidance_momentum=args.guidance_momentum, eta=args.eta,
-                                                 spacing=args.spacing, height=args.height, width=args.width))
+    settings = fill_sampling_defaults(pipe, {**sampling_options(args), "height": args.height, "width": args.width})
     prompts = args.prompt or None
     classes = args.class_label or None
     started = time.perf_counter()
@@ -87,9 +81,7 @@ def load_lora_args(pipe, specs: list[str] | None) -> list[dict]:
 
 
 def _sampler_kwargs(settings: dict) -> dict:
-    keep = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
-            "guidance_parallel", "guidance_norm_threshold", "guidance_momentum", "eta", "spacing", "height", "width")
-    return {k: settings[k] for k in keep}
+    return {k: settings[k] for k in (*SAMPLING_OPTIONS, "height", "width")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

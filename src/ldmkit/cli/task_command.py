@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ldmkit.cli.common import add_sampling_arguments, configure_pipeline, fill_sampling_defaults
+from ldmkit.cli.common import SAMPLING_OPTIONS, add_sampling_arguments, configure_pipeline, fill_sampling_defaults
 
 #: Options every task pipeline call takes, by their ``argparse`` names.
-SAMPLING_NAMES = ("sampler", "steps", "guidance", "guidance_rescale", "guidance_interval", "pag_scale", "pag_layers",
-                  "guidance_parallel", "guidance_norm_threshold", "guidance_momentum", "eta", "spacing", "seed")
+SAMPLING_NAMES = (*SAMPLING_OPTIONS, "seed")
 
 
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "model") -> None:

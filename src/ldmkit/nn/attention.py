@@ -54,16 +54,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
            identity: Identity | None = None) -> torch.Tensor:
     """Scaled dot-product attention of q, k, v [B, heads, N, d]. The samples ``identity`` marks use the identity
     attention map instead, each token keeping its own value: the perturbed part of perturbed-attention guidance
-    (:mod:`ldmkit.samplers.pag`)."""
+    (:mod:`ldmkit.samplers.pag`; self-attention only, so never with a mask)."""
     if identity is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     first, period = identity
     if q.shape[0] == period:  # the plain case: attend for the leading samples only
-        kept = attn_mask[:first] if attn_mask is not None and attn_mask.shape[0] > 1 else attn_mask
-        return torch.cat([F.scaled_dot_product_attention(q[:first], k[:first], v[:first], attn_mask=kept),
-                          v[first:]])
+        return torch.cat([F.scaled_dot_product_attention(q[:first], k[:first], v[:first]), v[first:]])
     marked = (torch.arange(q.shape[0], device=q.device) % period >= first).view(-1, 1, 1, 1)
-    return torch.where(marked, v, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+    return torch.where(marked, v, F.scaled_dot_product_attention(q, k, v))
 
 
 class SpatialSelfAttention(nn.Module):

@@ -93,34 +93,28 @@ def make_ladder(schedule: NoiseSchedule, steps: int, spacing: str, strength: flo
 
 
 class LadderModel:
-    """``model(x, i)``: the denoiser's prediction at ladder level ``i`` under classifier-free guidance.
+    """``model(x, i)``: the denoiser's prediction at ladder level ``i`` as a sampling request (``options``) guides it.
 
-    The condition and the null condition are fitted to the batch once, the timesteps become device tensors
-    once, and the schedule tables the denoiser reads are copied to the device before the first step.
-    ``guidance_interval`` (σ_lo, σ_hi) guides (classifier-free and perturbed-attention) only the levels with
-    σ_lo < σ ≤ σ_hi and runs one conditional pass at the others (Kynkäänniemi et al. 2024, "Applying Guidance in
-    a Limited Interval", §3: guidance at high noise collapses variety, at low noise it does little);
-    ``scales[i]`` is the (classifier-free, perturbed-attention) pair of scales level ``i`` uses.
+    The condition and the null condition are fitted to the batch once (the null one only when the request
+    guides), the timesteps become device tensors once, and the schedule tables the denoiser reads are copied to
+    the device before the first step. ``guidance_interval`` (σ_lo, σ_hi) guides (classifier-free and
+    perturbed-attention) only the levels with σ_lo < σ ≤ σ_hi and runs one conditional pass at the others
+    (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval", §3: guidance at high noise collapses
+    variety, at low noise it does little); ``scales[i]`` is the (classifier-free, perturbed-attention) pair of
+    scales level ``i`` uses. ``history`` holds APG's running direction over this run's calls.
     """
 
-    def __init__(self, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor, cond: Conditioning | None = None,
-                 uncond: Conditioning | None = None, guidance: float = 1.0, guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, pag_scale: float = 0.0,
-                 pag_layers: tuple[str, ...] = (), guidance_parallel: float = 1.0,
-                 guidance_norm_threshold: float = 0.0, guidance_momentum: float = 0.0):
+    def __init__(self, options: SamplerOptions, denoiser: Denoiser, ladder: Ladder, like: torch.Tensor,
+                 cond: Conditioning | None = None, uncond: Conditioning | None = None):
         batch = like.shape[0]
-        self.denoiser = denoiser
+        self.options, self.denoiser = options, denoiser
+        guided = options.guidance != 1.0
         self.cond = fit_batch(cond.to(device=like.device), batch) if cond is not None else None
-        self.uncond = fit_batch(uncond.to(device=like.device), batch) if uncond is not None else None
-        self.guidance = float(guidance)
-        self.guidance_rescale = float(guidance_rescale)
-        self.pag_layers = tuple(pag_layers)
-        # APG's momentum runs over this model's calls: one sampling run (a batch's trajectory)
-        self.projection = {"parallel": float(guidance_parallel), "norm_threshold": float(guidance_norm_threshold),
-                           "momentum": float(guidance_momentum), "history": []}
-        lo, hi = guidance_interval or (-math.inf, math.inf)
-        self.scales = tuple((self.guidance, float(pag_scale)) if lo < ladder.sigma(i) <= hi else (1.0, 0.0)
+        self.uncond = fit_batch(uncond.to(device=like.device), batch) if uncond is not None and guided else None
+        lo, hi = options.guidance_interval or (-math.inf, math.inf)
+        self.scales = tuple((options.guidance, options.pag_scale) if lo < ladder.sigma(i) <= hi else (1.0, 0.0)
                             for i in range(len(ladder)))
+        self.history: list[torch.Tensor] = []
         self.timesteps = _timestep_tensors(ladder.timesteps, like)
         table_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         for table in ("alphas_cumprod", "log_sigmas"):
@@ -130,21 +124,11 @@ class LadderModel:
     def schedule(self) -> NoiseSchedule:
         return self.denoiser.schedule
 
-    @classmethod
-    def for_options(cls, options: "SamplerOptions", denoiser: Denoiser, ladder: Ladder, like: torch.Tensor,
-                    cond: Conditioning | None, uncond: Conditioning | None) -> "LadderModel":
-        """The model of a sampling request: the null condition is kept only when the request guides."""
-        guided = options.guidance != 1.0
-        return cls(denoiser, ladder, like, cond, uncond if guided else None, options.guidance,
-                   options.guidance_rescale, options.guidance_interval, options.pag_scale, options.pag_layers,
-                   options.guidance_parallel, options.guidance_norm_threshold, options.guidance_momentum)
-
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
-        scale, pag_scale = self.scales[i]
-        guided = scale != 1.0 or pag_scale != 0.0
+        (scale, pag_scale), o = self.scales[i], self.options
         return guided_prediction(self.denoiser, x, self.timesteps[i], self.cond, self.uncond, scale,
-                                 self.guidance_rescale if guided else 0.0, pag_scale, self.pag_layers,
-                                 **self.projection)
+                                 o.guidance_rescale, pag_scale, o.pag_layers, o.guidance_parallel,
+                                 o.guidance_norm_threshold, o.guidance_momentum, self.history)
 
 
 def _timestep_tensors(timesteps: tuple[float, ...], like: torch.Tensor) -> list[torch.Tensor]:

@@ -88,7 +88,8 @@ def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, co
     if projected:  # eps follows from x0 below
         delta = x0_c - x0s[1]
         if momentum and history is not None:  # APG's running average of the direction (its β, negative there)
-            delta = delta + momentum * history[0] if history else delta
+            if history:
+                delta = delta + momentum * history[0]
             history[:] = [delta]
         x0 = x0_c + (scale - 1) * project_guidance(delta, x0_c, parallel, norm_threshold)
     elif scale != 1.0:

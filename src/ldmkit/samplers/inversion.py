@@ -76,7 +76,7 @@ def invert(options: SamplerOptions, denoiser: Denoiser, latents: torch.Tensor, c
         raise ConfigError(f"inversion runs the whole ladder; strength must be 1, got {options.strength}")
     check_guidance(cond, uncond, options.guidance, options.guidance_rescale)
     ladder = options.ladder(denoiser.schedule)
-    model = LadderModel.for_options(options, denoiser, ladder, latents, cond, uncond)
+    model = LadderModel(options, denoiser, ladder, latents, cond, uncond)
     return ddim_inversion(model, latents, ladder, iterations=iterations, callback=callback)
 
 

@@ -32,7 +32,7 @@ def sample(options: SamplerOptions, denoiser: Denoiser, noise: torch.Tensor, con
     if start is not None and start.shape != noise.shape:
         raise ConfigError(f"start latents {tuple(start.shape)} and noise {tuple(noise.shape)} differ in shape")
     ladder = options.ladder(denoiser.schedule)
-    model = LadderModel.for_options(options, denoiser, ladder, noise, cond, uncond)
+    model = LadderModel(options, denoiser, ladder, noise, cond, uncond)
     if start is None:
         x = noise  # pure noise stands for x_T
     else:  # img2img (SDEdit): the start latents noised to the first level of the shortened ladder
