@@ -46,8 +46,8 @@ GPU_ROWS: tuple[PlanRow, ...] = (
 
 CPU_ROWS: tuple[PlanRow, ...] = (
     PlanRow("cpu-32", "cpu", 32, "synthetic-kl-f4", "synthetic-text", 32, 80.0, 32, 150.0,
-            "the demo's presets (README: `ldm demo` trains 400 + 2,400 steps x 32 at 32 px in about 10 minutes on "
-            "2 CPU cores); the 10 minutes split between the stages, not timed apart"),
+            "the demo's presets (`ldm demo`: 400 + 2,400 steps x 32 at 32 px), planned as 10 minutes on 2 CPU cores "
+            "split between the stages; a run of 207 s trained at about 270 and 490 img/s, so these rates are cautious"),
     PlanRow("cpu-64", "cpu", 64, "synthetic-kl-f4", "synthetic-text", 16, 20.0, 32, 38.0,
             "extrapolated from cpu-32: 4x the pixels and latent cells"),
 )
