@@ -107,6 +107,30 @@ def test_workers_persist_across_epochs_and_resume_stays_exact():
             batches.append(batch["index"].tolist())
     assert len(pids) == 2  # the same two workers served all three epochs
     assert position.state_dict() == {"epoch": 3, "offset": 0}
+    per_epoch = len(batches) // 3  # 10 items: two passes an epoch, so each worker has two batches to prepare
+    assert per_epoch == 5
     again, restored = build_dataloader(None, _WhoLoads(), 4, num_workers=2)
     restored.load_state_dict({"epoch": 1, "offset": 4})  # second batch of the second epoch
-    assert [b["index"].tolist() for b in again] == batches[3:4]
+    assert [b["index"].tolist() for b in again] == batches[per_epoch + 1:2 * per_epoch]
+
+
+def test_an_epoch_of_several_passes_is_several_permutations_the_first_unchanged():
+    one, three = ResumableSampler(7, seed=3), ResumableSampler(7, seed=3, passes=3)
+    order = three.epoch_indices(2).tolist()
+    assert len(three) == 21 and len(order) == 21
+    assert order[:7] == one.epoch_indices(2).tolist()  # a one-pass epoch's order, then two more
+    assert all(sorted(order[k:k + 7]) == list(range(7)) for k in (0, 7, 14))
+    assert order[7:14] != order[:7] and order[7:14] != order[14:]
+    assert ResumableSampler(7, shuffle=False, passes=2).epoch_indices(0).tolist() == list(range(7)) * 2
+    with pytest.raises(DataError, match="at least one pass"):
+        ResumableSampler(7, passes=0)
+
+
+def test_small_data_sets_get_enough_batches_per_worker():
+    from ldmkit.data.loader import BATCHES_PER_WORKER, passes_per_epoch
+
+    assert passes_per_epoch(49, 32, 0) == 1  # no workers: nothing prepares ahead
+    assert passes_per_epoch(3374, 32, 8) == 1  # 105 batches already
+    passes = passes_per_epoch(49, 32, 8)  # the photo folder of docs/results/fit.md
+    assert 49 * passes // 32 >= BATCHES_PER_WORKER * 8 > 49 * (passes - 1) // 32
+    assert passes_per_epoch(49, 64, 8) > passes  # a larger (global) batch needs more passes

@@ -15,6 +15,7 @@ those start afresh for each pass and see the restored position. A map-style data
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any, Callable, Protocol
 
 import torch
@@ -134,6 +135,20 @@ class ResumableDataLoader(DataLoader):
         self.position.finish_epoch()
 
 
+#: Batches each worker should find in an epoch: the loader prepares batches ahead only within one.
+BATCHES_PER_WORKER = 2
+
+
+def passes_per_epoch(num_samples: int, global_batch: int, num_workers: int) -> int:
+    """How many passes over a map-style data set one epoch makes: enough that every worker has
+    :data:`BATCHES_PER_WORKER` batches to prepare. One for most data sets; more for a few dozen images, whose
+    one-batch epochs left a single worker building every batch while the GPU waited (an H200 trained a 49-photo
+    folder at 3 steps/s, the same networks on 3,374 emoji at 10: docs/results/fit.md)."""
+    if num_workers == 0:
+        return 1
+    return max(1, math.ceil(BATCHES_PER_WORKER * num_workers * global_batch / num_samples))
+
+
 def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed: int = 0, rank: int | None = None,
                      world_size: int | None = None, num_workers: int = 0, shuffle: bool = True,
                      drop_last: bool = True, pin_memory: bool = False) -> tuple[ResumableDataLoader, Position]:
@@ -165,6 +180,7 @@ def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed
         common["persistent_workers"] = num_workers > 0
         return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                               drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)))
+                               drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)),
+                               passes=passes_per_epoch(len(dataset), batch_size * world_size, num_workers))
     common["persistent_workers"] = num_workers > 0  # the sampler (the position) lives in this process
     return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler

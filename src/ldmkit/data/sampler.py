@@ -4,6 +4,9 @@ Epoch ``e``'s order is a permutation drawn from ``(seed, e)`` (or ``0..n-1`` wit
 multiple of ``world_size`` long (cut with ``drop_last``, else padded by repeating its start, as
 ``torch.utils.data.DistributedSampler`` does) and dealt to the ranks: rank ``r`` takes positions
 ``r, r + world_size, ...``. The position within the epoch is ``offset``, counted in this rank's samples.
+With ``passes=k`` an epoch is ``k`` passes over the data, pass ``j > 0`` drawn from ``(seed, e, j)``: a data set
+of a few batches then still gives the loader's workers enough batches to prepare ahead (see
+:func:`~ldmkit.data.loader.passes_per_epoch`).
 
 Position protocol (shared with :class:`~ldmkit.data.shards.ShardDataset`):
 
@@ -79,27 +82,31 @@ class EpochSampler(Sampler[Key]):
 
 class ResumableSampler(EpochSampler):
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False):
+                 world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False, passes: int = 1):
         if num_samples < 1:
             raise DataError("the data set is empty: nothing to sample")
+        if passes < 1:
+            raise DataError(f"an epoch needs at least one pass over the data, not {passes}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
         if drop_last and num_samples < world_size:
             raise DataError(f"{num_samples} samples cannot be shared by {world_size} ranks with drop_last")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch_keys = epoch_keys
+        self.epoch_keys, self.passes = epoch_keys, passes
         self.epoch, self.offset = 0, 0
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """All of this rank's indices of ``epoch`` (default: the current one), from its start: an int64 array, not
         a list (8 bytes an item instead of ~36, which matters for caches of millions of latents)."""
         epoch = self.epoch if epoch is None else epoch
-        n = self.num_samples
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        single = self.num_samples
+        if self.shuffle:  # the first pass keeps the (seed, epoch) order of a one-pass epoch
+            order = np.concatenate([np.random.default_rng([self.seed, epoch, *([j] if j else [])]).permutation(single)
+                                    for j in range(self.passes)])
         else:
-            order = np.arange(n)
+            order = np.tile(np.arange(single), self.passes)
+        n = len(order)
         if self.drop_last:
             order = order[: n - n % self.world_size]
         elif n % self.world_size:
@@ -109,5 +116,5 @@ class ResumableSampler(EpochSampler):
 
     def __len__(self) -> int:
         """Samples of this rank in a whole epoch."""
-        n, w = self.num_samples, self.world_size
+        n, w = self.num_samples * self.passes, self.world_size
         return n // w if self.drop_last else -(-n // w)
