@@ -6,7 +6,7 @@ import pytest
 
 from ldmkit.errors import ConfigError
 from ldmkit.fit.estimates import DeviceInfo
-from ldmkit.fit.plan import MIN_AE_STEPS, MIN_LDM_STEPS, PlanRequest, make_plan, replan
+from ldmkit.fit.plan import GOOD_LDM_IMAGES, MIN_AE_STEPS, MIN_LDM_STEPS, PlanRequest, _plan_at, make_plan, replan
 from ldmkit.fit.survey import DataSurvey
 from ldmkit.fit.table import CPU_ROWS, GPU_ROWS
 
@@ -55,9 +55,33 @@ def test_more_time_means_more_steps_up_to_the_presets():
     assert steps[0] < steps[1] <= steps[2] == 20_000  # fashion-mnist-class trains 20,000 steps
 
 
+def test_a_gpu_plan_trains_a_smaller_size_rather_than_a_larger_one_briefly():
+    # A 5-minute fit of 3,374 emoji at 128 px trained 32 k diffusion images and scored FD 253 (docs/results/fit.md).
+    data = survey(3_374, 256)
+    short, long = (make_plan(data, H200, PlanRequest(m * 60, "labels")) for m in (5, 60))
+    assert short.resolution < long.resolution
+    for plan in (short, long):
+        assert plan.ldm.steps * plan.ldm.batch >= GOOD_LDM_IMAGES
+        larger = 2 * plan.resolution
+        if larger <= 256:  # the size above it would have trained too little in the same budget
+            row = next(r for r in GPU_ROWS if r.resolution >= larger)
+            above = _plan_at(row, larger, data, H200, PlanRequest(plan.budget_minutes * 60, "labels"))
+            assert above is None or above.ldm.steps * above.ldm.batch < GOOD_LDM_IMAGES
+    # On a CPU no size reaches that many: the size stays the largest the budget trains at all.
+    assert make_plan(survey(3_000, 64), CPU, PlanRequest(3600, "labels")).resolution == 64
+
+
 def test_small_data_caps_the_steps_by_epochs():
     plan = make_plan(survey(24, 16), H200, PlanRequest(600 * 60, "labels"))
     assert plan.ldm.steps < 2_000
+
+
+def test_the_evaluation_samples_in_batches_of_the_diffusion_batch():
+    # Sampling 16 at a time left an H200 launch-bound (40 img/s); the trained batch is known to fit in memory.
+    big = make_plan(survey(60_000, 32), H200, PlanRequest(600 * 60, "labels"))
+    small = make_plan(survey(30_000, 256), DeviceInfo("gpu", 24 * GIB), PlanRequest(600 * 60, "none"))
+    assert big.eval.batch == big.ldm.batch == 256
+    assert small.eval.batch == small.ldm.batch < big.eval.batch
 
 
 def test_grey_images_get_one_latent_channel_per_three():
@@ -90,6 +114,9 @@ def test_overrides_change_the_plan_and_its_estimate():
     assert tiny.estimate.unet_parameters < plan.estimate.unet_parameters
     with pytest.raises(ConfigError, match="unknown config key 'ldm.stpes'"):
         replan(plan, ["ldm.stpes=4"], CPU, survey(24, 16))
+    assert replan(plan, ["eval.lpips_net=alex"], CPU, survey(24, 16)).eval.lpips_net == "alex"
+    with pytest.raises(ConfigError, match="lpips_net"):
+        replan(plan, ["eval.lpips_net=squeeze"], CPU, survey(24, 16))
 
 
 def test_a_budget_too_small_for_any_plan_is_refused_in_one_line():

@@ -48,12 +48,13 @@ def _reconstruction(plan: Plan, held_out: Any, autoencoder: Path, out: Path, dev
     if plan.eval.lpips:
         from ldmkit.autoencoders.lpips import LPIPS
 
-        lpips = LPIPS.from_assets("vgg16")
+        lpips = LPIPS.from_assets(plan.eval.lpips_net)
     features = build_feature_extractor(plan.eval.feature, device=device)
     result = evaluate_reconstruction(load_autoencoder(autoencoder, device=device),
                                      dataset_batches(held_out, batch_size=32, limit=plan.eval.reconstructions),
                                      lpips=lpips, features=features, device=device)
-    write_reconstruction_report(result, out, extra={"autoencoder": str(autoencoder), "split": "val"})
+    extra = {"autoencoder": str(autoencoder), "split": "val", "lpips_net": plan.eval.lpips_net if lpips else None}
+    write_reconstruction_report(result, out, extra=extra)
     return result["metrics"]
 
 
@@ -77,7 +78,7 @@ def _generation(plan: Plan, data: DataConfig, held_out: Any, model_dir: Path, ou
     metrics = ("fd", "kd", "pr") if pr_k >= 1 else ("fd", "kd")
     result = evaluate_generation(pipe, reference, n=plan.eval.samples, prompts=prompts, sampler=plan.eval.sampler,
                                  steps=plan.eval.sampler_steps, guidance=_guidance(plan), metrics=metrics,
-                                 pr_k=max(1, pr_k), batch_size=16, progress=True)
+                                 pr_k=max(1, pr_k), batch_size=plan.eval.batch, progress=True)
     (out / "generation.json").write_text(json.dumps(result, indent=2) + "\n")
     return {"metrics": result["metrics"], "samples": result["num_images"],
             "sampling_images_per_second": result["sampling_images_per_second"]}

@@ -35,10 +35,10 @@ GPU_ROWS: tuple[PlanRow, ...] = (
     PlanRow("gpu-64", "gpu", 64, "fluent-emoji-64-kl-f4", "fluent-emoji-64-text", 32, 801.0, 128, 1006.0,
             "docs/results/ldm.md (emoji text model: first stage 2,254 x 32 in 90 s; diffusion 2,123 x 128 in "
             "270 s, FD-EffLite0 69.7 vs floor 38.3)"),
-    PlanRow("gpu-128", "gpu", 128, "fluent-emoji-128-kl-f4", "fluent-emoji-64-text", 32, 286.0, 64, 250.0,
+    PlanRow("gpu-128", "gpu", 128, "fluent-emoji-128-kl-f4", "fluent-emoji-64-text", 32, 286.0, 64, 415.0,
             "docs/results/autoencoders.md (fluent-emoji-128-vq-f4: 2,217 x 32 in 248 s, 30.55 dB KL vs bicubic "
-            "25.42); diffusion extrapolated: the gpu-64 UNet on 4x the latent cells, 1006 / 4 img/s, attention "
-            "left out of the 32x32 level", unet=(("attention_resolutions", (2, 4)),)),
+            "25.42); diffusion: docs/results/fit.md (the emoji fit at 128 px, H200: about 415 img/s at batch 64, "
+            "this row's UNet with attention left out of the 32x32 level)", unet=(("attention_resolutions", (2, 4)),)),
     PlanRow("gpu-256", "gpu", 256, "kl-f4", "ldm4-256", 16, 18.0, 48, 159.0,
             "docs/results/performance.md (LDM-4 UNet on cached 64x64x3 latents: 159 img/s, H100); first stage "
             "extrapolated from gpu-128: 4x the pixels and 2x the width, 286 / 16 img/s"),
