@@ -14,8 +14,9 @@ One call (one device call of at most 10 minutes) does three things and leaves on
      ("man: white hair"), in a same-name ``.txt`` beside it: the layout ``ldm fit --captions`` reads. The
      category folders are not the condition (captions are); they give the report's grid ten held-out captions,
      as the fit takes one grid row per class (a flat folder would get one);
-   - ``photos``: the real photographs bundled with scikit-image (astronaut, coffee, chelsea, rocket, hubble,
-     retina, ...; and scikit-learn's two sample photos when it is installed), as PNGs in one flat folder;
+   - ``photos``: a small folder of real photographs (``photo_set.py``: scikit-image's bundled photos and the
+     KDE wallpaper photographs, each at short sides 256 and 512, as JPEGs in one flat folder). The GPU machine
+     has no wallpapers: write the folder here and pass it with ``--photos DIR``;
 
 2. runs ``python -m ldmkit.cli.main fit FOLDER --out RUN --time <--time>m`` (``--labels`` / ``--captions`` /
    ``--unconditional``) as a subprocess, its output streamed and kept;
@@ -60,7 +61,7 @@ it with the result. The script checks the assets before it writes anything.
     python3 scripts/experiment_fit.py --out $OUT --data fashion-mnist --pad 2 --time 8m \
         --set ae_loss.perceptual_net=alex eval.lpips=false
     python3 scripts/experiment_fit.py --out $OUT --data emoji --time 8m
-    python3 scripts/experiment_fit.py --out $OUT --data photos --time 8m
+    python3 scripts/experiment_fit.py --out $OUT --data photos --photos .carry/photos --time 8m
     # here, on the CPU:
     python scripts/experiment_fit.py --out /tmp/fit-tiny --data fashion-mnist --tiny
     python scripts/experiment_fit.py --out /tmp/fit-plan --data fashion-mnist --pad 2 --time 8m --dry-run --gpu-plan
@@ -88,9 +89,6 @@ TINY_SET = ["ae.steps=3", "ldm.steps=4", "ae.batch=8", "ldm.batch=8", "eval.samp
             "eval.sampler_steps=2", "eval.grid_seeds=2", "eval.reconstructions=8"]
 TINY_PER_CLASS = 4  # F-MNIST: 40 images
 TINY_EMOJI = 32
-# scikit-image's bundled real photographs (skimage.data functions; files in skimage's data_dir, no download).
-PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
-          "immunohistochemistry", "moon", "page", "retina", "rocket", "stereo_motorcycle")
 LOG_LIMIT = 4 * 2**20  # fit.log beyond this keeps its first and last halves
 MARKER = ".experiment_fit.json"  # hidden: the folder scan ignores it
 H200_MEMORY = int(139.8 * 2**30)  # what torch reports for one H200, for --gpu-plan
@@ -171,56 +169,28 @@ def write_emoji(folder: Path, *, tiny: bool) -> dict:
             "example": {"file": str(files[0].relative_to(folder)), "caption": entries[0].caption}}
 
 
-def _photos() -> list[tuple[str, object]]:
-    try:
-        from skimage import data
-    except ImportError:
-        raise Failure("--data photos needs scikit-image (its bundled photographs); pip install scikit-image") from None
-    photos = []
-    for name in PHOTOS:
-        try:
-            image = getattr(data, name)()
-        except Exception as exc:  # noqa: BLE001 - a photo skimage would have to download is left out
-            print(f"photos: {name} left out ({type(exc).__name__}: {exc})", flush=True)
-            continue
-        if name == "stereo_motorcycle":
-            photos += [("motorcycle_left", image[0]), ("motorcycle_right", image[1])]
-        else:
-            photos.append((name, image))
-    try:
-        from sklearn.datasets import load_sample_images
+def write_photos(folder: Path, *, tiny: bool, prepared: Path | None) -> dict:
+    """The photo set (``photo_set.py``): copied from ``prepared`` (written elsewhere, e.g. with the KDE
+    wallpapers the GPU machine lacks), else written here from what is installed."""
+    from photo_set import SIDES, write_photo_folder
 
-        sample = load_sample_images()
-        photos += [(Path(f).stem, image) for f, image in zip(sample.filenames, sample.images)]
-    except Exception:  # noqa: BLE001 - scikit-learn is optional: two more photos when it is there
-        pass
-    return photos
-
-
-def write_photos(folder: Path, *, tiny: bool) -> dict:
-    import numpy as np
-    from PIL import Image
-
-    photos = _photos()
+    if prepared is None:
+        return write_photo_folder(folder, sides=(64,) if tiny else SIDES)
+    files = sorted(p for p in prepared.iterdir() if p.is_file() and not p.name.startswith("."))
+    if len(files) < 4:
+        raise Failure(f"--photos {prepared} holds {len(files)} images; write it with scripts/photo_set.py")
     folder.mkdir(parents=True, exist_ok=True)
-    names, sizes = [], []
-    for name, image in photos:
-        pixels = np.asarray(image)
-        if pixels.dtype != np.uint8:  # e.g. float images in [0, 1]
-            pixels = (np.clip(pixels.astype(np.float64) / max(1.0, float(pixels.max())), 0, 1) * 255).round()
-            pixels = pixels.astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{name}.png")
-        names.append(name)
-        sizes.append(f"{pixels.shape[1]}x{pixels.shape[0]}")
-    if len(names) < 4:
-        raise Failure(f"only {len(names)} photographs could be read from scikit-image; ldm fit needs more")
-    return {"source": "scikit-image data (+ scikit-learn sample images)", "images": len(names), "names": names,
-            "sizes": sizes}
+    for path in files:
+        shutil.copy2(path, folder / path.name)
+    record = prepared / ".photo_set.json"
+    written = json.loads(record.read_text()) if record.is_file() else {"images": len(files)}
+    return {**written, "copied_from": str(prepared)}
 
 
-def write_folder(data: str, folder: Path, *, tiny: bool, pad: int, workers: int) -> dict:
+def write_folder(data: str, folder: Path, *, tiny: bool, pad: int, workers: int, photos: Path | None = None) -> dict:
     """Write the data set to ``folder`` unless it already holds the same (the marker file says)."""
-    spec = {"data": data, "tiny": tiny, "pad": pad if data == "fashion-mnist" else 0, "layout": 2}
+    spec = {"data": data, "tiny": tiny, "pad": pad if data == "fashion-mnist" else 0, "layout": 3,
+            "photos": str(photos) if data == "photos" and photos else None}
     marker = folder / MARKER
     if marker.is_file():
         previous = json.loads(marker.read_text())
@@ -234,7 +204,7 @@ def write_folder(data: str, folder: Path, *, tiny: bool, pad: int, workers: int)
     elif data == "emoji":
         written = write_emoji(folder, tiny=tiny)
     else:
-        written = write_photos(folder, tiny=tiny)
+        written = write_photos(folder, tiny=tiny, prepared=photos)
     written["seconds"] = round(time.perf_counter() - start, 2)
     written["bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     marker.write_text(json.dumps({"spec": spec, "written": written}, indent=2) + "\n")
@@ -290,7 +260,7 @@ def run_logged(command: list[str], log: Path) -> tuple[int, float]:
     """Run ``command``, its output streamed to this process's stdout and to ``log``; (status, seconds)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "w", encoding="utf-8", buffering=1) as out:  # line by line: a killed call keeps its log
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                    errors="replace", bufsize=1)
         for line in process.stdout:
@@ -381,6 +351,10 @@ def main() -> int:
                         help="where the folder and RUN go (default /tmp/experiment_fit/<data>[-tiny])")
     parser.add_argument("--pad", type=int, default=0, help="fashion-mnist: black pixels around each 28x28 image "
                         "(2: the presets' 32x32)")
+    parser.add_argument("--photos", type=Path, default=None, help="photos: a folder written by scripts/photo_set.py "
+                                                                   "(default: write it here from what is installed)")
+    parser.add_argument("--resume", action="store_true", help="go on with the fit an earlier (killed) call left in "
+                                                              "--work instead of starting it over")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: a few dozen images, a few steps")
     parser.add_argument("--dry-run", action="store_true", help="write the folder, print the fit's plan, stop")
     parser.add_argument("--gpu-plan", action="store_true", help="also print the plan one H200 would get")
@@ -407,11 +381,11 @@ def experiment(args: argparse.Namespace, folder: Path, run: Path) -> int:
         (args.out / name).unlink(missing_ok=True)
     check_assets(args.data, needs_training_assets=not (args.tiny or args.dry_run))
     commands = [f"# cwd {os.getcwd()}", "# " + shlex.join([sys.executable, *sys.argv])]
-    written = write_folder(args.data, folder, tiny=args.tiny, pad=args.pad, workers=args.workers)
+    written = write_folder(args.data, folder, tiny=args.tiny, pad=args.pad, workers=args.workers, photos=args.photos)
     how = "reused" if written.get("reused") else f"written in {written['seconds']:.1f} s with {args.workers} workers"
     print(f"folder {folder}: {written['images']} images, {how}", flush=True)
     commands.append(f"# folder {folder}: {written['images']} images, {how}")
-    if run.exists():  # every call starts its fit over, so its timings are its own
+    if run.exists() and not args.resume:  # every call starts its fit over, so its timings are its own
         shutil.rmtree(run)
     command = fit_command(args, folder, run)
     print("+ " + shlex.join(command), flush=True)

@@ -30,14 +30,10 @@ import time
 from pathlib import Path
 
 import torch
+from photo_set import WALLPAPER_PHOTOS, WALLPAPERS  # the KDE photographs: for training only, each at two scales
 
 TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
 HELD_OUT_PHOTOS = ("chelsea", "coffee")
-# The real photographs among the KDE wallpapers (apt-get install plasma-workspace-wallpapers), for training
-# only: each at two scales, so the photo model sees more than six pictures.
-WALLPAPERS = Path("/usr/share/wallpapers")
-WALLPAPER_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-                    "Kite", "OneStandsOut", "Path", "summer_1am", "Volna")
 WORK = Path(os.environ.get("TASKS_WORK", "/tmp/tasks"))
 LDM = "import sys; from ldmkit.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
