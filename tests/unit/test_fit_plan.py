@@ -6,7 +6,8 @@ import pytest
 
 from ldmkit.errors import ConfigError
 from ldmkit.fit.estimates import DeviceInfo
-from ldmkit.fit.plan import GOOD_LDM_IMAGES, MIN_AE_STEPS, MIN_LDM_STEPS, PlanRequest, _plan_at, make_plan, replan
+from ldmkit.fit.plan import (EPOCH_CAP_FLOOR, GOOD_LDM_IMAGES, MAX_EPOCHS, MIN_AE_STEPS, MIN_LDM_STEPS, PlanRequest,
+                             _plan_at, make_plan, replan)
 from ldmkit.fit.survey import DataSurvey
 from ldmkit.fit.table import CPU_ROWS, GPU_ROWS
 
@@ -74,6 +75,12 @@ def test_a_gpu_plan_trains_a_smaller_size_rather_than_a_larger_one_briefly():
 def test_small_data_caps_the_steps_by_epochs():
     plan = make_plan(survey(24, 16), H200, PlanRequest(600 * 60, "labels"))
     assert plan.ldm.steps < 2_000
+
+
+def test_the_epoch_cap_leaves_a_tiny_folder_enough_first_stage_steps():
+    # 100 epochs of 49 photos were 153 steps; 108 reconstructed worse than bicubic (docs/results/fit.md).
+    plan = make_plan(survey(55, 128), H200, PlanRequest(600 * 60, "none"))
+    assert plan.ae.steps == EPOCH_CAP_FLOOR["ae"] > MAX_EPOCHS["ae"] * 49 / plan.ae.batch
 
 
 def test_the_evaluation_samples_in_batches_of_the_diffusion_batch():

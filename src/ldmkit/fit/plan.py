@@ -11,7 +11,7 @@ diffusion images too: :data:`GOOD_LDM_IMAGES`, else the smallest size):
   device's, at most the training images, at least :data:`MIN_BATCH`;
 - **steps**: the stage's share of the budget (:data:`SHARES`) times the row's measured images per second
   (times 0.96 per GPU: DDP ran 1.92x on 2), over the batch; at most the preset's steps and
-  :data:`MAX_EPOCHS` passes over the data. Each trainer also
+  :data:`MAX_EPOCHS` passes over the data (that cap never below :data:`EPOCH_CAP_FLOOR` steps). Each trainer also
   gets its share as ``train.max_minutes``, so a slow device stops on time rather than late;
 - **held out**: 10% of the images (at least :data:`MIN_HELD_OUT`) for the evaluation, which scores up to 10
   generated images per held-out one (at most 5,000, and what half the budget left after training can sample).
@@ -59,6 +59,10 @@ DDP_EFFICIENCY = 0.96
 # Passes over the training images beyond which more steps are not planned: about what the presets made on their
 # data (fluent-emoji-64: 84 autoencoder and 1,264 diffusion epochs; Fashion-MNIST: 17 and 85).
 MAX_EPOCHS = {"ae": 100, "ldm": 1000}
+# Steps the MAX_EPOCHS cap never stops a stage before: on a folder of 49 photos, 100 epochs were 153 steps, and
+# the first stage stopped at 108 reconstructed worse than bicubic (17.2 against 22.9 dB); 632 steps on the emoji
+# folder beat it (27.3 against 25.8; docs/results/fit.md).
+EPOCH_CAP_FLOOR = {"ae": 1000, "ldm": MIN_LDM_STEPS}
 EVAL_SHARE = 0.5  # of the budget left after training, for sampling the scored images
 
 
@@ -301,7 +305,7 @@ def _plan_at(row: PlanRow, side: int, survey: DataSurvey, device: DeviceInfo, re
         minimum = MIN_AE_STEPS if stage == "ae" else MIN_LDM_STEPS
         if steps >= minimum:  # more time than data: stop at the preset's steps or MAX_EPOCHS passes
             epochs = math.ceil(MAX_EPOCHS[stage] * train_count / (batch * device.gpus))
-            steps = min(steps, preset_steps, max(minimum, epochs))
+            steps = min(steps, preset_steps, max(minimum, EPOCH_CAP_FLOOR[stage], epochs))
         batches[stage] = dataclasses.replace(getattr(plan, stage), batch=batch, steps=max(1, steps),
                                              minutes=round(seconds / 60, 2))
     if not plan.trains_autoencoder:
