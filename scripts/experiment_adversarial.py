@@ -18,6 +18,15 @@ reconstructed images, and the generator's adversarial term ``g_adv``. Writes ``r
 ``reconstructions.png`` (rows: images; columns: original | warm | l1-lpips | patchgan | bicubic; enlarged
 crops) and ``discriminator.png`` to ``--out``.
 
+The photo set: train on random crops of ``photo_set.py --held-out``'s ``train/`` and score on every tile of
+its ``held-out/`` photographs (no held-out photo is trained on at another scale)::
+
+    python scripts/photo_set.py .carry/adv/photos --held-out chelsea coffee Kite Path       # here
+    python3 scripts/experiment_adversarial.py --out $OUT/photos --work /tmp/adv-photos \\
+        --preset fluent-emoji-128-kl-f4 --held-out .carry/adv/photos/held-out --warm-minutes 2 --branch-steps 1200 \\
+        data.source=folder data.path=.carry/adv/photos/train data.label_source=none data.resize=false \\
+        data.crop=random data.flip=true
+
 Carrying (one device call): ``scripts/device_assets.py pack fluent-emoji-3d efficientnet-lite0 lpips --skip
 vgg16.safetensors LICENSE`` (about 32 MiB): the perceptual loss and LPIPS run on AlexNet
 (``loss.perceptual_net=alex``; VGG16's weights do not fit beside the data).
@@ -65,6 +74,22 @@ def train(name: str, args: argparse.Namespace, overrides: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- scores
+
+
+def held_out_tiles(folder: Path, side: int) -> torch.Tensor:
+    """[N, 3, side, side] in [-1, 1]: every whole non-overlapping tile of every image in ``folder``, row by row."""
+    import numpy as np
+    from PIL import Image
+
+    tiles = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)  # [3, H, W]
+        for top in range(0, pixels.shape[1] - side + 1, side):
+            for left in range(0, pixels.shape[2] - side + 1, side):
+                tiles.append(pixels[:, top:top + side, left:left + side])
+    if not tiles:
+        raise SystemExit(f"--held-out {folder}: no image of at least {side} px a side")
+    return torch.stack(tiles).float() / 127.5 - 1
 
 
 def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
@@ -182,11 +207,16 @@ def run(args: argparse.Namespace) -> None:
         save()
     results["discriminator"] = discriminator_curves(args.work / "patchgan")
 
-    data_file = args.work / "data.yaml"  # score on the data settings the runs trained with
-    data_file.write_text(yaml.safe_dump(results["training"]["warm"]["config"]["data"]))
-    held_out = build_dataset(load_config(DataConfig, data_file), split=args.split)
-    count = min(args.eval_limit or len(held_out), len(held_out))
-    images = torch.stack([held_out[i]["image"] for i in range(count)])
+    data = results["training"]["warm"]["config"]["data"]
+    if args.held_out is not None:  # photos: every whole tile of the held-out photographs
+        images = held_out_tiles(args.held_out, data["resolution"])
+    else:  # score on the data settings the runs trained with
+        data_file = args.work / "data.yaml"
+        data_file.write_text(yaml.safe_dump(data))
+        held_out = build_dataset(load_config(DataConfig, data_file), split=args.split)
+        images = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
+    images = images[:args.eval_limit or len(images)]
+    results["held_out_images"] = len(images)
     lpips = LPIPS.from_assets(args.perceptual)
     features = build_feature_extractor("efflite0", device=device)
     columns = [images]
@@ -220,6 +250,8 @@ def main() -> None:
     p.add_argument("--perceptual", default="alex", choices=("alex", "vgg16"), help="LPIPS network of the loss and "
                                                                                   "of the scores")
     p.add_argument("--split", default="val", help="held-out split of the preset's data")
+    p.add_argument("--held-out", type=Path, default=None, help="score on the tiles of these images instead (a "
+                                                               "folder: photo_set.py --held-out)")
     p.add_argument("--eval-limit", type=int, default=0, help="held-out images scored (0: all)")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps, on the CPU (smoke test)")

@@ -4,7 +4,8 @@ photographs among the KDE wallpapers (``apt-get install plasma-workspace-wallpap
 Neither source downloads anything: scikit-image ships its photos, Debian the wallpapers. The GPU machine has
 scikit-image but no wallpapers, so the folder is written here and carried:
 
-    python scripts/photo_set.py .carry/photos            # here: 29 photographs x 2 scales as JPEG, about 8 MB
+    python scripts/photo_set.py .carry/photos            # here: 55 images (29 photographs, two scales), 4 MiB
+    python scripts/photo_set.py .carry/photos-split --held-out chelsea coffee Kite Path   # train/ + held-out/
 """
 
 from __future__ import annotations
@@ -72,36 +73,51 @@ def scaled(image, short_side: int):
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
 
 
-def write_photo_folder(folder: Path, sides: tuple[int, ...] = SIDES, quality: int = 95) -> dict:
+def write_photo_folder(folder: Path, sides: tuple[int, ...] = SIDES, quality: int = 95,
+                       held_out: tuple[str, ...] = ()) -> dict:
     """Every photograph at each short side in ``sides`` as ``NAME-SIDE.jpg`` in one flat folder; what was written.
 
-    A photo smaller than a side is written once at its own size (the folder never holds enlarged images)."""
+    A photo smaller than a side is written once at its own size (the folder never holds enlarged images). With
+    ``held_out`` names, those photos (every scale of each) go to ``folder/held-out`` and the rest to
+    ``folder/train``: no held-out photo is seen in training at another scale."""
     folder.mkdir(parents=True, exist_ok=True)
     names, sizes = [], []
-    for name, image in skimage_photos() + wallpaper_photos():
+    photos = skimage_photos() + wallpaper_photos()
+    unknown = set(held_out) - {name for name, _ in photos}
+    if unknown:
+        raise RuntimeError(f"no photo named {', '.join(sorted(unknown))}; the names: "
+                           f"{', '.join(name for name, _ in photos)}")
+    for name, image in photos:
+        target = folder / ("held-out" if name in held_out else "train") if held_out else folder
+        target.mkdir(parents=True, exist_ok=True)
         written = set()
         for side in sides:
             out = scaled(image, side)
             if out.size in written:
                 continue
             written.add(out.size)
-            path = folder / f"{name}-{min(out.size)}.jpg"
+            path = target / f"{name}-{min(out.size)}.jpg"
             out.convert("L" if image.mode in ("L", "I;16", "I", "F") else "RGB").save(path, quality=quality)
-            names.append(path.name)
+            names.append(str(path.relative_to(folder)))
             sizes.append(f"{out.width}x{out.height}")
     if len(names) < 4:
         raise RuntimeError(f"only {len(names)} photographs could be written; install scikit-image")
     return {"source": "scikit-image data + KDE wallpaper photographs", "images": len(names), "names": names,
-            "sizes": sizes, "sides": list(sides)}
+            "sizes": sizes, "sides": list(sides), "held_out": list(held_out)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--held-out", nargs="+", default=(), metavar="NAME",
+                        help="photos written to FOLDER/held-out (every scale), the rest to FOLDER/train")
     args = parser.parse_args()
-    written = write_photo_folder(args.folder)
+    try:
+        written = write_photo_folder(args.folder, held_out=tuple(args.held_out))
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}") from None
     (args.folder / ".photo_set.json").write_text(json.dumps(written, indent=2) + "\n")
-    size = sum(p.stat().st_size for p in args.folder.iterdir())
+    size = sum(p.stat().st_size for p in args.folder.rglob("*") if p.is_file())
     print(f"{written['images']} images in {args.folder} ({size / 2**20:.1f} MiB)")
 
 
