@@ -126,6 +126,20 @@ def test_an_epoch_of_several_passes_is_several_permutations_the_first_unchanged(
         ResumableSampler(7, passes=0)
 
 
+def test_each_pass_of_an_epoch_keys_its_items_as_an_epoch_of_its_own():
+    # MaskedItems draws an item's mask from its key: repeats within one epoch must not share a mask.
+    sampler = ResumableSampler(5, seed=1, passes=3, epoch_keys=True)
+    sampler.set_epoch(2)
+    keys = list(sampler)
+    assert [k[0] for k in keys] == [6] * 5 + [7] * 5 + [8] * 5
+    assert [k[1] for k in keys] == sampler.epoch_indices().tolist()
+    sampler.load_state_dict({"epoch": 2, "offset": 7})  # resumed inside the second pass
+    assert list(sampler) == keys[7:]
+    ranks = [list(ResumableSampler(5, seed=1, passes=2, epoch_keys=True, rank=r, world_size=2)) for r in (0, 1)]
+    assert sorted(k for rank in ranks for k in rank) == sorted((j, i) for j in (0, 1) for i in range(5))
+    assert list(ResumableSampler(5, seed=1, epoch_keys=True)) == [(0, i) for i in ResumableSampler(5, seed=1)]
+
+
 def test_small_data_sets_get_enough_batches_per_worker():
     from ldmkit.data.loader import BATCHES_PER_WORKER, passes_per_epoch
 

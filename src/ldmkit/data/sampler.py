@@ -25,6 +25,7 @@ which persist across epochs and so cannot learn it any other way.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -113,6 +114,16 @@ class ResumableSampler(EpochSampler):
             pad = self.world_size - n % self.world_size
             order = np.concatenate([order, np.resize(order, pad)])
         return np.ascontiguousarray(order[self.rank:: self.world_size], dtype=np.int64)
+
+    def __iter__(self) -> Iterator[Key]:
+        if not self.epoch_keys or self.passes == 1:
+            return super().__iter__()
+        # Each pass keys its items as an epoch of its own, (epoch * passes + pass, index): an item seen in
+        # several passes of one epoch gets a fresh draw each time (a mask, for MaskedItems), not the same one.
+        indices, first, last = self.epoch_indices(), self.epoch * self.passes, self.passes - 1
+        passes = (min(last, (p * self.world_size + self.rank) // self.num_samples) for p in range(len(indices)))
+        keys = ((first + j, int(i)) for j, i in zip(passes, indices))
+        return itertools.islice(keys, self.offset, None)
 
     def __len__(self) -> int:
         """Samples of this rank in a whole epoch."""
