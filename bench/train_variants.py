@@ -7,6 +7,11 @@ around the attention calls and ~6% of the step with the GPU idle. Variants, each
   flash-first  the same, with flash attention first in SDPA's priority list (it takes the [B, N, heads, d]
                layout the projections produce, where cuDNN attention may want its inputs copied)
   cudagraphs   torch.compile(mode="reduce-overhead"): forward and backward replayed as CUDA graphs
+  max-autotune torch.compile(mode="max-autotune-no-cudagraphs"): inductor times Triton templates against cuBLAS
+               and cuDNN for the matrix products and convolutions, and takes the fastest
+  float8       the transformer blocks' linear layers (attention projections, feed-forward: the ones
+               ``--quantize`` converts for sampling) trained in float8 with dynamic scaling (torchao
+               ``convert_to_float8_training``; compute capability 8.9 or more), then compiled as ``default``
 
 Writes train_variants.json / .md to --out, with the same timing method as gpu_vs_diffusers.py.
 """
@@ -25,7 +30,8 @@ from measure import Runner, environment, fast_cuda_settings, free_memory, md_tab
 from models import build_unet, text_unet_config, unet_call
 from train_step import make_train_step, time_train_step
 
-VARIANTS = ("default", "flash-first", "cudagraphs")
+VARIANTS = ("default", "flash-first", "cudagraphs", "max-autotune", "float8")
+MODES = {"cudagraphs": "reduce-overhead", "max-autotune": "max-autotune-no-cudagraphs"}
 NAME = "train_variants"
 
 
@@ -36,6 +42,16 @@ def attention_priority(variant: str) -> contextlib.AbstractContextManager:
 
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     return sdpa_kernel(order, set_priority=True)
+
+
+def float8_training(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with its transformer blocks' linear layers swapped for torchao's float8 training linears."""
+    from torchao.float8 import convert_to_float8_training  # the benchmark's optional dependency (quant extra)
+
+    from ldmkit.pipelines.quantize import transformer_linears
+
+    chosen = set(transformer_linears(net))
+    return convert_to_float8_training(net, module_filter_fn=lambda module, name: name in chosen)
 
 
 def no_compile_caches() -> contextlib.AbstractContextManager:
@@ -50,7 +66,9 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     free_memory(device)
     cfg = text_unet_config(args.tiny)
     net = build_unet("ldmkit", cfg, device).train().to(memory_format=torch.channels_last)
-    mode = "reduce-overhead" if variant == "cudagraphs" else "default"
+    if variant == "float8":
+        net = float8_training(net)
+    mode = MODES.get(variant, "default")
     model = torch.compile(net, backend=args.compile_backend,
                           mode=mode if args.compile_backend == "inductor" else None)
     step = make_train_step(unet_call("ldmkit", model), net.parameters(), cfg, args.size, args.batch, args.tokens,
@@ -103,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         if variant == "cudagraphs" and device.type != "cuda":
             run.skip(variant, "CUDA graphs need a CUDA device")
+            continue
+        if variant == "float8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+            run.skip(variant, "float8 training needs a GPU of compute capability 8.9 or more")
             continue
         run.item((variant,), 0 if args.tiny else 170, lambda variant=variant: measure(variant, args, device))
     run.save()

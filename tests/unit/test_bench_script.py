@@ -106,10 +106,25 @@ def test_training_variants_script_times_each_variant(tmp_path):
                "--batch", "2", "--profile", "--out", str(tmp_path))
     report = json.loads((tmp_path / "train_variants.json").read_text())
     assert report["errors"] == []
-    for variant in ("default", "flash-first"):
+    for variant in ("default", "flash-first", "max-autotune"):
         assert report[variant]["img_s"] > 0 and report[variant]["profile"]["busy_ms"] > 0
-    assert [s["item"] for s in report["skipped"]] == ["cudagraphs"]  # CUDA only
+    assert [s["item"] for s in report["skipped"]] == ["cudagraphs", "float8"]  # CUDA only
     assert "| flash-first |" in (tmp_path / "train_variants.md").read_text()
+
+
+def test_the_float8_variant_converts_exactly_the_transformer_linears():
+    pytest.importorskip("torchao")
+    from torchao.float8.float8_linear import Float8Linear
+
+    from ldmkit.pipelines.quantize import transformer_linears
+
+    variants, models = bench_module("train_variants"), bench_module("models")
+    net = models.build_unet("ldmkit", models.text_unet_config(True), "cpu")
+    chosen = set(transformer_linears(net))
+    converted = variants.float8_training(net)
+    float8 = {name for name, module in converted.named_modules() if isinstance(module, Float8Linear)}
+    assert float8 == chosen and len(chosen) > 0
+    assert any(isinstance(m, torch.nn.Linear) and not isinstance(m, Float8Linear) for m in converted.modules())
 
 
 def test_inference_variants_script_times_each_variant_against_both_baselines(tmp_path):
