@@ -112,6 +112,17 @@ def test_training_variants_script_times_each_variant(tmp_path):
     assert "| flash-first |" in (tmp_path / "train_variants.md").read_text()
 
 
+def test_trainer_overhead_script_times_the_trainer_and_its_step_taken_apart(tmp_path):
+    run_script("trainer_overhead", "--tiny", "--device", "cpu", "--modes", "eager", "--profile", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "trainer_overhead.json").read_text())
+    assert report["errors"] == []
+    for row in ("network", "+ema", "+guard", "trainer"):
+        assert report[row]["eager"]["img_s"] > 0
+    assert report["trainer"]["eager"]["batch"] == 4 and report["trainer"]["eager"]["logged_points"] >= 2
+    assert report["+guard"]["eager"]["profile"]["busy_ms"] > 0
+    assert "| +guard |" in (tmp_path / "trainer_overhead.md").read_text()
+
+
 def test_the_float8_variant_converts_exactly_the_transformer_linears():
     pytest.importorskip("torchao")
     from torchao.float8.float8_linear import Float8Linear
