@@ -3,7 +3,8 @@
 The Fashion-MNIST class preset (27 M UNet, 16×16×1 latents, batch 256) trained at about 14 steps/s on an H200,
 a few per cent of what the card computes (docs/results/ldm.md, docs/results/fit.md). This script says which part
 of the loop holds it, for any diffusion preset, on random weights and a synthetic latent cache (no data set and
-no trained first stage needed). Each row is timed eager and with ``torch.compile``:
+no trained first stage needed). Each row is timed eager, with ``train.compile`` and with
+``train.compile_mode=reduce-overhead`` (CUDA graphs; ``--modes`` picks):
 
   network   the trainer's own ``DiffusionTask`` (its networks, loss and optimiser, built by ``setup``): loss,
             backward and optimiser step on one batch that stays on the device;
@@ -77,19 +78,25 @@ def synthetic_cache(out: Path, shape: tuple[int, ...], count: int, classes: int)
     return out
 
 
-def overrides(args: argparse.Namespace, work: Path, compiled: bool) -> list[str]:
+#: The modes each row is timed in: train.compile and train.compile_mode.
+MODES = {"eager": ["train.compile=false"], "compiled": ["train.compile=true"],
+         "cudagraphs": ["train.compile=true", "train.compile_mode=reduce-overhead"]}
+
+
+def overrides(args: argparse.Namespace, work: Path, mode: str) -> list[str]:
     return [f"autoencoder={work / 'ae'}", f"latents={work / 'cache'}", f"train.device={args.device}",
-            f"train.compile={str(compiled).lower()}", "train.progress=false", "train.image_every=0",
+            *MODES[mode], "train.progress=false", "train.image_every=0",
             "train.checkpoint_every=1000000", *(TINY if args.tiny else []), *args.overrides]
 
 
-def task_step(args: argparse.Namespace, work: Path, compiled: bool, row: str) -> dict[str, Any]:
+def task_step(args: argparse.Namespace, work: Path, mode: str, row: str) -> dict[str, Any]:
     """Median time of one step of ``row`` on the trainer's own DiffusionTask, and img/s."""
     from ldmkit.config import load_config
     from ldmkit.data.latents import LatentDataset
     from ldmkit.training.diffusion_task import DiffusionExperiment, DiffusionTask
 
-    experiment = load_config(DiffusionExperiment, args.preset, overrides(args, work, compiled) + [
+    compiled = mode != "eager"
+    experiment = load_config(DiffusionExperiment, args.preset, overrides(args, work, mode) + [
         f"train.out={work / 'task'}"], group="diffusion")
     device = torch.device(args.device)
     dataset = LatentDataset(experiment.latents)
@@ -126,15 +133,15 @@ def task_step(args: argparse.Namespace, work: Path, compiled: bool, row: str) ->
     return out
 
 
-def trainer(args: argparse.Namespace, work: Path, compiled: bool) -> dict[str, Any]:
+def trainer(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
     """``ldm train diffusion`` for about ``--seconds``; the median throughput it logged after the first quarter."""
     from ldmkit.report.run_record import read_scalars
 
-    run = work / f"trainer-{'compiled' if compiled else 'eager'}"
+    run = work / f"trainer-{mode}"
     budget = ["train.steps=8"] if args.tiny else [f"train.max_minutes={args.seconds / 60:.4f}", "train.steps=10000000"]
     command = [sys.executable, "-m", "ldmkit.cli.main", "train", "diffusion", "--config", args.preset,
                f"train.out={run}", "train.log_every=10" if not args.tiny else "train.log_every=1",
-               *overrides(args, work, compiled), *budget]
+               *overrides(args, work, mode), *budget]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"ldm train diffusion failed ({done.returncode}): {done.stderr.strip()[-400:]}")
@@ -151,14 +158,14 @@ def trainer(args: argparse.Namespace, work: Path, compiled: bool) -> dict[str, A
 def markdown(results: dict[str, Any]) -> str:
     meta, rows = results["meta"], []
     for row in (*ROWS, "trainer"):
-        eager, compiled = results.get(row, {}).get("eager") or {}, results.get(row, {}).get("compiled") or {}
-        rows.append([row, eager.get("img_s"), compiled.get("img_s"), eager.get("step_ms"), compiled.get("step_ms"),
-                     compiled.get("compile_s"), eager.get("error") or compiled.get("error")])
+        timed = [results.get(row, {}).get(mode) or {} for mode in MODES]
+        rows.append([row, *(t.get("img_s") for t in timed), *(t.get("compile_s") for t in timed[1:]),
+                     next((t["error"] for t in timed if t.get("error")), None)])
     idle = (results.get("+guard", {}).get("eager") or {}).get("profile", {}).get("idle_share")
     return (f"# {meta.get('preset')}: the trainer against its own step — {meta.get('card')}\n\ntorch "
             f"{meta.get('torch')}; command: `{meta.get('command')}`; wall {meta.get('wall_s')} s. GPU idle share of "
             f"the eager +guard step: {idle if idle is not None else '—'}.\n\n"
-            + md_table(["row", "img/s eager", "img/s compiled", "ms eager", "ms compiled", "compile s", "error"],
+            + md_table(["row", *(f"img/s {mode}" for mode in MODES), "compile s", "compile s (graphs)", "error"],
                        rows))
 
 
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=60000, help="latents in the synthetic cache")
     p.add_argument("--seconds", type=float, default=45.0, help="wall time of each real trainer run")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--modes", nargs="+", choices=("eager", "compiled"), default=["eager", "compiled"])
+    p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     p.add_argument("--profile", action="store_true", help="profile the eager +guard step")
     p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps (smoke test on CPU)")
     p.add_argument("--budget-s", type=float, default=540.0)
@@ -195,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_cache(work / "cache", shape, args.count, classes=10)
         meta["latent_shape"] = list(shape)
         for mode in args.modes:
-            compiled = mode == "compiled"
-            estimate = 0 if args.tiny else (60 if compiled else 15)
+            if mode == "cudagraphs" and device.type != "cuda":
+                run.skip(mode, "CUDA graphs need a CUDA device")
+                continue
+            estimate = 0 if args.tiny else (15 if mode == "eager" else 60)
             for row in ROWS:
-                run.item((row, mode), estimate, lambda row=row, compiled=compiled: task_step(args, work, compiled, row))
-            run.item(("trainer", mode), 0 if args.tiny else args.seconds + (60 if compiled else 20),
-                     lambda compiled=compiled: trainer(args, work, compiled))
+                run.item((row, mode), estimate, lambda row=row, mode=mode: task_step(args, work, mode, row))
+            run.item(("trainer", mode), 0 if args.tiny else args.seconds + estimate + 5,
+                     lambda mode=mode: trainer(args, work, mode))
     run.save()
     return 0
 

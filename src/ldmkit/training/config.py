@@ -9,6 +9,10 @@ from ldmkit.training.lr_schedules import LR_SCHEDULES, check_schedule
 from ldmkit.training.optimizers import OPTIMIZERS
 
 
+#: ``torch.compile`` modes a trainer accepts (train.compile_mode).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = option("runs/run", help="run directory: config, checkpoints, logs, samples and the final model")
@@ -62,6 +66,9 @@ class TrainConfig:
                                        "processes, for UNets too large to replicate; diffusion trainer only)",
                            choices=("ddp", "fsdp"))
     compile: bool = option(False, help="torch.compile the network (compile time reported apart)")
+    compile_mode: str = option("default", help="torch.compile mode of train.compile: default, reduce-overhead (CUDA "
+                                                "graphs: for small networks whose steps wait on kernel launches) or "
+                                                "max-autotune-no-cudagraphs", choices=COMPILE_MODES)
     progress: bool = option(True, help="show a progress bar")
     max_minutes: float = option(0.0, help="stop (saving a checkpoint and the model) after this much wall time in "
                                           "this process; 0 = no limit", min=0.0)

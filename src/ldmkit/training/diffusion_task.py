@@ -163,6 +163,7 @@ class _DenoisingLoss(torch.nn.Module):
 
 class DiffusionTask(Task):
     name = "diffusion"
+    compiles = True
 
     def __init__(self, experiment: DiffusionExperiment, dataset: Any, captions: Iterable[str] | None):
         self.experiment = experiment
@@ -212,7 +213,7 @@ class DiffusionTask(Task):
         if (self.conditioner.trainable and train_cfg.trainable != "unet") or adapted_text:
             trained["conditioner"] = self.conditioner
         self.trained = trained
-        self.network = torch.compile(self.unet) if train_cfg.compile else self.unet
+        self.network = torch.compile(self.unet, mode=train_cfg.compile_mode) if train_cfg.compile else self.unet
         # Several processes: rank 0's weights are broadcast here, so the EMA below starts equal on every rank.
         # With train.parallel=fsdp the UNet is sharded over the processes, and so is its EMA.
         self.denoising_loss = wrap(_DenoisingLoss(trained, self.network, self.schedule, exp), device,

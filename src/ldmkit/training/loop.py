@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ldmkit.errors import CheckpointError, LdmkitError
+from ldmkit.errors import CheckpointError, ConfigError, LdmkitError
 from ldmkit.runtime import autocast_dtype, is_main_process, pick_device, seed_everything, world_size
 from ldmkit.training.checkpoint import CheckpointManager
 from ldmkit.training.config import TrainConfig
@@ -67,6 +67,7 @@ class Task:
     """What a trainer plugs into the loop. Subclasses set up networks in ``setup``."""
 
     name = "task"
+    compiles = False  # whether setup honours train.compile
 
     def setup(self, device: torch.device, train: TrainConfig) -> None:
         raise NotImplementedError
@@ -298,6 +299,9 @@ def train(task: Task, train_cfg: TrainConfig, dataset: Any, resolved_config: Any
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this with its own share of the data and the
     task's networks in DistributedDataParallel; rank 0 alone logs and writes checkpoints and the model.
     """
+    if train_cfg.compile and not task.compiles:  # rather than an option that quietly changes nothing
+        raise ConfigError(f"train.compile is not supported by the {task.name} trainer (only the diffusion trainer "
+                          "compiles its network); leave it out")
     device = local_device(pick_device(train_cfg.device))
     run_dir = check_run_path(train_cfg.out)
     with process_group(device), contextlib.ExitStack() as held:

@@ -36,7 +36,8 @@ STARTS_NAME = "starts.jsonl"  # one line per start: when, at which step, on what
 RESUMABLE_CHANGES = (
     "train.steps", "train.out", "train.progress", "train.log_every", "train.image_every", "train.checkpoint_every",
     "train.keep_last", "train.keep_every", "train.max_minutes", "train.num_workers", "train.device",
-    "train.precision", "train.channels_last", "train.compile", "train.parallel", "train.max_nonfinite",
+    "train.precision", "train.channels_last", "train.compile", "train.compile_mode",
+    "train.parallel", "train.max_nonfinite",
     "train.loss_spike_factor",
     "preview.", "scale_samples",
 )
