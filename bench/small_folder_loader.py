@@ -1,10 +1,11 @@
-"""The data loader alone on a folder of a few dozen images: batches per second with one pass over the data per
-epoch against :func:`ldmkit.data.loader.passes_per_epoch`'s several.
+"""The data loader alone on a folder of a few dozen images: batches per second when every epoch starts its
+workers afresh (a DataLoader's own behaviour) against ldmkit's loader, whose workers prepare batches across
+the end of an epoch (:class:`ldmkit.data.loader.PrefetchingDataLoader`).
 
-With one pass, a folder smaller than the workers times the batch gives each worker at most one batch an epoch,
-and no worker can start on the next epoch's batches before this one ends (``ldm fit`` on a 49-photo folder
-trained at 3 steps/s on an H200, the same networks at 10 on 3,374 emoji: docs/results/fit.md). No GPU is used:
-the batches are read and thrown away. Writes ``small_folder_loader.json`` under ``--out``::
+A folder smaller than the workers times the batch gives each worker at most one batch an epoch, and no worker
+can start on the next epoch's batches before this one ends (``ldm fit`` on a 49-photo folder trained at 3 steps/s
+on an H200, the same networks at 10 on 3,374 emoji: docs/results/fit.md). No GPU is used: the batches are read
+and thrown away. Writes ``small_folder_loader.json`` under ``--out``::
 
     python scripts/photo_set.py /tmp/photos
     python bench/small_folder_loader.py --folder /tmp/photos --out bench/results/cpu-small-folder
@@ -20,18 +21,19 @@ from pathlib import Path
 
 
 def batches_per_second(folder: Path, *, resolution: int, batch: int, workers: int, batches: int,
-                       several_passes: bool) -> float:
-    import ldmkit.data.loader as loader_module
+                       across_epochs: bool) -> float:
     from ldmkit.data import DataConfig, build_dataset
+    from ldmkit.data.loader import ResumableDataLoader, build_dataloader
+    from ldmkit.data.sampler import ResumableSampler
 
     cfg = DataConfig(source="folder", path=str(folder), resolution=resolution, label_source="none")
     dataset = build_dataset(cfg, split="train")
-    kept = loader_module.BATCHES_PER_WORKER
-    loader_module.BATCHES_PER_WORKER = kept if several_passes else 0  # 0: one pass an epoch
-    try:
-        loader, _ = loader_module.build_dataloader(cfg, dataset, batch, num_workers=workers)
-    finally:
-        loader_module.BATCHES_PER_WORKER = kept
+    if across_epochs:
+        loader, _ = build_dataloader(cfg, dataset, batch, num_workers=workers)
+    else:  # persistent workers, as before: each epoch's iteration starts with them idle
+        sampler = ResumableSampler(len(dataset), drop_last=True)
+        loader = ResumableDataLoader(dataset, position=sampler, sampler=sampler, batch_size=batch, drop_last=True,
+                                     num_workers=workers, persistent_workers=True)
     warm, seen, start = 5, 0, 0.0
     while seen < warm + batches:
         for _ in loader:
@@ -55,9 +57,9 @@ def main() -> None:
     settings = dict(resolution=args.resolution, batch=args.batch, workers=args.workers, batches=args.batches)
     result = {"folder": str(args.folder), "images": len([p for p in args.folder.iterdir() if p.is_file() and not p.name.startswith(".")]),
               "cpu_count": os.cpu_count(), **settings,
-              "one_pass_per_epoch": batches_per_second(args.folder, several_passes=False, **settings),
-              "passes_per_epoch": batches_per_second(args.folder, several_passes=True, **settings)}
-    result["ratio"] = result["passes_per_epoch"] / result["one_pass_per_epoch"]
+              "epoch_by_epoch": batches_per_second(args.folder, across_epochs=False, **settings),
+              "across_epochs": batches_per_second(args.folder, across_epochs=True, **settings)}
+    result["ratio"] = result["across_epochs"] / result["epoch_by_epoch"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "small_folder_loader.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

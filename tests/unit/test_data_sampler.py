@@ -107,44 +107,55 @@ def test_workers_persist_across_epochs_and_resume_stays_exact():
             batches.append(batch["index"].tolist())
     assert len(pids) == 2  # the same two workers served all three epochs
     assert position.state_dict() == {"epoch": 3, "offset": 0}
-    per_epoch = len(batches) // 3  # 10 items: two passes an epoch, so each worker has two batches to prepare
-    assert per_epoch == 5
     again, restored = build_dataloader(None, _WhoLoads(), 4, num_workers=2)
     restored.load_state_dict({"epoch": 1, "offset": 4})  # second batch of the second epoch
-    assert [b["index"].tolist() for b in again] == batches[per_epoch + 1:2 * per_epoch]
+    assert [b["index"].tolist() for b in again] == batches[3:4]
 
 
-def test_an_epoch_of_several_passes_is_several_permutations_the_first_unchanged():
-    one, three = ResumableSampler(7, seed=3), ResumableSampler(7, seed=3, passes=3)
-    order = three.epoch_indices(2).tolist()
-    assert len(three) == 21 and len(order) == 21
-    assert order[:7] == one.epoch_indices(2).tolist()  # a one-pass epoch's order, then two more
-    assert all(sorted(order[k:k + 7]) == list(range(7)) for k in (0, 7, 14))
-    assert order[7:14] != order[:7] and order[7:14] != order[14:]
-    assert ResumableSampler(7, shuffle=False, passes=2).epoch_indices(0).tolist() == list(range(7)) * 2
-    with pytest.raises(DataError, match="at least one pass"):
-        ResumableSampler(7, passes=0)
+class _Slow(torch.utils.data.Dataset):
+    """Index and loading process of each sample; slow enough that a batch takes a worker a while."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        import os
+        import time
+
+        time.sleep(0.01)
+        return {"index": torch.tensor(i), "pid": torch.tensor(os.getpid())}
 
 
-def test_each_pass_of_an_epoch_keys_its_items_as_an_epoch_of_its_own():
-    # MaskedItems draws an item's mask from its key: repeats within one epoch must not share a mask.
-    sampler = ResumableSampler(5, seed=1, passes=3, epoch_keys=True)
-    sampler.set_epoch(2)
-    keys = list(sampler)
-    assert [k[0] for k in keys] == [6] * 5 + [7] * 5 + [8] * 5
-    assert [k[1] for k in keys] == sampler.epoch_indices().tolist()
-    sampler.load_state_dict({"epoch": 2, "offset": 7})  # resumed inside the second pass
-    assert list(sampler) == keys[7:]
-    ranks = [list(ResumableSampler(5, seed=1, passes=2, epoch_keys=True, rank=r, world_size=2)) for r in (0, 1)]
-    assert sorted(k for rank in ranks for k in rank) == sorted((j, i) for j in (0, 1) for i in range(5))
-    assert list(ResumableSampler(5, seed=1, epoch_keys=True)) == [(0, i) for i in ResumableSampler(5, seed=1)]
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_workers_give_the_batches_of_the_one_pass_loader_across_epochs(drop_last):
+    def batches(workers: int, epochs: int = 3) -> list[list[int]]:
+        loader, _ = build_dataloader(None, Numbers(10), 4, seed=2, num_workers=workers, drop_last=drop_last)
+        return [b["label"].tolist() for _ in range(epochs) for b in loader]
+
+    assert batches(2) == batches(0)
+    assert len(batches(0, epochs=1)) == (2 if drop_last else 3)
 
 
-def test_small_data_sets_get_enough_batches_per_worker():
-    from ldmkit.data.loader import BATCHES_PER_WORKER, passes_per_epoch
+def test_workers_prepare_the_next_epochs_batch_before_this_one_ends():
+    # One batch an epoch: a loader that starts each epoch afresh hands every batch to its first worker.
+    loader, position = build_dataloader(None, _Slow(4), 4, num_workers=2)
+    pids = [int(b["pid"][0]) for _ in range(6) for b in loader]
+    assert len(set(pids)) == 2 and pids[0] != pids[1]  # the workers take turns across epochs
+    assert position.state_dict() == {"epoch": 6, "offset": 0}
 
-    assert passes_per_epoch(49, 32, 0) == 1  # no workers: nothing prepares ahead
-    assert passes_per_epoch(3374, 32, 8) == 1  # 105 batches already
-    passes = passes_per_epoch(49, 32, 8)  # the photo folder of docs/results/fit.md
-    assert 49 * passes // 32 >= BATCHES_PER_WORKER * 8 > 49 * (passes - 1) // 32
-    assert passes_per_epoch(49, 64, 8) > passes  # a larger (global) batch needs more passes
+
+def test_a_pass_left_early_goes_on_where_it_stopped_and_a_restored_position_restarts_there():
+    whole, _ = build_dataloader(None, Numbers(12), 3, seed=4, num_workers=2)
+    expected = [b["label"].tolist() for _ in range(2) for b in whole]  # 4 batches an epoch
+    loader, position = build_dataloader(None, Numbers(12), 3, seed=4, num_workers=2)
+    got = []
+    for batch in loader:
+        got.append(batch["label"].tolist())
+        break  # the workers have prepared more than this one
+    got += [b["label"].tolist() for _ in range(2) for b in loader]
+    assert got[:len(expected)] == expected
+    position.load_state_dict({"epoch": 0, "offset": 6})  # moved from outside: the stream starts again there
+    assert [b["label"].tolist() for b in loader] == expected[2:4]

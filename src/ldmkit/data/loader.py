@@ -7,16 +7,17 @@ the :class:`~ldmkit.data.shards.ShardDataset` itself for shards. Save ``position
 checkpoint and call ``position.load_state_dict(state)`` before iterating again: the next pass yields
 exactly the batches the interrupted one had not yet delivered. For map-style data sets the sampler runs in
 the main process, so workers persist across passes (starting a dozen workers for every pass of a small
-data set cost more time than training on it); streaming shards keep their position inside the workers, so
-those start afresh for each pass and see the restored position. A map-style data set with a true
+data set cost more time than training on it), and with workers the loader is a
+:class:`PrefetchingDataLoader`, whose workers prepare the next epoch's batches before this one ends; streaming
+shards keep their position inside the workers, so those start afresh for each pass and see the restored
+position. A map-style data set with a true
 ``takes_epoch_keys`` attribute receives ``(epoch, index)`` keys instead of indices.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -25,7 +26,7 @@ from ldmkit import runtime
 from ldmkit.config import Registry
 from ldmkit.data.buckets import BucketSampler, bucketed
 from ldmkit.data.config import DataConfig
-from ldmkit.data.sampler import ResumableSampler
+from ldmkit.data.sampler import EpochSampler, Key, ResumableSampler
 from ldmkit.data.splits import check_split
 
 SOURCES: Registry[Callable[[DataConfig, str], Dataset]] = Registry("data source")
@@ -135,18 +136,59 @@ class ResumableDataLoader(DataLoader):
         self.position.finish_epoch()
 
 
-#: Batches each worker should find in an epoch: the loader prepares batches ahead only within one.
-BATCHES_PER_WORKER = 2
+class EpochBatches:
+    """Batches of a sampler's keys, epoch after epoch without end, from a given (epoch, offset): each epoch cut
+    into batches on its own (its last, short batch dropped with ``drop_last``), as a DataLoader would batch it."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool, start: tuple[int, int]):
+        self.sampler, self.batch_size, self.drop_last, self.start = sampler, batch_size, drop_last, start
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        epoch, offset = self.start
+        while True:
+            indices = self.sampler.epoch_indices(epoch)[offset:]  # int64 array; a batch at a time becomes ints
+            end = len(indices) - len(indices) % self.batch_size if self.drop_last else len(indices)
+            for lo in range(0, end, self.batch_size):
+                batch = indices[lo:lo + self.batch_size].tolist()
+                yield [(epoch, i) for i in batch] if self.sampler.epoch_keys else batch
+            epoch, offset = epoch + 1, 0
 
 
-def passes_per_epoch(num_samples: int, global_batch: int, num_workers: int) -> int:
-    """How many passes over a map-style data set one epoch makes: enough that every worker has
-    :data:`BATCHES_PER_WORKER` batches to prepare. One for most data sets; more for a few dozen images, whose
-    one-batch epochs left a single worker building every batch while the GPU waited (an H200 trained a 49-photo
-    folder at 3 steps/s, the same networks on 3,374 emoji at 10: docs/results/fit.md)."""
-    if num_workers == 0:
-        return 1
-    return max(1, math.ceil(BATCHES_PER_WORKER * num_workers * global_batch / num_samples))
+class PrefetchingDataLoader(ResumableDataLoader):
+    """A ResumableDataLoader whose workers prepare batches across the end of an epoch.
+
+    A DataLoader prepares batches ahead only within one pass: every epoch starts with its workers idle, and an
+    epoch of one or two batches (a folder of a few dozen images) leaves one worker building every batch while
+    the GPU waits (an H200 trained a 49-photo folder at 2.9 steps/s, the same networks on 3,374 emoji at 9.8:
+    docs/results/fit.md). Here one worker iterator runs on :class:`EpochBatches` for as long as the position
+    moves only by the batches it delivers; the batches, their order and the epochs are exactly those of the
+    one-pass-at-a-time loader. A position restored or moved from outside starts a fresh iterator there.
+    """
+
+    def __init__(self, dataset: Dataset, *, position: EpochSampler, batch_size: int, drop_last: bool,
+                 **kwargs: Any):
+        self._batches = EpochBatches(position, batch_size, drop_last, (position.epoch, position.offset))
+        self._stream: Iterator | None = None
+        self._stream_at: tuple[int, int] | None = None  # where the stream's next batch starts
+        super().__init__(dataset, position=position, batch_sampler=self._batches, **kwargs)
+
+    def batches_left(self) -> int:
+        """Batches the current epoch still holds from the position."""
+        left, size = len(self.position) - self.position.offset, self._batches.batch_size
+        return left // size if self._batches.drop_last else -(-left // size)
+
+    def __iter__(self):
+        position = self.position
+        if self._stream is None or self._stream_at != (position.epoch, position.offset):
+            self._batches.start = (position.epoch, position.offset)  # read when the iterator starts
+            self._stream = DataLoader.__iter__(self)
+        for _ in range(self.batches_left()):
+            batch = next(self._stream)
+            position.advance(_batch_len(batch))
+            self._stream_at = (position.epoch, position.offset)
+            yield batch
+        position.finish_epoch()
+        self._stream_at = (position.epoch, position.offset)
 
 
 def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed: int = 0, rank: int | None = None,
@@ -180,7 +222,9 @@ def build_dataloader(cfg: DataConfig, dataset: Dataset, batch_size: int, *, seed
         common["persistent_workers"] = num_workers > 0
         return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                               drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)),
-                               passes=passes_per_epoch(len(dataset), batch_size * world_size, num_workers))
-    common["persistent_workers"] = num_workers > 0  # the sampler (the position) lives in this process
+                               drop_last=drop_last, epoch_keys=bool(getattr(dataset, "takes_epoch_keys", False)))
+    if num_workers > 0:  # one worker iterator for the whole run: batches prepared across epoch ends
+        kept = {k: v for k, v in common.items() if k not in ("batch_size", "drop_last")}
+        return PrefetchingDataLoader(dataset, position=sampler, batch_size=batch_size, drop_last=drop_last,
+                                     **kept), sampler
     return ResumableDataLoader(dataset, position=sampler, sampler=sampler, **common), sampler

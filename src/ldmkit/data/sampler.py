@@ -4,9 +4,6 @@ Epoch ``e``'s order is a permutation drawn from ``(seed, e)`` (or ``0..n-1`` wit
 multiple of ``world_size`` long (cut with ``drop_last``, else padded by repeating its start, as
 ``torch.utils.data.DistributedSampler`` does) and dealt to the ranks: rank ``r`` takes positions
 ``r, r + world_size, ...``. The position within the epoch is ``offset``, counted in this rank's samples.
-With ``passes=k`` an epoch is ``k`` passes over the data, pass ``j > 0`` drawn from ``(seed, e, j)``: a data set
-of a few batches then still gives the loader's workers enough batches to prepare ahead (see
-:func:`~ldmkit.data.loader.passes_per_epoch`).
 
 Position protocol (shared with :class:`~ldmkit.data.shards.ShardDataset`):
 
@@ -25,7 +22,6 @@ which persist across epochs and so cannot learn it any other way.
 
 from __future__ import annotations
 
-import itertools
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -83,31 +79,27 @@ class EpochSampler(Sampler[Key]):
 
 class ResumableSampler(EpochSampler):
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False, passes: int = 1):
+                 world_size: int = 1, drop_last: bool = False, epoch_keys: bool = False):
         if num_samples < 1:
             raise DataError("the data set is empty: nothing to sample")
-        if passes < 1:
-            raise DataError(f"an epoch needs at least one pass over the data, not {passes}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
         if drop_last and num_samples < world_size:
             raise DataError(f"{num_samples} samples cannot be shared by {world_size} ranks with drop_last")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch_keys, self.passes = epoch_keys, passes
+        self.epoch_keys = epoch_keys
         self.epoch, self.offset = 0, 0
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """All of this rank's indices of ``epoch`` (default: the current one), from its start: an int64 array, not
         a list (8 bytes an item instead of ~36, which matters for caches of millions of latents)."""
         epoch = self.epoch if epoch is None else epoch
-        single = self.num_samples
-        if self.shuffle:  # the first pass keeps the (seed, epoch) order of a one-pass epoch
-            order = np.concatenate([np.random.default_rng([self.seed, epoch, *([j] if j else [])]).permutation(single)
-                                    for j in range(self.passes)])
+        n = self.num_samples
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
         else:
-            order = np.tile(np.arange(single), self.passes)
-        n = len(order)
+            order = np.arange(n)
         if self.drop_last:
             order = order[: n - n % self.world_size]
         elif n % self.world_size:
@@ -115,17 +107,7 @@ class ResumableSampler(EpochSampler):
             order = np.concatenate([order, np.resize(order, pad)])
         return np.ascontiguousarray(order[self.rank:: self.world_size], dtype=np.int64)
 
-    def __iter__(self) -> Iterator[Key]:
-        if not self.epoch_keys or self.passes == 1:
-            return super().__iter__()
-        # Each pass keys its items as an epoch of its own, (epoch * passes + pass, index): an item seen in
-        # several passes of one epoch gets a fresh draw each time (a mask, for MaskedItems), not the same one.
-        indices, first, last = self.epoch_indices(), self.epoch * self.passes, self.passes - 1
-        passes = (min(last, (p * self.world_size + self.rank) // self.num_samples) for p in range(len(indices)))
-        keys = ((first + j, int(i)) for j, i in zip(passes, indices))
-        return itertools.islice(keys, self.offset, None)
-
     def __len__(self) -> int:
         """Samples of this rank in a whole epoch."""
-        n, w = self.num_samples * self.passes, self.world_size
+        n, w = self.num_samples, self.world_size
         return n // w if self.drop_last else -(-n // w)
