@@ -89,6 +89,9 @@ def test_the_evaluation_samples_in_batches_of_the_diffusion_batch():
     small = make_plan(survey(30_000, 256), DeviceInfo("gpu", 24 * GIB), PlanRequest(600 * 60, "none"))
     assert big.eval.batch == big.ldm.batch == 256
     assert small.eval.batch == small.ldm.batch < big.eval.batch
+    lowered = replan(big, ["ldm.batch=32"], H200, survey(60_000, 32))
+    assert lowered.eval.batch == 32  # follows a diffusion batch lowered for memory
+    assert replan(big, ["ldm.batch=32", "eval.batch=8"], H200, survey(60_000, 32)).eval.batch == 8
 
 
 def test_grey_images_get_one_latent_channel_per_three():

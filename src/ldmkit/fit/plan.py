@@ -196,6 +196,8 @@ def replan(plan: Plan, overrides: list[str], device: DeviceInfo, survey: DataSur
     if not overrides:
         return plan
     changed = from_dict(Plan, apply_overrides(to_dict(plan), overrides))
+    if not any(o.startswith("eval.batch=") for o in overrides):  # sampling follows a batch lowered for memory
+        changed = dataclasses.replace(changed, eval=dataclasses.replace(changed.eval, batch=changed.ldm.batch))
     return dataclasses.replace(changed, estimate=estimate(changed, device, survey.count))
 
 
