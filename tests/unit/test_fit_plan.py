@@ -84,7 +84,7 @@ def test_the_epoch_cap_leaves_a_tiny_folder_enough_first_stage_steps():
 
 
 def test_the_evaluation_samples_in_batches_of_the_diffusion_batch():
-    # Sampling 16 at a time left an H200 launch-bound (40 img/s); the trained batch is known to fit in memory.
+    # Sampling 16 at a time drew 40 img/s on an H200; the trained batch is known to fit in memory.
     big = make_plan(survey(60_000, 32), H200, PlanRequest(600 * 60, "labels"))
     small = make_plan(survey(30_000, 256), DeviceInfo("gpu", 24 * GIB), PlanRequest(600 * 60, "none"))
     assert big.eval.batch == big.ldm.batch == 256

@@ -312,7 +312,7 @@ def _plan_at(row: PlanRow, side: int, survey: DataSurvey, device: DeviceInfo, re
                                              minutes=round(seconds / 60, 2))
     if not plan.trains_autoencoder:
         batches["ae"] = dataclasses.replace(batches["ae"], steps=1, minutes=0.0)
-    # A small sampling batch leaves a GPU launch-bound: batch 16 drew 40 img/s on an H200 (docs/results/fit.md).
+    # Sampling 16 at a time drew 40 img/s on an H200 (docs/results/fit.md); the trained batch is known to fit.
     evaluation = dataclasses.replace(plan.eval, batch=batches["ldm"].batch)
     plan = dataclasses.replace(plan, ae=batches["ae"], ldm=batches["ldm"], eval=evaluation)
     return dataclasses.replace(plan, estimate=estimate(plan, device, survey.count, row))
