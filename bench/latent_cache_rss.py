@@ -50,8 +50,10 @@ def children_rss_mib() -> float:
     return total
 
 
-def build_cache(out: Path, count: int, shard_size: int) -> float:
-    """Write ``count`` random latents as shards + records + index; returns seconds."""
+def build_cache(out: Path, count: int, shard_size: int, shape: tuple[int, ...] = LATENT, classes: int = 1000,
+                dtype: torch.dtype = torch.float16) -> float:
+    """Write ``count`` random latents of ``shape`` (labels below ``classes``) as shards + records + index, straight
+    with ldmkit's shard writer; returns seconds."""
     from ldmkit.data.latent_encode import atomic_write_text, shard_name, write_index
     from ldmkit.data.latent_shard import write_shard
 
@@ -61,8 +63,8 @@ def build_cache(out: Path, count: int, shard_size: int) -> float:
     for k in range(n_shards):
         rows = min(shard_size, count - k * shard_size)
         g = torch.Generator().manual_seed(k)
-        tensors = {"mean": torch.randn(rows, *LATENT, generator=g).half(),
-                   "label": torch.randint(0, 1000, (rows,), generator=g)}
+        tensors = {"mean": torch.randn(rows, *shape, generator=g).to(dtype),
+                   "label": torch.randint(0, classes, (rows,), generator=g)}
         captions = [f"synthetic latent {k * shard_size + i}" for i in range(rows)]
         record = write_shard(out / f"{shard_name(k)}.safetensors", tensors, captions)
         atomic_write_text(out / f"{shard_name(k)}.done.json", json.dumps(record))

@@ -24,7 +24,6 @@ eager ``+guard`` step is also profiled: the GPU's idle share says how much of it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from latent_cache_rss import build_cache
 from measure import Runner, environment, fast_cuda_settings, first_call, md_table, median_seconds
 from profile_step import profile_steps
 
@@ -57,25 +57,6 @@ def random_first_stage(preset: str, out: Path, tiny: bool) -> Path:
         model.update(base_channels=8, num_res_blocks=1)
     cfg = from_dict(AutoencoderConfig, model)
     return save_autoencoder(out, build_autoencoder(cfg), cfg)
-
-
-def synthetic_cache(out: Path, shape: tuple[int, ...], count: int, classes: int) -> Path:
-    """``count`` random unit-variance latents of ``shape`` with labels below ``classes``, as a latent cache."""
-    from ldmkit.data.latent_encode import atomic_write_text, shard_name, write_index
-    from ldmkit.data.latent_shard import write_shard
-
-    out.mkdir(parents=True, exist_ok=True)
-    shard_size = 8192
-    shards = math.ceil(count / shard_size)
-    for k in range(shards):
-        rows = min(shard_size, count - k * shard_size)
-        g = torch.Generator().manual_seed(k)
-        tensors = {"mean": torch.randn(rows, *shape, generator=g),  # float32, as `ldm encode` writes
-                   "label": torch.randint(0, max(1, classes), (rows,), generator=g)}
-        record = write_shard(out / f"{shard_name(k)}.safetensors", tensors, [f"latent {i}" for i in range(rows)])
-        atomic_write_text(out / f"{shard_name(k)}.done.json", json.dumps(record))
-    write_index(out, {"autoencoder": None, "data": {"source": "synthetic latents"}}, shards, shard_size)
-    return out
 
 
 #: The modes each row is timed in: train.compile and train.compile_mode.
@@ -199,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         ae = load_autoencoder(first)
         f = 2 ** (len(ae.config.channel_mult) - 1)
         shape = (ae.latent_channels, args.resolution // f, args.resolution // f)
-        synthetic_cache(work / "cache", shape, args.count, classes=10)
+        build_cache(work / "cache", args.count, 8192, shape, classes=10, dtype=torch.float32)  # as `ldm encode`
         meta["latent_shape"] = list(shape)
         for mode in args.modes:
             if mode == "cudagraphs" and device.type != "cuda":

@@ -87,8 +87,11 @@ def test_dataloader_resume_counts_delivered_batches(workers):
 class _WhoLoads(torch.utils.data.Dataset):
     """Index and loading process of each sample."""
 
+    def __init__(self, n: int = 10):
+        self.n = n
+
     def __len__(self) -> int:
-        return 10
+        return self.n
 
     def __getitem__(self, i: int) -> dict:
         import os
@@ -112,23 +115,6 @@ def test_workers_persist_across_epochs_and_resume_stays_exact():
     assert [b["index"].tolist() for b in again] == batches[3:4]
 
 
-class _Slow(torch.utils.data.Dataset):
-    """Index and loading process of each sample; slow enough that a batch takes a worker a while."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        import os
-        import time
-
-        time.sleep(0.01)
-        return {"index": torch.tensor(i), "pid": torch.tensor(os.getpid())}
-
-
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_workers_give_the_batches_of_the_one_pass_loader_across_epochs(drop_last):
     def batches(workers: int, epochs: int = 3) -> list[list[int]]:
@@ -141,7 +127,7 @@ def test_workers_give_the_batches_of_the_one_pass_loader_across_epochs(drop_last
 
 def test_workers_prepare_the_next_epochs_batch_before_this_one_ends():
     # One batch an epoch: a loader that starts each epoch afresh hands every batch to its first worker.
-    loader, position = build_dataloader(None, _Slow(4), 4, num_workers=2)
+    loader, position = build_dataloader(None, _WhoLoads(4), 4, num_workers=2)
     pids = [int(b["pid"][0]) for _ in range(6) for b in loader]
     assert len(set(pids)) == 2 and pids[0] != pids[1]  # the workers take turns across epochs
     assert position.state_dict() == {"epoch": 6, "offset": 0}
@@ -156,6 +142,6 @@ def test_a_pass_left_early_goes_on_where_it_stopped_and_a_restored_position_rest
         got.append(batch["label"].tolist())
         break  # the workers have prepared more than this one
     got += [b["label"].tolist() for _ in range(2) for b in loader]
-    assert got[:len(expected)] == expected
+    assert got == expected
     position.load_state_dict({"epoch": 0, "offset": 6})  # moved from outside: the stream starts again there
     assert [b["label"].tolist() for b in loader] == expected[2:4]

@@ -87,11 +87,11 @@ def test_the_evaluation_samples_in_batches_of_the_diffusion_batch():
     # Sampling 16 at a time drew 40 img/s on an H200; the trained batch is known to fit in memory.
     big = make_plan(survey(60_000, 32), H200, PlanRequest(600 * 60, "labels"))
     small = make_plan(survey(30_000, 256), DeviceInfo("gpu", 24 * GIB), PlanRequest(600 * 60, "none"))
-    assert big.eval.batch == big.ldm.batch == 256
-    assert small.eval.batch == small.ldm.batch < big.eval.batch
+    assert big.sampling_batch == big.ldm.batch == 256
+    assert small.sampling_batch == small.ldm.batch < big.sampling_batch
     lowered = replan(big, ["ldm.batch=32"], H200, survey(60_000, 32))
-    assert lowered.eval.batch == 32  # follows a diffusion batch lowered for memory
-    assert replan(big, ["ldm.batch=32", "eval.batch=8"], H200, survey(60_000, 32)).eval.batch == 8
+    assert lowered.sampling_batch == 32  # follows a diffusion batch lowered for memory
+    assert replan(big, ["ldm.batch=32", "eval.batch=8"], H200, survey(60_000, 32)).sampling_batch == 8
 
 
 def test_grey_images_get_one_latent_channel_per_three():

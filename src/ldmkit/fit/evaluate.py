@@ -78,7 +78,7 @@ def _generation(plan: Plan, data: DataConfig, held_out: Any, model_dir: Path, ou
     metrics = ("fd", "kd", "pr") if pr_k >= 1 else ("fd", "kd")
     result = evaluate_generation(pipe, reference, n=plan.eval.samples, prompts=prompts, sampler=plan.eval.sampler,
                                  steps=plan.eval.sampler_steps, guidance=_guidance(plan), metrics=metrics,
-                                 pr_k=max(1, pr_k), batch_size=plan.eval.batch, progress=True)
+                                 pr_k=max(1, pr_k), batch_size=plan.sampling_batch, progress=True)
     (out / "generation.json").write_text(json.dumps(result, indent=2) + "\n")
     return {"metrics": result["metrics"], "samples": result["num_images"],
             "sampling_images_per_second": result["sampling_images_per_second"]}

@@ -62,7 +62,7 @@ MAX_EPOCHS = {"ae": 100, "ldm": 1000}
 # Steps the MAX_EPOCHS cap never stops a stage before: on a folder of 49 photos, 100 epochs were 153 steps, and
 # the first stage stopped at 108 reconstructed worse than bicubic (17.2 against 22.9 dB); 632 steps on the emoji
 # folder beat it (27.3 against 25.8; docs/results/fit.md).
-EPOCH_CAP_FLOOR = {"ae": 1000, "ldm": MIN_LDM_STEPS}
+EPOCH_CAP_FLOOR = {"ae": 1000, "ldm": MIN_LDM_STEPS}  # both at least the stage's minimum
 EVAL_SHARE = 0.5  # of the budget left after training, for sampling the scored images
 
 
@@ -86,8 +86,8 @@ class EvalPlan:
     reconstructions: int = option(500, help="held-out images the autoencoder and bicubic reconstruct", min=1)
     sampler: str = option("dpm++2m", help="sampler of the scored samples and the grid")
     sampler_steps: int = option(25, help="sampling steps", min=1)
-    batch: int = option(16, help="samples drawn at once (the plan sets the diffusion batch: sampling, even at twice "
-                                 "it for guidance, needs less memory than training)", min=1)
+    batch: int = option(0, help="samples drawn at once; 0: the diffusion batch (sampling, even at twice it for "
+                                "guidance, needs less memory than training)", min=0)
     guidance: float = option(2.0, help="classifier-free guidance of conditional models", min=0.0)
     grid_seeds: int = option(4, help="samples per class or caption in the grid", min=1)
     grid_conditions: int = option(10, help="classes or captions in the grid", min=1)
@@ -133,6 +133,12 @@ class Plan:
     @property
     def trains_autoencoder(self) -> bool:
         return not self.autoencoder_dir
+
+    @property
+    def sampling_batch(self) -> int:
+        """Samples the evaluation draws at once: ``eval.batch``, else the diffusion batch. Sampling 16 at a time
+        drew 40 img/s on an H200 (docs/results/fit.md); the trained batch is known to fit in memory."""
+        return self.eval.batch or self.ldm.batch
 
 
 @dataclass(frozen=True)
@@ -196,8 +202,6 @@ def replan(plan: Plan, overrides: list[str], device: DeviceInfo, survey: DataSur
     if not overrides:
         return plan
     changed = from_dict(Plan, apply_overrides(to_dict(plan), overrides))
-    if not any(o.startswith("eval.batch=") for o in overrides):  # sampling follows a batch lowered for memory
-        changed = dataclasses.replace(changed, eval=dataclasses.replace(changed.eval, batch=changed.ldm.batch))
     return dataclasses.replace(changed, estimate=estimate(changed, device, survey.count))
 
 
@@ -307,14 +311,12 @@ def _plan_at(row: PlanRow, side: int, survey: DataSurvey, device: DeviceInfo, re
         minimum = MIN_AE_STEPS if stage == "ae" else MIN_LDM_STEPS
         if steps >= minimum:  # more time than data: stop at the preset's steps or MAX_EPOCHS passes
             epochs = math.ceil(MAX_EPOCHS[stage] * train_count / (batch * device.gpus))
-            steps = min(steps, preset_steps, max(minimum, EPOCH_CAP_FLOOR[stage], epochs))
+            steps = min(steps, preset_steps, max(EPOCH_CAP_FLOOR[stage], epochs))
         batches[stage] = dataclasses.replace(getattr(plan, stage), batch=batch, steps=max(1, steps),
                                              minutes=round(seconds / 60, 2))
     if not plan.trains_autoencoder:
         batches["ae"] = dataclasses.replace(batches["ae"], steps=1, minutes=0.0)
-    # Sampling 16 at a time drew 40 img/s on an H200 (docs/results/fit.md); the trained batch is known to fit.
-    evaluation = dataclasses.replace(plan.eval, batch=batches["ldm"].batch)
-    plan = dataclasses.replace(plan, ae=batches["ae"], ldm=batches["ldm"], eval=evaluation)
+    plan = dataclasses.replace(plan, ae=batches["ae"], ldm=batches["ldm"])
     return dataclasses.replace(plan, estimate=estimate(plan, device, survey.count, row))
 
 
