@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=45.0, help="wall time of each real trainer run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    p.add_argument("--rows", nargs="+", choices=(*ROWS, "trainer"), default=[*ROWS, "trainer"],
+                   help="rows to time (all by default; fewer for a short call)")
     p.add_argument("--profile", action="store_true", help="profile the eager +guard step")
     p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps (smoke test on CPU)")
     p.add_argument("--budget-s", type=float, default=540.0)
@@ -187,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.skip(mode, "CUDA graphs need a CUDA device")
                 continue
             estimate = 0 if args.tiny else (15 if mode == "eager" else 60)
-            for row in ROWS:
+            for row in (r for r in ROWS if r in args.rows):
                 run.item((row, mode), estimate, lambda row=row, mode=mode: task_step(args, work, mode, row))
-            run.item(("trainer", mode), 0 if args.tiny else args.seconds + estimate + 5,
-                     lambda mode=mode: trainer(args, work, mode))
+            if "trainer" in args.rows:
+                run.item(("trainer", mode), 0 if args.tiny else args.seconds + estimate + 5,
+                         lambda mode=mode: trainer(args, work, mode))
     run.save()
     return 0
 

@@ -123,6 +123,14 @@ def test_trainer_overhead_script_times_the_trainer_and_its_step_taken_apart(tmp_
     assert "| +guard |" in (tmp_path / "trainer_overhead.md").read_text()
 
 
+def test_trainer_overhead_times_only_the_rows_asked_for(tmp_path):
+    run_script("trainer_overhead", "--tiny", "--device", "cpu", "--modes", "eager", "--rows", "+guard", "--out",
+               str(tmp_path))
+    report = json.loads((tmp_path / "trainer_overhead.json").read_text())
+    assert report["+guard"]["eager"]["img_s"] > 0
+    assert not any(row in report for row in ("network", "+ema", "trainer"))
+
+
 def test_the_float8_variant_converts_exactly_the_transformer_linears():
     pytest.importorskip("torchao")
     from torchao.float8.float8_linear import Float8Linear
