@@ -18,6 +18,7 @@ eager ``+guard`` step is also profiled: the GPU's idle share says how much of it
 ``trainer_overhead.json`` / ``.md`` to ``--out``::
 
     python bench/trainer_overhead.py --out bench/results/trainer-overhead            # GPU, about 4 minutes
+    python bench/trainer_overhead.py --rows trainer --modes eager cudagraphs --seconds 30 --out $OUT  # GPU, ~3 min
     python bench/trainer_overhead.py --tiny --device cpu --modes eager --out /tmp/bench   # smoke test
 """
 
