@@ -41,7 +41,8 @@ from measure import Runner, environment, fast_cuda_settings, first_call, md_tabl
 from profile_step import profile_steps
 
 NAME = "trainer_overhead"
-ROWS = ("network", "+ema", "+guard")
+ROWS = ("network", "+ema", "+guard")  # the step taken apart
+ALL_ROWS = (*ROWS, "trainer")
 TINY = ["unet.model_channels=16", "unet.channel_mult=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[2]",
         "unet.num_head_channels=8", "train.batch_size=4", "train.num_workers=0"]
 
@@ -139,7 +140,7 @@ def trainer(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     meta, rows = results["meta"], []
-    for row in (*ROWS, "trainer"):
+    for row in ALL_ROWS:
         timed = [results.get(row, {}).get(mode) or {} for mode in MODES]
         rows.append([row, *(t.get("img_s") for t in timed), *(t.get("compile_s") for t in timed[1:]),
                      next((t["error"] for t in timed if t.get("error")), None)])
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=45.0, help="wall time of each real trainer run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
-    p.add_argument("--rows", nargs="+", choices=(*ROWS, "trainer"), default=[*ROWS, "trainer"],
+    p.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=list(ALL_ROWS),
                    help="rows to time (all by default; fewer for a short call)")
     p.add_argument("--profile", action="store_true", help="profile the eager +guard step")
     p.add_argument("--tiny", action="store_true", help="tiny networks, a few steps (smoke test on CPU)")
